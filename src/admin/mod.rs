@@ -1,0 +1,220 @@
+//! The admin endpoint: `GET /status` (JSON), `GET /metrics` (Prometheus text), and
+//! `POST /clusters/{name}/pause|resume`, which `pgtide status/pause/resume` call.
+//!
+//! Nothing here counts as client activity: reading status never wakes or keeps a cluster awake.
+//! When `[admin] token` is set every call needs `Authorization: Bearer TOKEN`; without a token,
+//! pause and resume are refused unless the admin address is loopback.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+
+use crate::cluster::events::Event;
+use crate::cluster::{ClusterHandle, ClusterState};
+use crate::runtime::Limits;
+
+pub struct AdminState {
+    pub clusters: Vec<ClusterHandle>,
+    pub metrics: PrometheusHandle,
+    pub token: Option<String>,
+    pub listen: SocketAddr,
+    /// Configured storage copies and write quorum (the copies themselves are not built yet).
+    pub storage_copies: usize,
+}
+
+#[derive(Serialize)]
+pub struct StatusResponse {
+    pub clusters: Vec<ClusterStatus>,
+}
+
+#[derive(Serialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub state: &'static str,
+    pub acu: f64,
+    pub min_acu: f64,
+    pub max_acu: f64,
+    pub clients: usize,
+    pub active: usize,
+    pub transactions: u64,
+    pub listen: String,
+    pub pool_mode: crate::config::PoolMode,
+    pub since: String,
+    pub failure: Option<String>,
+    pub storage: StorageStatus,
+    pub limits: Option<Limits>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Serialize)]
+pub struct StorageStatus {
+    pub copies: usize,
+    pub copies_up: usize,
+    pub durable_lsn: Option<String>,
+    /// Until the WAL copies exist, durability is the compute's own local disk.
+    pub mode: &'static str,
+}
+
+pub fn status(state: &AdminState) -> StatusResponse {
+    let clusters = state
+        .clusters
+        .iter()
+        .map(|cluster| {
+            let config = cluster.config();
+            let counters = cluster.counters();
+            let compute = cluster.compute_status();
+            let cluster_state = cluster.state();
+            ClusterStatus {
+                name: config.name.clone(),
+                state: cluster_state.name(),
+                acu: compute.acu,
+                min_acu: config.min_acu,
+                max_acu: config.max_acu,
+                clients: counters.clients.load(Ordering::Relaxed),
+                active: counters.active.load(Ordering::Relaxed),
+                transactions: counters.transactions.load(Ordering::Relaxed),
+                listen: config.listen.to_string(),
+                pool_mode: config.pool_mode,
+                since: compute.since,
+                failure: match cluster_state {
+                    ClusterState::Failed(reason) => Some(reason),
+                    _ => None,
+                },
+                storage: StorageStatus {
+                    copies: state.storage_copies,
+                    copies_up: 0,
+                    durable_lsn: None,
+                    mode: "local",
+                },
+                limits: compute.limits,
+                events: cluster.events().recent(50),
+            }
+        })
+        .collect();
+    StatusResponse { clusters }
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/status", get(get_status))
+        .route("/metrics", get(get_metrics))
+        .route("/clusters/{name}/pause", post(post_pause))
+        .route("/clusters/{name}/resume", post(post_resume))
+        .with_state(state)
+}
+
+fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &state.token else { return Ok(()) };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(token.as_str()) {
+        Ok(())
+    } else {
+        Err((StatusCode::UNAUTHORIZED, "an admin token is required: Authorization: Bearer TOKEN\n").into_response())
+    }
+}
+
+fn actions_allowed(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+    authorized(state, headers)?;
+    if state.token.is_none() && !state.listen.ip().is_loopback() {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "pause and resume need [admin] token when the admin endpoint is not on loopback\n",
+        )
+            .into_response());
+    }
+    Ok(())
+}
+
+async fn get_status(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorized(&state, &headers) {
+        return denied;
+    }
+    Json(status(&state)).into_response()
+}
+
+async fn get_metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorized(&state, &headers) {
+        return denied;
+    }
+    for cluster in &state.clusters {
+        let name = cluster.name().to_string();
+        let counters = cluster.counters();
+        metrics::gauge!("pgtide_cluster_clients", "cluster" => name.clone())
+            .set(counters.clients.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("pgtide_cluster_active_sessions", "cluster" => name.clone())
+            .set(counters.active.load(Ordering::Relaxed) as f64);
+        metrics::counter!("pgtide_cluster_transactions_total", "cluster" => name.clone())
+            .absolute(counters.transactions.load(Ordering::Relaxed));
+        metrics::counter!("pgtide_cluster_client_bytes_received_total", "cluster" => name.clone())
+            .absolute(counters.bytes_from_clients.load(Ordering::Relaxed));
+        metrics::counter!("pgtide_cluster_client_bytes_sent_total", "cluster" => name.clone())
+            .absolute(counters.bytes_to_clients.load(Ordering::Relaxed));
+        let server_connections = match cluster.state() {
+            // Session mode: one compute connection per attached client.
+            ClusterState::Running(_) => counters.clients.load(Ordering::Relaxed),
+            _ => 0,
+        };
+        metrics::gauge!("pgtide_cluster_server_connections", "cluster" => name.clone()).set(server_connections as f64);
+        metrics::gauge!("pgtide_cluster_acu", "cluster" => name).set(cluster.compute_status().acu);
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+fn find<'a>(state: &'a AdminState, name: &str) -> Result<&'a ClusterHandle, Response> {
+    state
+        .clusters
+        .iter()
+        .find(|c| c.name() == name)
+        .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no cluster named \"{name}\"\n")).into_response())
+}
+
+async fn post_pause(State(state): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(denied) = actions_allowed(&state, &headers) {
+        return denied;
+    }
+    let cluster = match find(&state, &name) {
+        Ok(cluster) => cluster,
+        Err(e) => return e,
+    };
+    match cluster.pause().await {
+        Ok(message) => (StatusCode::OK, format!("{message}\n")).into_response(),
+        Err(message) => (StatusCode::CONFLICT, format!("{message}\n")).into_response(),
+    }
+}
+
+async fn post_resume(State(state): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(denied) = actions_allowed(&state, &headers) {
+        return denied;
+    }
+    let cluster = match find(&state, &name) {
+        Ok(cluster) => cluster,
+        Err(e) => return e,
+    };
+    let started = std::time::Instant::now();
+    match cluster.resume("pgtide resume").await {
+        Ok(()) => (
+            StatusCode::OK,
+            format!(
+                "cluster \"{name}\" is running ({} ms)\n",
+                started.elapsed().as_millis()
+            ),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}

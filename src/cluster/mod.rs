@@ -1,0 +1,546 @@
+//! A cluster: one `[[clusters]]` entry, its compute and its state machine.
+//!
+//! ```text
+//! Paused ⇄ Resuming → Running ⇄ (scaling) → Pausing → Paused      Failed → Resuming
+//! ```
+//!
+//! One task per cluster owns the state and the compute ([`ClusterTask`]); everything else holds a
+//! [`ClusterHandle`], which reads the state through a watch channel and asks for transitions
+//! through commands. Nobody else touches the compute.
+//!
+//! The resume path, in prose: a client that authenticated calls [`ClusterHandle::attach`]. If
+//! the state is `Running`, it gets the compute's endpoint at once. If it is `Paused` (or
+//! `Failed`), it sends `Resume` and waits on the watch channel; clients that arrive meanwhile
+//! see `Resuming` and wait for the same resume, so twenty clients cause one start. When the
+//! state turns `Running`, they all proceed; if it turns `Failed`, or `resume_timeout` passes,
+//! each gets the reason (the proxy answers 57P03).
+
+pub mod events;
+pub mod roles;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::acu::{self, ComputeSize};
+use crate::config::{CapacityConfig, ClusterConfig};
+use crate::runtime::{Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Runtime};
+use events::EventLog;
+use roles::{RoleSecret, RoleStore};
+
+/// Load counters, written by the proxy on its hot path (relaxed atomics, changed per chunk or
+/// per transition, never per message) and read by the cluster task and the admin endpoint.
+#[derive(Debug)]
+pub struct LoadCounters {
+    /// Client connections attached or waiting to attach (monitoring never counts here).
+    pub clients: AtomicUsize,
+    /// Sessions with a request in flight or a transaction open.
+    pub active: AtomicUsize,
+    /// Finished transactions (ReadyForQuery with status idle).
+    pub transactions: AtomicU64,
+    pub bytes_from_clients: AtomicU64,
+    pub bytes_to_clients: AtomicU64,
+    /// A CREATE/ALTER/DROP ROLE went through: re-read the verifiers before the next login.
+    pub roles_changed: AtomicBool,
+    /// Milliseconds since `epoch` of the last client activity, for auto-pause.
+    last_activity_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl LoadCounters {
+    fn new() -> Self {
+        LoadCounters {
+            clients: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            transactions: AtomicU64::new(0),
+            bytes_from_clients: AtomicU64::new(0),
+            bytes_to_clients: AtomicU64::new(0),
+            roles_changed: AtomicBool::new(false),
+            last_activity_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Marks "a client did something now".
+    pub fn touch(&self) {
+        self.last_activity_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long since the last client activity.
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// The state every handle can watch.
+#[derive(Debug, Clone)]
+pub enum ClusterState {
+    Paused,
+    Resuming,
+    Running(ComputeEndpoint),
+    Pausing,
+    Failed(String),
+}
+
+impl ClusterState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClusterState::Paused => "paused",
+            ClusterState::Resuming => "resuming",
+            ClusterState::Running(_) => "running",
+            ClusterState::Pausing => "pausing",
+            ClusterState::Failed(_) => "failed",
+        }
+    }
+
+    /// The value of the `pgtide_cluster_state` gauge.
+    fn gauge(&self) -> f64 {
+        match self {
+            ClusterState::Paused => 0.0,
+            ClusterState::Resuming => 1.0,
+            ClusterState::Running(_) => 2.0,
+            ClusterState::Pausing => 3.0,
+            ClusterState::Failed(_) => 4.0,
+        }
+    }
+}
+
+/// What `/status` shows of a cluster besides its state.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComputeStatus {
+    pub acu: f64,
+    pub limits: Option<Limits>,
+    pub since: String,
+    pub compute_pid: Option<u32>,
+}
+
+enum Command {
+    Resume { requested_by: String },
+    Pause { reply: oneshot::Sender<Result<String, String>> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// Why a client could not be attached to the compute.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AttachError {
+    #[error("cluster \"{cluster}\" could not be resumed: {reason}")]
+    ResumeFailed { cluster: String, reason: String },
+    #[error("cluster \"{cluster}\" did not resume within {timeout:?}")]
+    ResumeTimeout { cluster: String, timeout: Duration },
+    #[error("pgtide is shutting down")]
+    ShuttingDown,
+}
+
+struct Shared {
+    config: ClusterConfig,
+    capacity: CapacityConfig,
+    counters: LoadCounters,
+    events: EventLog,
+    roles: Mutex<RoleStore>,
+    /// Serialises role refreshes so that a burst of logins causes one query.
+    roles_refresh: tokio::sync::Mutex<()>,
+    status: Mutex<ComputeStatus>,
+}
+
+/// A cheap, cloneable handle on a cluster.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    shared: Arc<Shared>,
+    state: watch::Receiver<ClusterState>,
+    commands: mpsc::Sender<Command>,
+}
+
+/// Held by a client for as long as it is connected: it counts as a client of the cluster.
+pub struct ClientLease {
+    shared: Arc<Shared>,
+}
+
+impl Drop for ClientLease {
+    fn drop(&mut self) {
+        self.shared.counters.clients.fetch_sub(1, Ordering::Relaxed);
+        self.shared.counters.touch();
+    }
+}
+
+impl ClusterHandle {
+    pub fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.shared.config
+    }
+
+    pub fn counters(&self) -> &LoadCounters {
+        &self.shared.counters
+    }
+
+    pub fn events(&self) -> &EventLog {
+        &self.shared.events
+    }
+
+    pub fn state(&self) -> ClusterState {
+        self.state.borrow().clone()
+    }
+
+    pub fn compute_status(&self) -> ComputeStatus {
+        self.shared.status.lock().expect("status lock").clone()
+    }
+
+    /// Counts a new client connection (before it authenticates).
+    pub fn lease(&self) -> ClientLease {
+        self.shared.counters.clients.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.touch();
+        ClientLease {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Waits until the compute runs (resuming it if paused) and returns how to reach it.
+    pub async fn attach(&self, requested_by: &str) -> Result<ComputeEndpoint, AttachError> {
+        let timeout = self.shared.config.resume_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut state = self.state.clone();
+        let mut waited_for_resume = false;
+        loop {
+            let current = state.borrow_and_update().clone();
+            match current {
+                ClusterState::Running(endpoint) => return Ok(endpoint),
+                ClusterState::Failed(reason) if waited_for_resume => {
+                    return Err(AttachError::ResumeFailed {
+                        cluster: self.name().to_string(),
+                        reason,
+                    })
+                }
+                ClusterState::Paused | ClusterState::Failed(_) => {
+                    waited_for_resume = true;
+                    let command = Command::Resume {
+                        requested_by: requested_by.to_string(),
+                    };
+                    if self.commands.send(command).await.is_err() {
+                        return Err(AttachError::ShuttingDown);
+                    }
+                }
+                ClusterState::Resuming => waited_for_resume = true,
+                ClusterState::Pausing => {}
+            }
+            match tokio::time::timeout_at(deadline, state.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(AttachError::ShuttingDown),
+                Err(_) => {
+                    return Err(AttachError::ResumeTimeout {
+                        cluster: self.name().to_string(),
+                        timeout,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The secret for `user`. Re-reads the compute's roles first when they may have changed
+    /// (a role DDL went through, or the user is unknown) and the compute is running: a paused
+    /// cluster is never woken to check a password.
+    pub async fn role_secret(&self, user: &str) -> Option<RoleSecret> {
+        let changed = self.shared.counters.roles_changed.load(Ordering::Relaxed);
+        let known = self.shared.roles.lock().expect("roles lock").lookup(user);
+        if known.is_some() && !changed {
+            return known;
+        }
+        self.refresh_roles().await;
+        self.shared.roles.lock().expect("roles lock").lookup(user)
+    }
+
+    /// Called after a failed password check, so that a password changed by SQL works at the
+    /// next attempt even if the change did not go through pgtide's relay.
+    pub async fn refresh_roles(&self) {
+        let ClusterState::Running(endpoint) = self.state() else { return };
+        let _one_at_a_time = self.shared.roles_refresh.lock().await;
+        self.shared.counters.roles_changed.store(false, Ordering::Relaxed);
+        match read_roles(&endpoint).await {
+            Ok(roles) => self.shared.roles.lock().expect("roles lock").replace_compute_roles(roles),
+            Err(e) => tracing::warn!(cluster = %self.name(), error = %e, "could not read roles from the compute"),
+        }
+    }
+
+    /// Pauses now (refused while clients are connected). Returns what happened.
+    pub async fn pause(&self) -> Result<String, String> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Pause { reply })
+            .await
+            .map_err(|_| "pgtide is shutting down".to_string())?;
+        rx.await.map_err(|_| "pgtide is shutting down".to_string())?
+    }
+
+    /// Asks for a resume and waits until the compute runs.
+    pub async fn resume(&self, requested_by: &str) -> Result<(), AttachError> {
+        self.attach(requested_by).await.map(|_| ())
+    }
+
+    /// Stops the compute cleanly and ends the cluster's task.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+async fn read_roles(endpoint: &ComputeEndpoint) -> anyhow::Result<HashMap<String, crate::proxy::scram::ScramVerifier>> {
+    let client = endpoint.admin_connect().await?;
+    Ok(roles::read_compute_roles(&client).await?)
+}
+
+/// Starts a cluster's task; the compute is started at once (the first client should not wait),
+/// and pauses later if `min_acu` is 0 and nobody comes.
+pub fn spawn(config: ClusterConfig, capacity: CapacityConfig, runtime: Arc<dyn Runtime>, data_dir: PathBuf) -> ClusterHandle {
+    let cluster_dir = data_dir.join("clusters").join(&config.name);
+    let _ = std::fs::create_dir_all(&cluster_dir);
+    let roles = RoleStore::load(&config.users, cluster_dir.join("roles.json"));
+    let shared = Arc::new(Shared {
+        events: EventLog::new(&config.name),
+        counters: LoadCounters::new(),
+        roles: Mutex::new(roles),
+        roles_refresh: tokio::sync::Mutex::new(()),
+        status: Mutex::new(ComputeStatus {
+            acu: 0.0,
+            limits: None,
+            since: now_rfc3339(),
+            compute_pid: None,
+        }),
+        config,
+        capacity,
+    });
+    let (state_tx, state_rx) = watch::channel(ClusterState::Paused);
+    let (command_tx, command_rx) = mpsc::channel(256);
+    let task = ClusterTask {
+        shared: shared.clone(),
+        runtime,
+        cluster_dir,
+        state: state_tx,
+        compute: None,
+        commands: command_rx,
+    };
+    tokio::spawn(task.run());
+    let handle = ClusterHandle {
+        shared,
+        state: state_rx,
+        commands: command_tx,
+    };
+    let _ = handle.commands.try_send(Command::Resume {
+        requested_by: "pgtide start".to_string(),
+    });
+    handle
+}
+
+struct ClusterTask {
+    shared: Arc<Shared>,
+    runtime: Arc<dyn Runtime>,
+    cluster_dir: PathBuf,
+    state: watch::Sender<ClusterState>,
+    compute: Option<Box<dyn Compute>>,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl ClusterTask {
+    fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let has_compute = self.compute.is_some();
+            let mut exited = match &self.compute {
+                Some(compute) => compute.exited(),
+                None => watch::channel(None).1,
+            };
+            let exit = async move { exited.wait_for(|e| e.is_some()).await.ok().and_then(|e| e.clone()) };
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Resume { requested_by }) => self.resume(&requested_by).await,
+                    Some(Command::Pause { reply }) => {
+                        let result = self.pause_on_request().await;
+                        let _ = reply.send(result);
+                    }
+                    Some(Command::Shutdown { reply }) => {
+                        self.stop_compute().await;
+                        self.set_state(ClusterState::Paused);
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => {
+                        self.stop_compute().await;
+                        return;
+                    }
+                },
+                Some(exit) = exit, if has_compute => self.on_compute_exit(exit).await,
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    fn set_state(&self, state: ClusterState) {
+        metrics::gauge!("pgtide_cluster_state", "cluster" => self.name().to_string()).set(state.gauge());
+        self.state.send_replace(state);
+    }
+
+    fn is_running(&self) -> bool {
+        matches!(*self.state.borrow(), ClusterState::Running(_))
+    }
+
+    fn initial_size(&self) -> ComputeSize {
+        let config = &self.shared.config;
+        let step = self.shared.capacity.step_acu;
+        let acu = acu::clamp_running(config.min_acu, config.min_acu, config.max_acu, step);
+        ComputeSize::of(acu, &self.shared.capacity)
+    }
+
+    async fn resume(&mut self, requested_by: &str) {
+        if self.compute.is_some() && self.is_running() {
+            return; // an earlier resume already did it
+        }
+        let started = Instant::now();
+        self.set_state(ClusterState::Resuming);
+        match self.start_compute().await {
+            Ok(endpoint) => {
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                metrics::counter!("pgtide_cluster_resumes_total", "cluster" => self.name().to_string()).increment(1);
+                metrics::histogram!("pgtide_cluster_resume_seconds", "cluster" => self.name().to_string())
+                    .record(ms / 1000.0);
+                self.shared
+                    .events
+                    .record("resumed", format!("resumed for {requested_by} in {ms:.0} ms"));
+                self.shared.counters.touch();
+                self.set_state(ClusterState::Running(endpoint));
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                self.shared.events.record("resume_failed", format!("resume failed: {reason}"));
+                metrics::counter!("pgtide_cluster_resume_failures_total", "cluster" => self.name().to_string())
+                    .increment(1);
+                self.set_state(ClusterState::Failed(reason));
+            }
+        }
+    }
+
+    async fn start_compute(&mut self) -> anyhow::Result<ComputeEndpoint> {
+        let size = self.initial_size();
+        let spec = ComputeSpec {
+            cluster: self.name().to_string(),
+            cluster_dir: self.cluster_dir.clone(),
+            postmaster_settings: acu::postmaster_settings(self.shared.config.max_acu, &self.shared.capacity),
+            size,
+        };
+        let mut compute = self.runtime.start(&spec).await?;
+        let endpoint = compute.endpoint().clone();
+        let setup = async {
+            let client = endpoint.admin_connect().await?;
+            roles::sync_config_users(&client, &self.shared.config.users).await?;
+            let compute_roles = roles::read_compute_roles(&client).await?;
+            self.shared.roles.lock().expect("roles lock").replace_compute_roles(compute_roles);
+            anyhow::Ok(())
+        };
+        let setup_and_size = async {
+            setup.await?;
+            compute.apply_size(size).await
+        };
+        match setup_and_size.await {
+            Ok(limits) => {
+                metrics::gauge!("pgtide_cluster_acu", "cluster" => self.name().to_string()).set(size.acu);
+                let mut status = self.shared.status.lock().expect("status lock");
+                status.acu = size.acu;
+                status.limits = Some(limits);
+                status.since = now_rfc3339();
+            }
+            Err(e) => {
+                let _ = compute.stop().await;
+                return Err(e);
+            }
+        }
+        self.compute = Some(compute);
+        Ok(endpoint)
+    }
+
+    async fn stop_compute(&mut self) {
+        if let Some(mut compute) = self.compute.take() {
+            if let Err(e) = compute.stop().await {
+                tracing::warn!(cluster = %self.name(), error = %e, "stopping the compute failed");
+            }
+        }
+        metrics::gauge!("pgtide_cluster_acu", "cluster" => self.name().to_string()).set(0.0);
+        let mut status = self.shared.status.lock().expect("status lock");
+        status.acu = 0.0;
+        status.limits = None;
+        status.since = now_rfc3339();
+    }
+
+    async fn pause(&mut self, reason: String) {
+        self.set_state(ClusterState::Pausing);
+        self.stop_compute().await;
+        metrics::counter!("pgtide_cluster_pauses_total", "cluster" => self.name().to_string()).increment(1);
+        self.shared.events.record("paused", reason);
+        self.set_state(ClusterState::Paused);
+    }
+
+    async fn pause_on_request(&mut self) -> Result<String, String> {
+        let clients = self.shared.counters.clients.load(Ordering::Relaxed);
+        if clients > 0 {
+            return Err(format!(
+                "cluster \"{}\" has {clients} connected client{}; pause refused",
+                self.name(),
+                if clients == 1 { "" } else { "s" }
+            ));
+        }
+        match &*self.state.borrow() {
+            ClusterState::Paused => return Ok(format!("cluster \"{}\" is already paused", self.name())),
+            ClusterState::Failed(_) => {}
+            _ => {}
+        }
+        self.pause("paused on request".to_string()).await;
+        Ok(format!("cluster \"{}\" paused", self.name()))
+    }
+
+    async fn on_tick(&mut self) {
+        let config = &self.shared.config;
+        let counters = &self.shared.counters;
+        if self.is_running()
+            && config.min_acu == 0.0
+            && counters.clients.load(Ordering::Relaxed) == 0
+            && counters.idle_for() >= config.auto_pause_after
+        {
+            let idle = counters.idle_for().as_secs();
+            self.pause(format!("paused after {idle} s idle")).await;
+        }
+    }
+
+    async fn on_compute_exit(&mut self, exit: ExitInfo) {
+        self.compute = None;
+        let description = format!("compute {}, restarting", exit.description);
+        tracing::warn!(cluster = %self.name(), "{description}");
+        self.shared.events.record("compute_exited", description);
+        metrics::counter!("pgtide_cluster_compute_exits_total", "cluster" => self.name().to_string()).increment(1);
+        self.set_state(ClusterState::Failed(format!("compute {}", exit.description)));
+        // Postgres's own crash recovery brings back everything acknowledged; retry for a while,
+        // since the old backends may hold the shared memory for a moment after the postmaster died.
+        for attempt in 0..20 {
+            self.resume("crash recovery").await;
+            if self.is_running() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+        }
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}

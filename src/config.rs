@@ -1,0 +1,627 @@
+//! The config file (`config/pgtide.toml` is the embedded default): its schema, its defaults and
+//! its validation.
+//!
+//! Parsing is serde + toml with `deny_unknown_fields`, so a typo is an error, not a silently
+//! ignored key. Validation runs on the typed result; to point at the offending line it looks the
+//! key's path up again in a span-keeping `toml_edit` document. Every error therefore reads
+//! `FILE:LINE: KEY: what is wrong`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The default config, compiled into the binary.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/pgtide.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub capacity: CapacityConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9187".parse().expect("valid address"),
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacityConfig {
+    pub cpu_per_acu: f64,
+    pub memory_mib_per_acu: u64,
+    pub step_acu: f64,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        CapacityConfig {
+            cpu_per_acu: 0.25,
+            memory_mib_per_acu: 2048,
+            step_acu: 0.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Process,
+    Docker,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    pub kind: RuntimeKind,
+    pub data_dir: PathBuf,
+    pub run_as: String,
+    pub warm_pool_size: usize,
+    pub postgres_bin_dir: Option<PathBuf>,
+    pub image: Option<String>,
+    pub docker_host: Option<String>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            kind: RuntimeKind::Process,
+            data_dir: PathBuf::from("data"),
+            run_as: "postgres".to_string(),
+            warm_pool_size: 1,
+            postgres_bin_dir: None,
+            image: None,
+            docker_host: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `None` means "not given": six directories under `runtime.data_dir`. An empty list turns the
+    /// copies off.
+    pub copies: Option<Vec<PathBuf>>,
+    pub write_quorum: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            copies: None,
+            write_quorum: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub min_acu: f64,
+    pub max_acu: f64,
+    #[serde(default = "default_auto_pause_after", with = "humantime_serde")]
+    pub auto_pause_after: Duration,
+    #[serde(default = "default_scale_down_after", with = "humantime_serde")]
+    pub scale_down_after: Duration,
+    #[serde(default = "default_pool_mode")]
+    pub pool_mode: PoolMode,
+    #[serde(default = "default_resume_timeout", with = "humantime_serde")]
+    pub resume_timeout: Duration,
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+fn default_auto_pause_after() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_scale_down_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pool_mode() -> PoolMode {
+    PoolMode::Session
+}
+fn default_resume_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_client_connections() -> usize {
+    10_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// A plain password or a `SCRAM-SHA-256$…` verifier. No password: the user logs in without
+    /// one (trust), as with a `trust` line in pg_hba.conf.
+    pub password: Option<String>,
+    #[serde(default)]
+    pub superuser: bool,
+}
+
+/// A config error that names the file, the line and the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths in it are made relative to its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: None,
+            key: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        let base = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        Config::parse(&text, &path.display().to_string(), &base)
+    }
+
+    /// Parses and validates config text; `file` is only used in errors, `base` anchors relative
+    /// paths.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ConfigError {
+                file: file.to_string(),
+                line,
+                key: None,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        if let Err(invalid) = config.validate() {
+            let line = locate(text, &invalid.path);
+            return Err(ConfigError {
+                file: file.to_string(),
+                line,
+                key: Some(path_to_string(&invalid.path)),
+                message: invalid.message,
+            });
+        }
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// The directories of the six storage copies, after defaults.
+    pub fn storage_copies(&self) -> Vec<PathBuf> {
+        match &self.storage.copies {
+            Some(copies) => copies.clone(),
+            None => ["a1", "a2", "b1", "b2", "c1", "c2"]
+                .iter()
+                .map(|zone| self.runtime.data_dir.join("copies").join(zone))
+                .collect(),
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let absolute = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                normalize(&base.join(p))
+            }
+        };
+        self.runtime.data_dir = absolute(&self.runtime.data_dir);
+        if let Some(dir) = &self.runtime.postgres_bin_dir {
+            self.runtime.postgres_bin_dir = Some(absolute(dir));
+        }
+        if let Some(copies) = &mut self.storage.copies {
+            for copy in copies.iter_mut() {
+                *copy = absolute(copy);
+            }
+        }
+        for cluster in &mut self.clusters {
+            if let Some(tls) = &mut cluster.tls {
+                tls.cert = absolute(&tls.cert);
+                tls.key = absolute(&tls.key);
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        use PathPart::{Index, Key};
+        let capacity = &self.capacity;
+        if !(capacity.cpu_per_acu > 0.0 && capacity.cpu_per_acu.is_finite()) {
+            return Err(Invalid::at(
+                &[Key("capacity"), Key("cpu_per_acu")],
+                format!("must be a positive number of cores, got {}", capacity.cpu_per_acu),
+            ));
+        }
+        if capacity.memory_mib_per_acu < 64 {
+            return Err(Invalid::at(
+                &[Key("capacity"), Key("memory_mib_per_acu")],
+                format!("must be at least 64 MiB, got {}", capacity.memory_mib_per_acu),
+            ));
+        }
+        if !(capacity.step_acu > 0.0 && capacity.step_acu <= 16.0) {
+            return Err(Invalid::at(
+                &[Key("capacity"), Key("step_acu")],
+                format!("must be above 0 and at most 16, got {}", capacity.step_acu),
+            ));
+        }
+        if self.runtime.run_as.is_empty() {
+            return Err(Invalid::at(
+                &[Key("runtime"), Key("run_as")],
+                "must name an OS user".to_string(),
+            ));
+        }
+        let copies = self.storage_copies();
+        if !copies.is_empty() && (self.storage.write_quorum == 0 || self.storage.write_quorum > copies.len()) {
+            return Err(Invalid::at(
+                &[Key("storage"), Key("write_quorum")],
+                format!(
+                    "must be between 1 and the number of copies ({}), got {}",
+                    copies.len(),
+                    self.storage.write_quorum
+                ),
+            ));
+        }
+        if self.clusters.is_empty() {
+            return Err(Invalid::at(&[Key("clusters")], "at least one [[clusters]] entry is needed".to_string()));
+        }
+        let mut names = HashSet::new();
+        let mut listens = HashSet::new();
+        listens.insert(self.admin.listen);
+        for (i, cluster) in self.clusters.iter().enumerate() {
+            let at = |key: &'static str| [Key("clusters"), Index(i), Key(key)];
+            let valid_name = !cluster.name.is_empty()
+                && cluster.name.len() <= 63
+                && cluster
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !valid_name {
+                return Err(Invalid::at(
+                    &at("name"),
+                    format!(
+                        "\"{}\" is not a valid cluster name (1 to 63 of a-z, 0-9, '-' and '_')",
+                        cluster.name
+                    ),
+                ));
+            }
+            if !names.insert(cluster.name.as_str()) {
+                return Err(Invalid::at(&at("name"), format!("cluster \"{}\" is defined twice", cluster.name)));
+            }
+            if !listens.insert(cluster.listen) {
+                return Err(Invalid::at(
+                    &at("listen"),
+                    format!("{} is already used by the admin endpoint or another cluster", cluster.listen),
+                ));
+            }
+            let step = capacity.step_acu;
+            if !(cluster.min_acu >= 0.0 && is_step_multiple(cluster.min_acu, step)) {
+                return Err(Invalid::at(
+                    &at("min_acu"),
+                    format!("must be 0 or a positive multiple of step_acu ({step}), got {}", cluster.min_acu),
+                ));
+            }
+            if !(cluster.max_acu >= step && is_step_multiple(cluster.max_acu, step)) {
+                return Err(Invalid::at(
+                    &at("max_acu"),
+                    format!("must be a multiple of step_acu ({step}) of at least one step, got {}", cluster.max_acu),
+                ));
+            }
+            if cluster.max_acu < cluster.min_acu {
+                return Err(Invalid::at(
+                    &at("max_acu"),
+                    format!("must be at least min_acu ({}), got {}", cluster.min_acu, cluster.max_acu),
+                ));
+            }
+            if cluster.max_acu > 256.0 {
+                return Err(Invalid::at(&at("max_acu"), format!("must be at most 256, got {}", cluster.max_acu)));
+            }
+            if cluster.auto_pause_after < Duration::from_secs(1) {
+                return Err(Invalid::at(
+                    &at("auto_pause_after"),
+                    format!("must be at least 1s, got {}", humantime::format_duration(cluster.auto_pause_after)),
+                ));
+            }
+            if cluster.resume_timeout < Duration::from_millis(100) {
+                return Err(Invalid::at(
+                    &at("resume_timeout"),
+                    format!("must be at least 100ms, got {}", humantime::format_duration(cluster.resume_timeout)),
+                ));
+            }
+            if cluster.max_client_connections == 0 {
+                return Err(Invalid::at(&at("max_client_connections"), "must be at least 1".to_string()));
+            }
+            if cluster.users.is_empty() {
+                return Err(Invalid::at(
+                    &[Key("clusters"), Index(i)],
+                    format!("cluster \"{}\" needs at least one [[clusters.users]] entry", cluster.name),
+                ));
+            }
+            let mut users = HashSet::new();
+            for (j, user) in cluster.users.iter().enumerate() {
+                let at = |key: &'static str| [Key("clusters"), Index(i), Key("users"), Index(j), Key(key)];
+                if user.name.is_empty() || user.name.len() > 63 || user.name.contains('\0') {
+                    return Err(Invalid::at(&at("name"), "must be 1 to 63 characters".to_string()));
+                }
+                if !users.insert(user.name.as_str()) {
+                    return Err(Invalid::at(&at("name"), format!("user \"{}\" is defined twice", user.name)));
+                }
+                if let Some(password) = &user.password {
+                    if password.starts_with("SCRAM-SHA-256$")
+                        && crate::proxy::scram::ScramVerifier::parse(password).is_none()
+                    {
+                        return Err(Invalid::at(&at("password"), "is not a valid SCRAM-SHA-256 verifier".to_string()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_step_multiple(value: f64, step: f64) -> bool {
+    let steps = value / step;
+    value.is_finite() && (steps - steps.round()).abs() < 1e-9
+}
+
+/// Lexically removes `.` and `..` so that paths in logs and `/status` read well.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PathPart {
+    Key(&'static str),
+    Index(usize),
+}
+
+struct Invalid {
+    path: Vec<PathPart>,
+    message: String,
+}
+
+impl Invalid {
+    fn at(path: &[PathPart], message: String) -> Invalid {
+        Invalid {
+            path: path.to_vec(),
+            message,
+        }
+    }
+}
+
+fn path_to_string(path: &[PathPart]) -> String {
+    let mut out = String::new();
+    for part in path {
+        match part {
+            PathPart::Key(key) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            PathPart::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Finds the line of the deepest part of `path` that the text spells out (a key left to its
+/// default points at its table).
+fn locate(text: &str, path: &[PathPart]) -> Option<usize> {
+    let doc = toml_edit::Document::parse(text).ok()?;
+    let mut item = doc.as_item();
+    let mut best = None;
+    for part in path {
+        let next = match part {
+            PathPart::Key(key) => item.get(key),
+            PathPart::Index(i) => item.get(*i),
+        };
+        match next {
+            Some(next) => {
+                item = next;
+                if let Some(span) = item.span() {
+                    best = Some(span.start);
+                }
+            }
+            None => break,
+        }
+    }
+    best.map(|offset| line_of(text, offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", Path::new("/etc/pgtide"))
+    }
+
+    const MINIMAL: &str = r#"
+[[clusters]]
+name = "main"
+listen = "127.0.0.1:6432"
+max_acu = 4
+
+[[clusters.users]]
+name = "app"
+password = "secret"
+"#;
+
+    #[test]
+    fn embedded_default_parses() {
+        let config = parse(DEFAULT_CONFIG).expect("default config is valid");
+        assert_eq!(config.clusters.len(), 1);
+        let main = &config.clusters[0];
+        assert_eq!(main.name, "main");
+        assert_eq!(main.listen, "127.0.0.1:6432".parse().unwrap());
+        assert_eq!(main.auto_pause_after, Duration::from_secs(300));
+        assert_eq!(main.users[0].name, "postgres");
+        assert_eq!(config.storage_copies().len(), 6);
+        assert_eq!(config.storage.write_quorum, 4);
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_absolute_paths() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.capacity, CapacityConfig::default());
+        assert_eq!(config.runtime.data_dir, PathBuf::from("/etc/pgtide/data"));
+        assert_eq!(config.storage_copies()[0], PathBuf::from("/etc/pgtide/data/copies/a1"));
+        assert_eq!(config.clusters[0].pool_mode, PoolMode::Session);
+        assert_eq!(config.clusters[0].min_acu, 0.0);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = MINIMAL.replace("max_acu = 4", "max_acu = 4\nmax_acus = 5");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.line, Some(6), "{err}");
+        assert!(err.to_string().contains("max_acus"), "{err}");
+        assert!(err.to_string().starts_with("test.toml:6:"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_type_names_the_line() {
+        let text = MINIMAL.replace("max_acu = 4", "max_acu = \"lots\"");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.line, Some(5), "{err}");
+    }
+
+    #[test]
+    fn min_above_max_is_refused_with_key_and_line() {
+        let text = MINIMAL.replace("max_acu = 4", "min_acu = 6\nmax_acu = 4");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("clusters[0].max_acu"));
+        assert_eq!(err.line, Some(6), "{err}");
+    }
+
+    #[test]
+    fn acu_must_be_a_step_multiple() {
+        let err = parse(&MINIMAL.replace("max_acu = 4", "max_acu = 1.3")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("clusters[0].max_acu"), "{err}");
+    }
+
+    #[test]
+    fn durations_use_humantime() {
+        let text = MINIMAL.replace("max_acu = 4", "max_acu = 4\nauto_pause_after = \"1m 30s\"");
+        assert_eq!(parse(&text).unwrap().clusters[0].auto_pause_after, Duration::from_secs(90));
+        let text = MINIMAL.replace("max_acu = 4", "max_acu = 4\nauto_pause_after = \"500ms\"");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("clusters[0].auto_pause_after"));
+        assert_eq!(err.line, Some(6));
+    }
+
+    #[test]
+    fn duplicate_names_and_ports_are_refused() {
+        let twice = format!("{MINIMAL}{MINIMAL}");
+        let err = parse(&twice).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("clusters[1].name"));
+        assert_eq!(err.line, Some(12), "{err}");
+        let same_port = format!("{MINIMAL}{}", MINIMAL.replace("\"main\"", "\"other\""));
+        let err = parse(&same_port).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("clusters[1].listen"));
+    }
+
+    #[test]
+    fn a_cluster_needs_a_user() {
+        let text = MINIMAL.split("[[clusters.users]]").next().unwrap().to_string();
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("clusters[0]"));
+        assert_eq!(err.line, Some(2));
+    }
+
+    #[test]
+    fn unknown_pool_mode_is_refused() {
+        let text = MINIMAL.replace("max_acu = 4", "max_acu = 4\npool_mode = \"statement\"");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.line, Some(6), "{err}");
+        assert!(err.message.contains("statement"), "{err}");
+    }
+
+    #[test]
+    fn write_quorum_must_fit_the_copies() {
+        let text = format!("[storage]\nwrite_quorum = 7\n{MINIMAL}");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("storage.write_quorum"));
+        assert_eq!(err.line, Some(2));
+        let off = format!("[storage]\ncopies = []\n{MINIMAL}");
+        assert!(parse(&off).unwrap().storage_copies().is_empty());
+    }
+}

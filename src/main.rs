@@ -1,0 +1,269 @@
+//! pgtide: serverless PostgreSQL you run yourself.
+//!
+//! `pgtide serve` runs the proxy, the clusters and the admin endpoint; `status`, `pause` and
+//! `resume` are clients of the admin endpoint.
+
+mod acu;
+mod admin;
+mod cluster;
+mod config;
+mod proxy;
+mod runtime;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use config::{Config, RuntimeKind};
+
+#[derive(Parser)]
+#[command(name = "pgtide", version, about = "Serverless PostgreSQL you run yourself")]
+struct Cli {
+    #[command(subcommand)]
+    command: CommandLine,
+}
+
+#[derive(Subcommand)]
+enum CommandLine {
+    /// Run the proxy, the clusters and the admin endpoint.
+    Serve {
+        #[arg(long, default_value = "config/pgtide.toml")]
+        config: PathBuf,
+    },
+    /// Show every cluster's state (asks a running pgtide).
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the raw JSON of GET /status.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a cluster now (refused while clients are connected).
+    Pause {
+        cluster: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Resume a paused cluster and wait until it runs.
+    Resume {
+        cluster: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        CommandLine::Serve { config } => serve_blocking(&config),
+        CommandLine::Status { config, json } => admin_client::status(config.as_deref(), json),
+        CommandLine::Pause { cluster, config } => admin_client::action(config.as_deref(), &cluster, "pause"),
+        CommandLine::Resume { cluster, config } => admin_client::action(config.as_deref(), &cluster, "resume"),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgtide: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve_blocking(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGTIDE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // One thread by default: on a small machine the proxy shares the cores with Postgres, and a
+    // single thread forwards with no cross-thread wake-ups. PGTIDE_THREADS=N picks a
+    // multi-thread runtime instead (scripts/bench.sh compares them).
+    let threads: usize = std::env::var("PGTIDE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let compute_runtime: Arc<dyn runtime::Runtime> = match config.runtime.kind {
+        RuntimeKind::Process => Arc::new(runtime::process::ProcessRuntime::new(&config.runtime)?),
+        RuntimeKind::Docker => bail!("runtime.kind = \"docker\" is not available in this build yet; use \"process\""),
+    };
+    std::fs::create_dir_all(&config.runtime.data_dir)
+        .with_context(|| format!("creating runtime.data_dir {}", config.runtime.data_dir.display()))?;
+
+    // Bind everything first, so that a port in use fails the start before any compute runs.
+    let mut listeners = Vec::new();
+    for cluster in &config.clusters {
+        let listener = TcpListener::bind(cluster.listen)
+            .await
+            .with_context(|| format!("cluster \"{}\": cannot listen on {}", cluster.name, cluster.listen))?;
+        let tls = cluster.tls.as_ref().map(proxy::tls::acceptor).transpose()?;
+        listeners.push((listener, tls));
+    }
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("admin: cannot listen on {}", config.admin.listen))?;
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let proxy_shared = Arc::new(proxy::ProxyShared::default());
+    let mut clusters = Vec::new();
+    for (cluster_config, (listener, tls)) in config.clusters.iter().zip(listeners) {
+        let handle = cluster::spawn(
+            cluster_config.clone(),
+            config.capacity,
+            compute_runtime.clone(),
+            config.runtime.data_dir.clone(),
+        );
+        tracing::info!(cluster = %cluster_config.name, listen = %cluster_config.listen, "accepting clients");
+        tokio::spawn(proxy::serve(listener, handle.clone(), tls, proxy_shared.clone(), shutdown_rx.clone()));
+        clusters.push(handle);
+    }
+
+    let admin_state = Arc::new(admin::AdminState {
+        clusters: clusters.clone(),
+        metrics,
+        token: config.admin.token.clone(),
+        listen: config.admin.listen,
+        storage_copies: config.storage_copies().len(),
+    });
+    let mut admin_shutdown = shutdown_rx.clone();
+    let admin_server = axum::serve(admin_listener, admin::router(admin_state))
+        .with_graceful_shutdown(async move {
+            let _ = admin_shutdown.wait_for(|stop| *stop).await;
+        });
+    tracing::info!(listen = %config.admin.listen, "admin endpoint up");
+    let admin_task = tokio::spawn(async move { admin_server.await });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: stopping every compute");
+    let _ = shutdown_tx.send(true);
+    let mut stops = tokio::task::JoinSet::new();
+    for cluster in clusters {
+        stops.spawn(async move { cluster.shutdown().await });
+    }
+    let all_stopped = async { while stops.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(90), all_stopped).await.is_err() {
+        tracing::error!("some computes did not stop within 90 s");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// The CLI side of the admin API.
+mod admin_client {
+    use std::path::Path;
+
+    use anyhow::{bail, Context};
+
+    use crate::config::{Config, DEFAULT_CONFIG};
+
+    fn load(config: Option<&Path>) -> anyhow::Result<Config> {
+        match config {
+            Some(path) => Ok(Config::load(path)?),
+            None if Path::new("config/pgtide.toml").exists() => Ok(Config::load(Path::new("config/pgtide.toml"))?),
+            None => Ok(Config::parse(DEFAULT_CONFIG, "(built-in config)", Path::new("."))?),
+        }
+    }
+
+    fn request(config: &Config, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        let url = format!("http://{}{}", config.admin.listen, path);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(120)))
+            .build()
+            .into();
+        let authorization = config.admin.token.as_ref().map(|token| format!("Bearer {token}"));
+        let response = match method {
+            "POST" => {
+                let mut request = agent.post(&url);
+                if let Some(value) = &authorization {
+                    request = request.header("authorization", value);
+                }
+                request.send_empty()
+            }
+            _ => {
+                let mut request = agent.get(&url);
+                if let Some(value) = &authorization {
+                    request = request.header("authorization", value);
+                }
+                request.call()
+            }
+        }
+        .with_context(|| format!("cannot reach pgtide's admin endpoint at {url} (is `pgtide serve` running?)"))?;
+        let status = response.status().as_u16();
+        let body = response.into_body().read_to_string()?;
+        Ok((status, body))
+    }
+
+    pub fn status(config: Option<&Path>, json: bool) -> anyhow::Result<()> {
+        let config = load(config)?;
+        let (code, body) = request(&config, "GET", "/status")?;
+        if code != 200 {
+            bail!("{}", body.trim());
+        }
+        if json {
+            println!("{body}");
+            return Ok(());
+        }
+        let status: serde_json::Value = serde_json::from_str(&body)?;
+        println!(
+            "{:<16} {:<9} {:>5} {:>9} {:>8} {:>7} {:<22} LAST EVENT",
+            "CLUSTER", "STATE", "ACU", "MIN-MAX", "CLIENTS", "ACTIVE", "LISTEN"
+        );
+        for cluster in status["clusters"].as_array().into_iter().flatten() {
+            let last_event = cluster["events"][0]["message"].as_str().unwrap_or("");
+            println!(
+                "{:<16} {:<9} {:>5} {:>9} {:>8} {:>7} {:<22} {}",
+                cluster["name"].as_str().unwrap_or("?"),
+                cluster["state"].as_str().unwrap_or("?"),
+                cluster["acu"],
+                format!("{}-{}", cluster["min_acu"], cluster["max_acu"]),
+                cluster["clients"],
+                cluster["active"],
+                cluster["listen"].as_str().unwrap_or(""),
+                last_event
+            );
+        }
+        Ok(())
+    }
+
+    pub fn action(config: Option<&Path>, cluster: &str, action: &str) -> anyhow::Result<()> {
+        let config = load(config)?;
+        let (code, body) = request(&config, "POST", &format!("/clusters/{cluster}/{action}"))?;
+        if code != 200 {
+            bail!("{}", body.trim());
+        }
+        println!("{}", body.trim());
+        Ok(())
+    }
+}

@@ -1,0 +1,106 @@
+//! Where a cluster's compute (one Postgres instance) runs.
+//!
+//! A [`Runtime`] starts computes; a [`Compute`] is one running instance that the cluster task
+//! owns: it knows how to reach it, how to stop it cleanly, and it reports when it exits on its
+//! own through a watch channel (so the cluster task can `select!` on it while it also serves
+//! commands). The `process` runtime runs the machine's own Postgres binaries.
+
+pub mod binaries;
+pub mod process;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::acu::ComputeSize;
+
+/// How pgtide reaches a compute: a unix socket that only pgtide can open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComputeEndpoint {
+    /// The directory holding the socket (what libpq calls the host).
+    pub socket_dir: PathBuf,
+    pub port: u16,
+}
+
+impl ComputeEndpoint {
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket_dir.join(format!(".s.PGSQL.{}", self.port))
+    }
+
+    /// A tokio-postgres config for pgtide's own connections (the bootstrap superuser, trusted on
+    /// the private socket).
+    pub fn admin_config(&self, database: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&self.socket_dir)
+            .port(self.port)
+            .user(BOOTSTRAP_SUPERUSER)
+            .dbname(database)
+            .application_name("pgtide");
+        config
+    }
+
+    /// Opens one admin connection and drives it in the background.
+    pub async fn admin_connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = self.admin_config("postgres").connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+}
+
+/// The superuser that `initdb` creates; pgtide logs in as it over the private socket.
+pub const BOOTSTRAP_SUPERUSER: &str = "postgres";
+
+/// What a runtime needs to start one cluster's compute.
+#[derive(Debug, Clone)]
+pub struct ComputeSpec {
+    pub cluster: String,
+    /// The cluster's own directory: its Postgres data directory lives under it.
+    pub cluster_dir: PathBuf,
+    /// Settings given to the postmaster at start (sized for `max_acu`).
+    pub postmaster_settings: Vec<(&'static str, String)>,
+    /// The size to run at first.
+    pub size: ComputeSize,
+}
+
+/// Why a compute stopped without being asked to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub description: String,
+}
+
+/// Whether CPU and memory limits are really applied on this machine, and what they are.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Limits {
+    pub cpu_cores: f64,
+    pub memory_mib: u64,
+    pub enforced: bool,
+    /// Why limits are not enforced, or how they are.
+    pub mechanism: String,
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    fn kind(&self) -> &'static str;
+
+    /// Starts (creating on first use) the compute described by `spec` and waits until it
+    /// accepts connections.
+    async fn start(&self, spec: &ComputeSpec) -> anyhow::Result<Box<dyn Compute>>;
+}
+
+#[async_trait]
+pub trait Compute: Send + Sync {
+    fn endpoint(&self) -> &ComputeEndpoint;
+
+    /// Becomes `Some` once the compute has exited (on its own or after `stop`).
+    fn exited(&self) -> watch::Receiver<Option<ExitInfo>>;
+
+    /// Applies CPU and memory limits for `size`; returns what is in force.
+    async fn apply_size(&mut self, size: ComputeSize) -> anyhow::Result<Limits>;
+
+    /// Clean stop: CHECKPOINT, then Postgres's fast shutdown; returns once it has exited.
+    async fn stop(&mut self) -> anyhow::Result<()>;
+}
