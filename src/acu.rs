@@ -43,8 +43,14 @@ impl ComputeSize {
             ("maintenance_work_mem", format!("{maintenance_mib}MB")),
             ("effective_cache_size", format!("{cache_mib}MB")),
             ("max_parallel_workers", parallel.max(1).to_string()),
-            ("max_parallel_workers_per_gather", (parallel / 2).to_string()),
-            ("max_parallel_maintenance_workers", (parallel / 2).to_string()),
+            (
+                "max_parallel_workers_per_gather",
+                (parallel / 2).to_string(),
+            ),
+            (
+                "max_parallel_maintenance_workers",
+                (parallel / 2).to_string(),
+            ),
         ]
     }
 }

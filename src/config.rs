@@ -217,7 +217,13 @@ impl Config {
         })?;
         let base = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."));
         let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
         Config::parse(&text, &path.display().to_string(), &base)
@@ -290,13 +296,19 @@ impl Config {
         if !(capacity.cpu_per_acu > 0.0 && capacity.cpu_per_acu.is_finite()) {
             return Err(Invalid::at(
                 &[Key("capacity"), Key("cpu_per_acu")],
-                format!("must be a positive number of cores, got {}", capacity.cpu_per_acu),
+                format!(
+                    "must be a positive number of cores, got {}",
+                    capacity.cpu_per_acu
+                ),
             ));
         }
         if capacity.memory_mib_per_acu < 64 {
             return Err(Invalid::at(
                 &[Key("capacity"), Key("memory_mib_per_acu")],
-                format!("must be at least 64 MiB, got {}", capacity.memory_mib_per_acu),
+                format!(
+                    "must be at least 64 MiB, got {}",
+                    capacity.memory_mib_per_acu
+                ),
             ));
         }
         if !(capacity.step_acu > 0.0 && capacity.step_acu <= 16.0) {
@@ -312,7 +324,9 @@ impl Config {
             ));
         }
         let copies = self.storage_copies();
-        if !copies.is_empty() && (self.storage.write_quorum == 0 || self.storage.write_quorum > copies.len()) {
+        if !copies.is_empty()
+            && (self.storage.write_quorum == 0 || self.storage.write_quorum > copies.len())
+        {
             return Err(Invalid::at(
                 &[Key("storage"), Key("write_quorum")],
                 format!(
@@ -323,7 +337,10 @@ impl Config {
             ));
         }
         if self.clusters.is_empty() {
-            return Err(Invalid::at(&[Key("clusters")], "at least one [[clusters]] entry is needed".to_string()));
+            return Err(Invalid::at(
+                &[Key("clusters")],
+                "at least one [[clusters]] entry is needed".to_string(),
+            ));
         }
         let mut names = HashSet::new();
         let mut listens = HashSet::new();
@@ -346,71 +363,112 @@ impl Config {
                 ));
             }
             if !names.insert(cluster.name.as_str()) {
-                return Err(Invalid::at(&at("name"), format!("cluster \"{}\" is defined twice", cluster.name)));
+                return Err(Invalid::at(
+                    &at("name"),
+                    format!("cluster \"{}\" is defined twice", cluster.name),
+                ));
             }
             if !listens.insert(cluster.listen) {
                 return Err(Invalid::at(
                     &at("listen"),
-                    format!("{} is already used by the admin endpoint or another cluster", cluster.listen),
+                    format!(
+                        "{} is already used by the admin endpoint or another cluster",
+                        cluster.listen
+                    ),
                 ));
             }
             let step = capacity.step_acu;
             if !(cluster.min_acu >= 0.0 && is_step_multiple(cluster.min_acu, step)) {
                 return Err(Invalid::at(
                     &at("min_acu"),
-                    format!("must be 0 or a positive multiple of step_acu ({step}), got {}", cluster.min_acu),
+                    format!(
+                        "must be 0 or a positive multiple of step_acu ({step}), got {}",
+                        cluster.min_acu
+                    ),
                 ));
             }
             if !(cluster.max_acu >= step && is_step_multiple(cluster.max_acu, step)) {
                 return Err(Invalid::at(
                     &at("max_acu"),
-                    format!("must be a multiple of step_acu ({step}) of at least one step, got {}", cluster.max_acu),
+                    format!(
+                        "must be a multiple of step_acu ({step}) of at least one step, got {}",
+                        cluster.max_acu
+                    ),
                 ));
             }
             if cluster.max_acu < cluster.min_acu {
                 return Err(Invalid::at(
                     &at("max_acu"),
-                    format!("must be at least min_acu ({}), got {}", cluster.min_acu, cluster.max_acu),
+                    format!(
+                        "must be at least min_acu ({}), got {}",
+                        cluster.min_acu, cluster.max_acu
+                    ),
                 ));
             }
             if cluster.max_acu > 256.0 {
-                return Err(Invalid::at(&at("max_acu"), format!("must be at most 256, got {}", cluster.max_acu)));
+                return Err(Invalid::at(
+                    &at("max_acu"),
+                    format!("must be at most 256, got {}", cluster.max_acu),
+                ));
             }
             if cluster.auto_pause_after < Duration::from_secs(1) {
                 return Err(Invalid::at(
                     &at("auto_pause_after"),
-                    format!("must be at least 1s, got {}", humantime::format_duration(cluster.auto_pause_after)),
+                    format!(
+                        "must be at least 1s, got {}",
+                        humantime::format_duration(cluster.auto_pause_after)
+                    ),
                 ));
             }
             if cluster.resume_timeout < Duration::from_millis(100) {
                 return Err(Invalid::at(
                     &at("resume_timeout"),
-                    format!("must be at least 100ms, got {}", humantime::format_duration(cluster.resume_timeout)),
+                    format!(
+                        "must be at least 100ms, got {}",
+                        humantime::format_duration(cluster.resume_timeout)
+                    ),
                 ));
             }
             if cluster.max_client_connections == 0 {
-                return Err(Invalid::at(&at("max_client_connections"), "must be at least 1".to_string()));
+                return Err(Invalid::at(
+                    &at("max_client_connections"),
+                    "must be at least 1".to_string(),
+                ));
             }
             if cluster.users.is_empty() {
                 return Err(Invalid::at(
                     &[Key("clusters"), Index(i)],
-                    format!("cluster \"{}\" needs at least one [[clusters.users]] entry", cluster.name),
+                    format!(
+                        "cluster \"{}\" needs at least one [[clusters.users]] entry",
+                        cluster.name
+                    ),
                 ));
             }
             let mut users = HashSet::new();
             for (j, user) in cluster.users.iter().enumerate() {
-                let at = |key: &'static str| [Key("clusters"), Index(i), Key("users"), Index(j), Key(key)];
+                let at = |key: &'static str| {
+                    [Key("clusters"), Index(i), Key("users"), Index(j), Key(key)]
+                };
                 if user.name.is_empty() || user.name.len() > 63 || user.name.contains('\0') {
-                    return Err(Invalid::at(&at("name"), "must be 1 to 63 characters".to_string()));
+                    return Err(Invalid::at(
+                        &at("name"),
+                        "must be 1 to 63 characters".to_string(),
+                    ));
                 }
                 if !users.insert(user.name.as_str()) {
-                    return Err(Invalid::at(&at("name"), format!("user \"{}\" is defined twice", user.name)));
+                    return Err(Invalid::at(
+                        &at("name"),
+                        format!("user \"{}\" is defined twice", user.name),
+                    ));
                 }
                 if let Some(password) = &user.password {
                     if password.starts_with("SCRAM-SHA-256$")
                         && crate::proxy::scram::ScramVerifier::parse(password).is_none()
                     {
-                        return Err(Invalid::at(&at("password"), "is not a valid SCRAM-SHA-256 verifier".to_string()));
+                        return Err(Invalid::at(
+                            &at("password"),
+                            "is not a valid SCRAM-SHA-256 verifier".to_string(),
+                        ));
                     }
                 }
             }
@@ -543,7 +601,10 @@ password = "secret"
         let config = parse(MINIMAL).unwrap();
         assert_eq!(config.capacity, CapacityConfig::default());
         assert_eq!(config.runtime.data_dir, PathBuf::from("/etc/pgtide/data"));
-        assert_eq!(config.storage_copies()[0], PathBuf::from("/etc/pgtide/data/copies/a1"));
+        assert_eq!(
+            config.storage_copies()[0],
+            PathBuf::from("/etc/pgtide/data/copies/a1")
+        );
         assert_eq!(config.clusters[0].pool_mode, PoolMode::Session);
         assert_eq!(config.clusters[0].min_acu, 0.0);
     }
@@ -581,7 +642,10 @@ password = "secret"
     #[test]
     fn durations_use_humantime() {
         let text = MINIMAL.replace("max_acu = 4", "max_acu = 4\nauto_pause_after = \"1m 30s\"");
-        assert_eq!(parse(&text).unwrap().clusters[0].auto_pause_after, Duration::from_secs(90));
+        assert_eq!(
+            parse(&text).unwrap().clusters[0].auto_pause_after,
+            Duration::from_secs(90)
+        );
         let text = MINIMAL.replace("max_acu = 4", "max_acu = 4\nauto_pause_after = \"500ms\"");
         let err = parse(&text).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("clusters[0].auto_pause_after"));
@@ -601,7 +665,11 @@ password = "secret"
 
     #[test]
     fn a_cluster_needs_a_user() {
-        let text = MINIMAL.split("[[clusters.users]]").next().unwrap().to_string();
+        let text = MINIMAL
+            .split("[[clusters.users]]")
+            .next()
+            .unwrap()
+            .to_string();
         let err = parse(&text).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("clusters[0]"));
         assert_eq!(err.line, Some(2));

@@ -21,7 +21,11 @@ use tokio::net::TcpListener;
 use config::{Config, RuntimeKind};
 
 #[derive(Parser)]
-#[command(name = "pgtide", version, about = "Serverless PostgreSQL you run yourself")]
+#[command(
+    name = "pgtide",
+    version,
+    about = "Serverless PostgreSQL you run yourself"
+)]
 struct Cli {
     #[command(subcommand)]
     command: CommandLine,
@@ -61,8 +65,12 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         CommandLine::Serve { config } => serve_blocking(&config),
         CommandLine::Status { config, json } => admin_client::status(config.as_deref(), json),
-        CommandLine::Pause { cluster, config } => admin_client::action(config.as_deref(), &cluster, "pause"),
-        CommandLine::Resume { cluster, config } => admin_client::action(config.as_deref(), &cluster, "resume"),
+        CommandLine::Pause { cluster, config } => {
+            admin_client::action(config.as_deref(), &cluster, "pause")
+        }
+        CommandLine::Resume { cluster, config } => {
+            admin_client::action(config.as_deref(), &cluster, "resume")
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -77,7 +85,8 @@ fn serve_blocking(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGTIDE_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("PGTIDE_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -89,7 +98,9 @@ fn serve_blocking(config_path: &Path) -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -105,17 +116,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("installing the metrics recorder")?;
     let compute_runtime: Arc<dyn runtime::Runtime> = match config.runtime.kind {
         RuntimeKind::Process => Arc::new(runtime::process::ProcessRuntime::new(&config.runtime)?),
-        RuntimeKind::Docker => bail!("runtime.kind = \"docker\" is not available in this build yet; use \"process\""),
+        RuntimeKind::Docker => {
+            bail!("runtime.kind = \"docker\" is not available in this build yet; use \"process\"")
+        }
     };
-    std::fs::create_dir_all(&config.runtime.data_dir)
-        .with_context(|| format!("creating runtime.data_dir {}", config.runtime.data_dir.display()))?;
+    std::fs::create_dir_all(&config.runtime.data_dir).with_context(|| {
+        format!(
+            "creating runtime.data_dir {}",
+            config.runtime.data_dir.display()
+        )
+    })?;
 
     // Bind everything first, so that a port in use fails the start before any compute runs.
     let mut listeners = Vec::new();
     for cluster in &config.clusters {
-        let listener = TcpListener::bind(cluster.listen)
-            .await
-            .with_context(|| format!("cluster \"{}\": cannot listen on {}", cluster.name, cluster.listen))?;
+        let listener = TcpListener::bind(cluster.listen).await.with_context(|| {
+            format!(
+                "cluster \"{}\": cannot listen on {}",
+                cluster.name, cluster.listen
+            )
+        })?;
         let tls = cluster.tls.as_ref().map(proxy::tls::acceptor).transpose()?;
         listeners.push((listener, tls));
     }
@@ -134,7 +154,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             config.runtime.data_dir.clone(),
         );
         tracing::info!(cluster = %cluster_config.name, listen = %cluster_config.listen, "accepting clients");
-        tokio::spawn(proxy::serve(listener, handle.clone(), tls, proxy_shared.clone(), shutdown_rx.clone()));
+        tokio::spawn(proxy::serve(
+            listener,
+            handle.clone(),
+            tls,
+            proxy_shared.clone(),
+            shutdown_rx.clone(),
+        ));
         clusters.push(handle);
     }
 
@@ -161,7 +187,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stops.spawn(async move { cluster.shutdown().await });
     }
     let all_stopped = async { while stops.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(90), all_stopped).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(90), all_stopped)
+        .await
+        .is_err()
+    {
         tracing::error!("some computes did not stop within 90 s");
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
@@ -190,8 +219,14 @@ mod admin_client {
     fn load(config: Option<&Path>) -> anyhow::Result<Config> {
         match config {
             Some(path) => Ok(Config::load(path)?),
-            None if Path::new("config/pgtide.toml").exists() => Ok(Config::load(Path::new("config/pgtide.toml"))?),
-            None => Ok(Config::parse(DEFAULT_CONFIG, "(built-in config)", Path::new("."))?),
+            None if Path::new("config/pgtide.toml").exists() => {
+                Ok(Config::load(Path::new("config/pgtide.toml"))?)
+            }
+            None => Ok(Config::parse(
+                DEFAULT_CONFIG,
+                "(built-in config)",
+                Path::new("."),
+            )?),
         }
     }
 
@@ -202,7 +237,11 @@ mod admin_client {
             .timeout_global(Some(std::time::Duration::from_secs(120)))
             .build()
             .into();
-        let authorization = config.admin.token.as_ref().map(|token| format!("Bearer {token}"));
+        let authorization = config
+            .admin
+            .token
+            .as_ref()
+            .map(|token| format!("Bearer {token}"));
         let response = match method {
             "POST" => {
                 let mut request = agent.post(&url);
@@ -219,7 +258,9 @@ mod admin_client {
                 request.call()
             }
         }
-        .with_context(|| format!("cannot reach pgtide's admin endpoint at {url} (is `pgtide serve` running?)"))?;
+        .with_context(|| {
+            format!("cannot reach pgtide's admin endpoint at {url} (is `pgtide serve` running?)")
+        })?;
         let status = response.status().as_u16();
         let body = response.into_body().read_to_string()?;
         Ok((status, body))

@@ -111,8 +111,13 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(token) = &state.token else { return Ok(()) };
+/// A refusal: status and reason.
+type Denied = (StatusCode, String);
+
+fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), Denied> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -120,32 +125,35 @@ fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
     if given == Some(token.as_str()) {
         Ok(())
     } else {
-        Err((StatusCode::UNAUTHORIZED, "an admin token is required: Authorization: Bearer TOKEN\n").into_response())
+        Err((
+            StatusCode::UNAUTHORIZED,
+            "an admin token is required: Authorization: Bearer TOKEN\n".to_string(),
+        ))
     }
 }
 
-fn actions_allowed(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+fn actions_allowed(state: &AdminState, headers: &HeaderMap) -> Result<(), Denied> {
     authorized(state, headers)?;
     if state.token.is_none() && !state.listen.ip().is_loopback() {
         return Err((
             StatusCode::FORBIDDEN,
-            "pause and resume need [admin] token when the admin endpoint is not on loopback\n",
-        )
-            .into_response());
+            "pause and resume need [admin] token when the admin endpoint is not on loopback\n"
+                .to_string(),
+        ));
     }
     Ok(())
 }
 
 async fn get_status(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     if let Err(denied) = authorized(&state, &headers) {
-        return denied;
+        return denied.into_response();
     }
     Json(status(&state)).into_response()
 }
 
 async fn get_metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     if let Err(denied) = authorized(&state, &headers) {
-        return denied;
+        return denied.into_response();
     }
     for cluster in &state.clusters {
         let name = cluster.name().to_string();
@@ -165,31 +173,41 @@ async fn get_metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -
             ClusterState::Running(_) => counters.clients.load(Ordering::Relaxed),
             _ => 0,
         };
-        metrics::gauge!("pgtide_cluster_server_connections", "cluster" => name.clone()).set(server_connections as f64);
+        metrics::gauge!("pgtide_cluster_server_connections", "cluster" => name.clone())
+            .set(server_connections as f64);
         metrics::gauge!("pgtide_cluster_acu", "cluster" => name).set(cluster.compute_status().acu);
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         state.metrics.render(),
     )
         .into_response()
 }
 
-fn find<'a>(state: &'a AdminState, name: &str) -> Result<&'a ClusterHandle, Response> {
-    state
-        .clusters
-        .iter()
-        .find(|c| c.name() == name)
-        .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no cluster named \"{name}\"\n")).into_response())
+fn find<'a>(state: &'a AdminState, name: &str) -> Result<&'a ClusterHandle, Denied> {
+    let found = state.clusters.iter().find(|c| c.name() == name);
+    found.ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            format!("no cluster named \"{name}\"\n"),
+        )
+    })
 }
 
-async fn post_pause(State(state): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn post_pause(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(denied) = actions_allowed(&state, &headers) {
-        return denied;
+        return denied.into_response();
     }
     let cluster = match find(&state, &name) {
         Ok(cluster) => cluster,
-        Err(e) => return e,
+        Err(denied) => return denied.into_response(),
     };
     match cluster.pause().await {
         Ok(message) => (StatusCode::OK, format!("{message}\n")).into_response(),
@@ -197,13 +215,17 @@ async fn post_pause(State(state): State<Arc<AdminState>>, Path(name): Path<Strin
     }
 }
 
-async fn post_resume(State(state): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn post_resume(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(denied) = actions_allowed(&state, &headers) {
-        return denied;
+        return denied.into_response();
     }
     let cluster = match find(&state, &name) {
         Ok(cluster) => cluster,
-        Err(e) => return e,
+        Err(denied) => return denied.into_response(),
     };
     let started = std::time::Instant::now();
     match cluster.resume("pgtide resume").await {

@@ -50,6 +50,13 @@ impl EventLog {
 
     /// Newest first.
     pub fn recent(&self, limit: usize) -> Vec<Event> {
-        self.ring.lock().expect("event lock").iter().rev().take(limit).cloned().collect()
+        self.ring
+            .lock()
+            .expect("event lock")
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
     }
 }

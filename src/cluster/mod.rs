@@ -122,9 +122,15 @@ pub struct ComputeStatus {
 }
 
 enum Command {
-    Resume { requested_by: String },
-    Pause { reply: oneshot::Sender<Result<String, String>> },
-    Shutdown { reply: oneshot::Sender<()> },
+    Resume {
+        requested_by: String,
+    },
+    Pause {
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Why a client could not be attached to the compute.
@@ -260,12 +266,24 @@ impl ClusterHandle {
     /// Called after a failed password check, so that a password changed by SQL works at the
     /// next attempt even if the change did not go through pgtide's relay.
     pub async fn refresh_roles(&self) {
-        let ClusterState::Running(endpoint) = self.state() else { return };
+        let ClusterState::Running(endpoint) = self.state() else {
+            return;
+        };
         let _one_at_a_time = self.shared.roles_refresh.lock().await;
-        self.shared.counters.roles_changed.store(false, Ordering::Relaxed);
+        self.shared
+            .counters
+            .roles_changed
+            .store(false, Ordering::Relaxed);
         match read_roles(&endpoint).await {
-            Ok(roles) => self.shared.roles.lock().expect("roles lock").replace_compute_roles(roles),
-            Err(e) => tracing::warn!(cluster = %self.name(), error = %e, "could not read roles from the compute"),
+            Ok(roles) => self
+                .shared
+                .roles
+                .lock()
+                .expect("roles lock")
+                .replace_compute_roles(roles),
+            Err(e) => {
+                tracing::warn!(cluster = %self.name(), error = %e, "could not read roles from the compute")
+            }
         }
     }
 
@@ -276,7 +294,8 @@ impl ClusterHandle {
             .send(Command::Pause { reply })
             .await
             .map_err(|_| "pgtide is shutting down".to_string())?;
-        rx.await.map_err(|_| "pgtide is shutting down".to_string())?
+        rx.await
+            .map_err(|_| "pgtide is shutting down".to_string())?
     }
 
     /// Asks for a resume and waits until the compute runs.
@@ -287,20 +306,32 @@ impl ClusterHandle {
     /// Stops the compute cleanly and ends the cluster's task.
     pub async fn shutdown(&self) {
         let (reply, rx) = oneshot::channel();
-        if self.commands.send(Command::Shutdown { reply }).await.is_ok() {
+        if self
+            .commands
+            .send(Command::Shutdown { reply })
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }
 }
 
-async fn read_roles(endpoint: &ComputeEndpoint) -> anyhow::Result<HashMap<String, crate::proxy::scram::ScramVerifier>> {
+async fn read_roles(
+    endpoint: &ComputeEndpoint,
+) -> anyhow::Result<HashMap<String, crate::proxy::scram::ScramVerifier>> {
     let client = endpoint.admin_connect().await?;
     Ok(roles::read_compute_roles(&client).await?)
 }
 
 /// Starts a cluster's task; the compute is started at once (the first client should not wait),
 /// and pauses later if `min_acu` is 0 and nobody comes.
-pub fn spawn(config: ClusterConfig, capacity: CapacityConfig, runtime: Arc<dyn Runtime>, data_dir: PathBuf) -> ClusterHandle {
+pub fn spawn(
+    config: ClusterConfig,
+    capacity: CapacityConfig,
+    runtime: Arc<dyn Runtime>,
+    data_dir: PathBuf,
+) -> ClusterHandle {
     let cluster_dir = data_dir.join("clusters").join(&config.name);
     let _ = std::fs::create_dir_all(&cluster_dir);
     let roles = RoleStore::load(&config.users, cluster_dir.join("roles.json"));
@@ -363,7 +394,13 @@ impl ClusterTask {
                 Some(compute) => compute.exited(),
                 None => watch::channel(None).1,
             };
-            let exit = async move { exited.wait_for(|e| e.is_some()).await.ok().and_then(|e| e.clone()) };
+            let exit = async move {
+                exited
+                    .wait_for(|e| e.is_some())
+                    .await
+                    .ok()
+                    .and_then(|e| e.clone())
+            };
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(Command::Resume { requested_by }) => self.resume(&requested_by).await,
@@ -389,7 +426,8 @@ impl ClusterTask {
     }
 
     fn set_state(&self, state: ClusterState) {
-        metrics::gauge!("pgtide_cluster_state", "cluster" => self.name().to_string()).set(state.gauge());
+        metrics::gauge!("pgtide_cluster_state", "cluster" => self.name().to_string())
+            .set(state.gauge());
         self.state.send_replace(state);
     }
 
@@ -416,15 +454,18 @@ impl ClusterTask {
                 metrics::counter!("pgtide_cluster_resumes_total", "cluster" => self.name().to_string()).increment(1);
                 metrics::histogram!("pgtide_cluster_resume_seconds", "cluster" => self.name().to_string())
                     .record(ms / 1000.0);
-                self.shared
-                    .events
-                    .record("resumed", format!("resumed for {requested_by} in {ms:.0} ms"));
+                self.shared.events.record(
+                    "resumed",
+                    format!("resumed for {requested_by} in {ms:.0} ms"),
+                );
                 self.shared.counters.touch();
                 self.set_state(ClusterState::Running(endpoint));
             }
             Err(e) => {
                 let reason = format!("{e:#}");
-                self.shared.events.record("resume_failed", format!("resume failed: {reason}"));
+                self.shared
+                    .events
+                    .record("resume_failed", format!("resume failed: {reason}"));
                 metrics::counter!("pgtide_cluster_resume_failures_total", "cluster" => self.name().to_string())
                     .increment(1);
                 self.set_state(ClusterState::Failed(reason));
@@ -437,7 +478,10 @@ impl ClusterTask {
         let spec = ComputeSpec {
             cluster: self.name().to_string(),
             cluster_dir: self.cluster_dir.clone(),
-            postmaster_settings: acu::postmaster_settings(self.shared.config.max_acu, &self.shared.capacity),
+            postmaster_settings: acu::postmaster_settings(
+                self.shared.config.max_acu,
+                &self.shared.capacity,
+            ),
             size,
         };
         let mut compute = self.runtime.start(&spec).await?;
@@ -446,7 +490,11 @@ impl ClusterTask {
             let client = endpoint.admin_connect().await?;
             roles::sync_config_users(&client, &self.shared.config.users).await?;
             let compute_roles = roles::read_compute_roles(&client).await?;
-            self.shared.roles.lock().expect("roles lock").replace_compute_roles(compute_roles);
+            self.shared
+                .roles
+                .lock()
+                .expect("roles lock")
+                .replace_compute_roles(compute_roles);
             anyhow::Ok(())
         };
         let setup_and_size = async {
@@ -455,7 +503,8 @@ impl ClusterTask {
         };
         match setup_and_size.await {
             Ok(limits) => {
-                metrics::gauge!("pgtide_cluster_acu", "cluster" => self.name().to_string()).set(size.acu);
+                metrics::gauge!("pgtide_cluster_acu", "cluster" => self.name().to_string())
+                    .set(size.acu);
                 let mut status = self.shared.status.lock().expect("status lock");
                 status.acu = size.acu;
                 status.limits = Some(limits);
@@ -486,7 +535,8 @@ impl ClusterTask {
     async fn pause(&mut self, reason: String) {
         self.set_state(ClusterState::Pausing);
         self.stop_compute().await;
-        metrics::counter!("pgtide_cluster_pauses_total", "cluster" => self.name().to_string()).increment(1);
+        metrics::counter!("pgtide_cluster_pauses_total", "cluster" => self.name().to_string())
+            .increment(1);
         self.shared.events.record("paused", reason);
         self.set_state(ClusterState::Paused);
     }
@@ -501,7 +551,9 @@ impl ClusterTask {
             ));
         }
         match &*self.state.borrow() {
-            ClusterState::Paused => return Ok(format!("cluster \"{}\" is already paused", self.name())),
+            ClusterState::Paused => {
+                return Ok(format!("cluster \"{}\" is already paused", self.name()))
+            }
             ClusterState::Failed(_) => {}
             _ => {}
         }
@@ -528,7 +580,10 @@ impl ClusterTask {
         tracing::warn!(cluster = %self.name(), "{description}");
         self.shared.events.record("compute_exited", description);
         metrics::counter!("pgtide_cluster_compute_exits_total", "cluster" => self.name().to_string()).increment(1);
-        self.set_state(ClusterState::Failed(format!("compute {}", exit.description)));
+        self.set_state(ClusterState::Failed(format!(
+            "compute {}",
+            exit.description
+        )));
         // Postgres's own crash recovery brings back everything acknowledged; retry for a while,
         // since the old backends may hold the shared memory for a moment after the postmaster died.
         for attempt in 0..20 {

@@ -86,7 +86,10 @@ impl RoleStore {
         };
         let write = || -> std::io::Result<()> {
             let tmp = self.path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec_pretty(&saved).expect("serializable"))?;
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec_pretty(&saved).expect("serializable"),
+            )?;
             std::fs::rename(&tmp, &self.path)
         };
         if let Err(e) = write() {
@@ -97,7 +100,9 @@ impl RoleStore {
 
 /// Reads the login roles' SCRAM verifiers (roles with an MD5 or no password cannot log in
 /// through pgtide's SCRAM and are left out).
-pub async fn read_compute_roles(client: &tokio_postgres::Client) -> Result<HashMap<String, ScramVerifier>, tokio_postgres::Error> {
+pub async fn read_compute_roles(
+    client: &tokio_postgres::Client,
+) -> Result<HashMap<String, ScramVerifier>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT rolname, rolpassword FROM pg_authid \
@@ -118,7 +123,10 @@ pub async fn read_compute_roles(client: &tokio_postgres::Client) -> Result<HashM
 
 /// Makes the config's users exist in the compute with their flags and verifiers, so that the
 /// compute's own view of roles (ownership, `\du`, grants) matches who can log in.
-pub async fn sync_config_users(client: &tokio_postgres::Client, users: &[UserConfig]) -> Result<(), tokio_postgres::Error> {
+pub async fn sync_config_users(
+    client: &tokio_postgres::Client,
+    users: &[UserConfig],
+) -> Result<(), tokio_postgres::Error> {
     for user in users {
         let exists = client
             .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user.name])
@@ -128,10 +136,20 @@ pub async fn sync_config_users(client: &tokio_postgres::Client, users: &[UserCon
         let mut options = vec!["LOGIN".to_string()];
         // The bootstrap superuser cannot lose SUPERUSER; leave it as it is.
         if user.name != crate::runtime::BOOTSTRAP_SUPERUSER {
-            options.push(if user.superuser { "SUPERUSER" } else { "NOSUPERUSER" }.to_string());
+            options.push(
+                if user.superuser {
+                    "SUPERUSER"
+                } else {
+                    "NOSUPERUSER"
+                }
+                .to_string(),
+            );
         }
         if let Some(password) = &user.password {
-            options.push(format!("PASSWORD {}", quote_literal(&ScramVerifier::from_config(password).to_text())));
+            options.push(format!(
+                "PASSWORD {}",
+                quote_literal(&ScramVerifier::from_config(password).to_text())
+            ));
         }
         let verb = if exists { "ALTER" } else { "CREATE" };
         client
@@ -179,7 +197,10 @@ mod tests {
             ("admin".to_string(), admin_in_compute.clone()),
         ]));
         assert_eq!(store.lookup("app"), Some(RoleSecret::Scram(app.clone())));
-        assert_ne!(store.lookup("admin"), Some(RoleSecret::Scram(admin_in_compute)));
+        assert_ne!(
+            store.lookup("admin"),
+            Some(RoleSecret::Scram(admin_in_compute))
+        );
         let reloaded = RoleStore::load(&users, path);
         assert_eq!(reloaded.lookup("app"), Some(RoleSecret::Scram(app)));
     }

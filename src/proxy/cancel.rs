@@ -35,7 +35,10 @@ pub struct CancelKey {
 
 impl Drop for CancelKey {
     fn drop(&mut self) {
-        self.keys.lock().expect("cancel lock").remove(&(self.pid, self.secret));
+        self.keys
+            .lock()
+            .expect("cancel lock")
+            .remove(&(self.pid, self.secret));
     }
 }
 
@@ -51,7 +54,14 @@ impl CancelRegistry {
                 break candidate;
             }
         };
-        keys.insert((pid, ours), CancelTarget { socket_path, pid, secret });
+        keys.insert(
+            (pid, ours),
+            CancelTarget {
+                socket_path,
+                pid,
+                secret,
+            },
+        );
         CancelKey {
             keys: self.keys.clone(),
             pid,
@@ -61,7 +71,12 @@ impl CancelRegistry {
 
     /// Forwards a client's cancel request to the compute, if the key is known.
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        let target = self.keys.lock().expect("cancel lock").get(&(pid, secret)).cloned();
+        let target = self
+            .keys
+            .lock()
+            .expect("cancel lock")
+            .get(&(pid, secret))
+            .cloned();
         let Some(target) = target else {
             tracing::debug!(pid, "cancel request with an unknown key ignored");
             return;

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use pgwire::messages::startup::{Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey,
+};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -129,16 +131,27 @@ impl ClientConnection {
         };
         // Under TLS, only a StartupMessage may follow.
         match protocol::read_startup_packet(&mut stream).await {
-            Ok(StartupPacket::Startup { minor, params }) => self.startup(stream, minor, params).await,
+            Ok(StartupPacket::Startup { minor, params }) => {
+                self.startup(stream, minor, params).await
+            }
             Ok(_) => {
-                protocol::send_fatal(&mut stream, "08P01", "expected a startup message after the TLS handshake").await;
+                protocol::send_fatal(
+                    &mut stream,
+                    "08P01",
+                    "expected a startup message after the TLS handshake",
+                )
+                .await;
                 None
             }
             Err(e) => self.reject(stream, e).await,
         }
     }
 
-    async fn reject(&self, mut stream: ClientStream, e: ProtocolError) -> Option<(ClientStream, Startup)> {
+    async fn reject(
+        &self,
+        mut stream: ClientStream,
+        e: ProtocolError,
+    ) -> Option<(ClientStream, Startup)> {
         tracing::debug!(peer = %self.peer, error = %e, "bad startup packet");
         if !matches!(e, ProtocolError::Io(_)) {
             protocol::send_fatal(&mut stream, e.sqlstate(), &e.to_string()).await;
@@ -178,10 +191,17 @@ impl ClientConnection {
             forwarded.push((key, value));
         }
         let Some(user) = user.filter(|u| !u.is_empty()) else {
-            protocol::send_fatal(&mut stream, "28000", "no PostgreSQL user name specified in startup packet").await;
+            protocol::send_fatal(
+                &mut stream,
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            )
+            .await;
             return None;
         };
-        let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+        let database = database
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| user.clone());
         if !forwarded.iter().any(|(k, _)| k == "database") {
             forwarded.push(("database".to_string(), database.clone()));
         }
@@ -198,7 +218,11 @@ impl ClientConnection {
     }
 
     /// Phases 2 to 5.
-    async fn serve_session(&self, stream: &mut ClientStream, startup: Startup) -> Result<(), Fatal> {
+    async fn serve_session(
+        &self,
+        stream: &mut ClientStream,
+        startup: Startup,
+    ) -> Result<(), Fatal> {
         let config = self.cluster.config();
         let clients = self.cluster.counters().clients.load(Ordering::Relaxed);
         if clients > config.max_client_connections {
@@ -211,16 +235,24 @@ impl ClientConnection {
                 &mut out,
             );
         }
-        tokio::time::timeout(STARTUP_TIMEOUT, self.authenticate(stream, &startup.user, &mut out))
-            .await
-            .map_err(|_| Fatal::new("08006", "authentication timed out"))??;
+        tokio::time::timeout(
+            STARTUP_TIMEOUT,
+            self.authenticate(stream, &startup.user, &mut out),
+        )
+        .await
+        .map_err(|_| Fatal::new("08006", "authentication timed out"))??;
 
         let who = format!("{}@{}", startup.user, self.peer.ip());
         let endpoint = self.cluster.attach(&who).await.map_err(|e| match e {
-            AttachError::ShuttingDown => Fatal::new("57P01", "terminating connection due to administrator command"),
+            AttachError::ShuttingDown => Fatal::new(
+                "57P01",
+                "terminating connection due to administrator command",
+            ),
             other => Fatal::new("57P03", other.to_string()),
         })?;
-        let (mut compute, cancel_key) = self.compute_startup(stream, &endpoint, &startup, &mut out).await?;
+        let (mut compute, cancel_key) = self
+            .compute_startup(stream, &endpoint, &startup, &mut out)
+            .await?;
         tracing::debug!(peer = %self.peer, user = %startup.user, database = %startup.database, "session started");
 
         let end = relay::relay(stream, &mut compute, self.cluster.counters()).await;
@@ -239,7 +271,12 @@ impl ClientConnection {
 
     /// Phase 2. On success `out` holds AuthenticationOk (after anything already in it), not yet
     /// sent: it goes out together with the compute's startup answer.
-    async fn authenticate(&self, stream: &mut ClientStream, user: &str, out: &mut BytesMut) -> Result<(), Fatal> {
+    async fn authenticate(
+        &self,
+        stream: &mut ClientStream,
+        user: &str,
+        out: &mut BytesMut,
+    ) -> Result<(), Fatal> {
         let secret = self.cluster.role_secret(user).await;
         let verifier = match &secret {
             Some(RoleSecret::Trust) => {
@@ -305,7 +342,10 @@ impl ClientConnection {
         let lost = |e: std::io::Error| {
             Fatal::new(
                 "08006",
-                format!("could not reach the compute of cluster \"{}\": {e}", self.cluster.name()),
+                format!(
+                    "could not reach the compute of cluster \"{}\": {e}",
+                    self.cluster.name()
+                ),
             )
         };
         let mut compute = UnixStream::connect(&socket_path).await.map_err(lost)?;
@@ -317,15 +357,24 @@ impl ClientConnection {
         let mut body = BytesMut::with_capacity(256);
         let mut cancel_key = None;
         loop {
-            let kind = protocol::read_message(&mut compute, &mut body, protocol::MAX_COMPUTE_STARTUP_MESSAGE)
-                .await
-                .map_err(|e| match e {
-                    ProtocolError::Io(e) => lost(e),
-                    other => Fatal::new("08P01", format!("unexpected answer from the compute: {other}")),
-                })?;
+            let kind = protocol::read_message(
+                &mut compute,
+                &mut body,
+                protocol::MAX_COMPUTE_STARTUP_MESSAGE,
+            )
+            .await
+            .map_err(|e| match e {
+                ProtocolError::Io(e) => lost(e),
+                other => Fatal::new(
+                    "08P01",
+                    format!("unexpected answer from the compute: {other}"),
+                ),
+            })?;
             match kind {
                 b'R' => {
-                    let code = body.get(..4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    let code = body
+                        .get(..4)
+                        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                     if code != Some(0) {
                         return Err(Fatal::new(
                             "28000",
@@ -337,7 +386,10 @@ impl ClientConnection {
                     let mut key = &body[..];
                     let pid = key.get_i32();
                     let secret = key.get_i32();
-                    let registered = self.shared.cancels.register(socket_path.clone(), pid, secret);
+                    let registered = self
+                        .shared
+                        .cancels
+                        .register(socket_path.clone(), pid, secret);
                     protocol::encode(
                         BackendKeyData::new(registered.pid, SecretKey::I32(registered.secret)),
                         out,
@@ -355,7 +407,8 @@ impl ClientConnection {
                 b'Z' => {
                     protocol::put_message(out, b'Z', &body);
                     flush(stream, out).await?;
-                    let cancel_key = cancel_key.ok_or_else(|| Fatal::new("08P01", "the compute sent no BackendKeyData"))?;
+                    let cancel_key = cancel_key
+                        .ok_or_else(|| Fatal::new("08P01", "the compute sent no BackendKeyData"))?;
                     return Ok((compute, cancel_key));
                 }
                 // ParameterStatus, NoticeResponse and anything else pass through as they are.
@@ -374,12 +427,18 @@ impl Fatal {
 
 fn scram_fatal(e: ScramError) -> Fatal {
     match e {
-        ScramError::ChannelBinding => Fatal::new("08P01", "channel binding is not supported; use SCRAM-SHA-256"),
+        ScramError::ChannelBinding => Fatal::new(
+            "08P01",
+            "channel binding is not supported; use SCRAM-SHA-256",
+        ),
         other => Fatal::new("08P01", other.to_string()),
     }
 }
 
-async fn flush<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, out: &mut BytesMut) -> Result<(), Fatal> {
+async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut BytesMut,
+) -> Result<(), Fatal> {
     stream
         .write_all(out)
         .await

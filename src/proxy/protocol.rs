@@ -27,8 +27,14 @@ pub const PROTOCOL_3_0: i32 = 196608;
 pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { pid: i32, secret: i32 },
-    Startup { minor: u16, params: Vec<(String, String)> },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+    Startup {
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +63,9 @@ impl ProtocolError {
     }
 }
 
-pub async fn read_startup_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Result<StartupPacket, ProtocolError> {
+pub async fn read_startup_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<StartupPacket, ProtocolError> {
     let len = stream.read_i32().await?;
     if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
         return Err(ProtocolError::BadStartupLength);
@@ -159,7 +167,9 @@ pub fn parse_sasl_initial_response(body: &[u8]) -> Option<(&str, &[u8])> {
 }
 
 pub fn encode<M: Message>(message: M, out: &mut BytesMut) {
-    message.encode(out).expect("encoding into a BytesMut cannot fail");
+    message
+        .encode(out)
+        .expect("encoding into a BytesMut cannot fail");
 }
 
 /// An ErrorResponse (or NoticeResponse, with `kind` b'N') with Postgres's usual fields.
@@ -167,7 +177,12 @@ pub fn error_fields(out: &mut BytesMut, kind: u8, severity: &str, code: &str, me
     out.put_u8(kind);
     let start = out.len();
     out.put_i32(0);
-    for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)] {
+    for (field, value) in [
+        (b'S', severity),
+        (b'V', severity),
+        (b'C', code),
+        (b'M', message),
+    ] {
         out.put_u8(field);
         out.put_slice(value.as_bytes());
         out.put_u8(0);
@@ -221,7 +236,10 @@ mod tests {
 
     #[test]
     fn parses_startup_and_special_requests() {
-        assert_eq!(parse_startup_packet(&body(SSL_REQUEST, &[])).unwrap(), StartupPacket::SslRequest);
+        assert_eq!(
+            parse_startup_packet(&body(SSL_REQUEST, &[])).unwrap(),
+            StartupPacket::SslRequest
+        );
         assert_eq!(
             parse_startup_packet(&body(GSSENC_REQUEST, &[])).unwrap(),
             StartupPacket::GssEncRequest
@@ -232,12 +250,16 @@ mod tests {
             parse_startup_packet(&body(CANCEL_REQUEST, &cancel)).unwrap(),
             StartupPacket::Cancel { pid: 7, secret: 9 }
         );
-        let startup = parse_startup_packet(&body(PROTOCOL_3_0, b"user\0app\0database\0db\0\0")).unwrap();
+        let startup =
+            parse_startup_packet(&body(PROTOCOL_3_0, b"user\0app\0database\0db\0\0")).unwrap();
         assert_eq!(
             startup,
             StartupPacket::Startup {
                 minor: 0,
-                params: vec![("user".into(), "app".into()), ("database".into(), "db".into())]
+                params: vec![
+                    ("user".into(), "app".into()),
+                    ("database".into(), "db".into())
+                ]
             }
         );
     }
@@ -269,7 +291,10 @@ mod tests {
         let mut message = b"SCRAM-SHA-256\0".to_vec();
         message.extend_from_slice(&3i32.to_be_bytes());
         message.extend_from_slice(b"abc");
-        assert_eq!(parse_sasl_initial_response(&message), Some(("SCRAM-SHA-256", &b"abc"[..])));
+        assert_eq!(
+            parse_sasl_initial_response(&message),
+            Some(("SCRAM-SHA-256", &b"abc"[..]))
+        );
         message.truncate(message.len() - 1);
         assert_eq!(parse_sasl_initial_response(&message), None);
         assert_eq!(parse_sasl_initial_response(b"no-nul"), None);

@@ -12,7 +12,7 @@
 //! compute streams results cannot deadlock the relay.
 
 use std::future::poll_fn;
-use std::io;
+
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
@@ -70,7 +70,12 @@ impl BackendTap {
                 if self.header_len == 5 {
                     self.header_len = 0;
                     self.kind = self.header[0];
-                    let len = i32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
+                    let len = i32::from_be_bytes([
+                        self.header[1],
+                        self.header[2],
+                        self.header[3],
+                        self.header[4],
+                    ]);
                     self.body_left = (len.max(4) - 4) as usize;
                     self.in_body = true;
                     self.capture_len = 0;
@@ -87,7 +92,8 @@ impl BackendTap {
                 let take = self.body_left.min(data.len());
                 if self.capture_len < self.capture_want {
                     let n = (self.capture_want - self.capture_len).min(take);
-                    self.capture[self.capture_len..self.capture_len + n].copy_from_slice(&data[..n]);
+                    self.capture[self.capture_len..self.capture_len + n]
+                        .copy_from_slice(&data[..n]);
                     self.capture_len += n;
                 }
                 self.body_left -= take;
@@ -112,7 +118,10 @@ impl BackendTap {
             }
             b'C' => {
                 let tag = &self.capture[..self.capture_len];
-                if tag.starts_with(b"CREATE ROLE") || tag.starts_with(b"ALTER ROLE") || tag.starts_with(b"DROP ROLE") {
+                if tag.starts_with(b"CREATE ROLE")
+                    || tag.starts_with(b"ALTER ROLE")
+                    || tag.starts_with(b"DROP ROLE")
+                {
                     events.role_changed = true;
                 }
             }
@@ -134,9 +143,10 @@ struct Pump {
     eof: bool,
 }
 
+/// Which side failed; the error itself does not change what happens next.
 enum PumpError {
-    Read(io::Error),
-    Write(io::Error),
+    Read,
+    Write,
 }
 
 impl Pump {
@@ -164,7 +174,8 @@ impl Pump {
         loop {
             if self.start == self.end && !self.eof {
                 let mut read_buf = ReadBuf::new(&mut self.buf);
-                ready!(reader.as_mut().poll_read(cx, &mut read_buf)).map_err(PumpError::Read)?;
+                ready!(reader.as_mut().poll_read(cx, &mut read_buf))
+                    .map_err(|_| PumpError::Read)?;
                 let n = read_buf.filled().len();
                 if n == 0 {
                     self.eof = true;
@@ -175,14 +186,17 @@ impl Pump {
                 }
             }
             while self.start < self.end {
-                let n = ready!(writer.as_mut().poll_write(cx, &self.buf[self.start..self.end])).map_err(PumpError::Write)?;
+                let n = ready!(writer
+                    .as_mut()
+                    .poll_write(cx, &self.buf[self.start..self.end]))
+                .map_err(|_| PumpError::Write)?;
                 if n == 0 {
-                    return Poll::Ready(Err(PumpError::Write(io::ErrorKind::WriteZero.into())));
+                    return Poll::Ready(Err(PumpError::Write));
                 }
                 self.start += n;
             }
             // Plain sockets flush as a no-op; TLS needs it to push its records out.
-            ready!(writer.as_mut().poll_flush(cx)).map_err(PumpError::Write)?;
+            ready!(writer.as_mut().poll_flush(cx)).map_err(|_| PumpError::Write)?;
             if self.eof {
                 return Poll::Ready(Ok(()));
             }
@@ -203,9 +217,16 @@ where
 
     let end = poll_fn(|cx| {
         let mut on_client_bytes = |chunk: &[u8]| activity.client_sent(chunk.len());
-        match up.poll_pump(cx, Pin::new(&mut *client), Pin::new(&mut *compute), &mut on_client_bytes) {
-            Poll::Ready(Ok(())) | Poll::Ready(Err(PumpError::Read(_))) => return Poll::Ready(RelayEnd::ClientGone),
-            Poll::Ready(Err(PumpError::Write(_))) => {
+        match up.poll_pump(
+            cx,
+            Pin::new(&mut *client),
+            Pin::new(&mut *compute),
+            &mut on_client_bytes,
+        ) {
+            Poll::Ready(Ok(())) | Poll::Ready(Err(PumpError::Read)) => {
+                return Poll::Ready(RelayEnd::ClientGone)
+            }
+            Poll::Ready(Err(PumpError::Write)) => {
                 return Poll::Ready(RelayEnd::ComputeGone {
                     explained: tap.last_was_error(),
                 })
@@ -217,11 +238,18 @@ where
             tap.scan(chunk, &mut events);
             activity.compute_sent(chunk.len(), &events);
         };
-        match down.poll_pump(cx, Pin::new(&mut *compute), Pin::new(&mut *client), &mut on_compute_bytes) {
-            Poll::Ready(Ok(())) | Poll::Ready(Err(PumpError::Read(_))) => Poll::Ready(RelayEnd::ComputeGone {
-                explained: tap.last_was_error(),
-            }),
-            Poll::Ready(Err(PumpError::Write(_))) => Poll::Ready(RelayEnd::ClientGone),
+        match down.poll_pump(
+            cx,
+            Pin::new(&mut *compute),
+            Pin::new(&mut *client),
+            &mut on_compute_bytes,
+        ) {
+            Poll::Ready(Ok(())) | Poll::Ready(Err(PumpError::Read)) => {
+                Poll::Ready(RelayEnd::ComputeGone {
+                    explained: tap.last_was_error(),
+                })
+            }
+            Poll::Ready(Err(PumpError::Write)) => Poll::Ready(RelayEnd::ClientGone),
             Poll::Pending => Poll::Pending,
         }
     })
@@ -238,18 +266,27 @@ struct SessionActivity<'a> {
 
 impl<'a> SessionActivity<'a> {
     fn new(counters: &'a LoadCounters) -> Self {
-        SessionActivity { counters, active: false }
+        SessionActivity {
+            counters,
+            active: false,
+        }
     }
 
     fn client_sent(&mut self, bytes: usize) {
-        self.counters.bytes_from_clients.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.counters
+            .bytes_from_clients
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         self.set_active(true);
     }
 
     fn compute_sent(&mut self, bytes: usize, events: &TapEvents) {
-        self.counters.bytes_to_clients.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.counters
+            .bytes_to_clients
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         if events.idle_ready > 0 {
-            self.counters.transactions.fetch_add(events.idle_ready, Ordering::Relaxed);
+            self.counters
+                .transactions
+                .fetch_add(events.idle_ready, Ordering::Relaxed);
         }
         if events.role_changed {
             self.counters.roles_changed.store(true, Ordering::Relaxed);
@@ -325,7 +362,10 @@ mod tests {
     fn tap_survives_garbage_lengths() {
         let mut tap = BackendTap::default();
         let mut events = TapEvents::default();
-        tap.scan(&[b'Z', 0xff, 0xff, 0xff, 0xff, b'Z', 0, 0, 0, 0, 1, 2, 3], &mut events);
+        tap.scan(
+            &[b'Z', 0xff, 0xff, 0xff, 0xff, b'Z', 0, 0, 0, 0, 1, 2, 3],
+            &mut events,
+        );
         tap.scan(&[0u8; 1000], &mut events);
     }
 }

@@ -83,14 +83,24 @@ pub struct ScramExchange {
 
 impl ScramExchange {
     /// Reads the client-first message and returns the exchange with the server-first message.
-    pub fn start(verifier: Option<&ScramVerifier>, mock_seed: &str, client_first: &[u8]) -> Result<Self, ScramError> {
-        let client_first = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+    pub fn start(
+        verifier: Option<&ScramVerifier>,
+        mock_seed: &str,
+        client_first: &[u8],
+    ) -> Result<Self, ScramError> {
+        let client_first =
+            std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (gs2_header, client_first_bare) = split_gs2_header(client_first)?;
         if gs2_header.starts_with('p') {
             return Err(ScramError::ChannelBinding);
         }
-        let client_nonce = attribute(client_first_bare, 'r').ok_or(ScramError::Malformed("no client nonce"))?;
-        if client_nonce.is_empty() || !client_nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',') {
+        let client_nonce =
+            attribute(client_first_bare, 'r').ok_or(ScramError::Malformed("no client nonce"))?;
+        if client_nonce.is_empty()
+            || !client_nonce
+                .bytes()
+                .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+        {
             return Err(ScramError::Malformed("bad client nonce"));
         }
         let mut server_nonce = [0u8; 18];
@@ -100,7 +110,11 @@ impl ScramExchange {
             Some(v) => (v.clone(), false),
             None => (mock_verifier(mock_seed), true),
         };
-        let server_first = format!("r={nonce},s={},i={}", B64.encode(&verifier.salt), verifier.iterations);
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&verifier.salt),
+            verifier.iterations
+        );
         Ok(ScramExchange {
             verifier,
             mock,
@@ -117,24 +131,35 @@ impl ScramExchange {
 
     /// Checks the client's proof; returns the server-final message to send on success.
     pub fn finish(self, client_final: &[u8]) -> Result<String, ScramError> {
-        let client_final = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let client_final =
+            std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = client_final
             .rsplit_once(",p=")
             .ok_or(ScramError::Malformed("no proof"))?;
-        let binding = attribute(without_proof, 'c').ok_or(ScramError::Malformed("no channel binding"))?;
+        let binding =
+            attribute(without_proof, 'c').ok_or(ScramError::Malformed("no channel binding"))?;
         if B64.decode(binding).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
             return Err(ScramError::Malformed("channel binding does not match"));
         }
         if attribute(without_proof, 'r') != Some(self.nonce.as_str()) {
             return Err(ScramError::Malformed("nonce does not match"));
         }
-        let proof = B64.decode(proof).map_err(|_| ScramError::Malformed("proof is not base64"))?;
+        let proof = B64
+            .decode(proof)
+            .map_err(|_| ScramError::Malformed("proof is not base64"))?;
         if proof.len() != 32 {
             return Err(ScramError::Malformed("proof has the wrong length"));
         }
-        let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
         let client_signature = hmac(&self.verifier.stored_key, auth_message.as_bytes());
-        let client_key: Vec<u8> = proof.iter().zip(client_signature).map(|(p, s)| p ^ s).collect();
+        let client_key: Vec<u8> = proof
+            .iter()
+            .zip(client_signature)
+            .map(|(p, s)| p ^ s)
+            .collect();
         let stored_key = Sha256::digest(&client_key);
         let matches = constant_time_eq(stored_key.as_slice(), &self.verifier.stored_key);
         if self.mock || !matches {
@@ -146,7 +171,9 @@ impl ScramExchange {
 }
 
 fn split_gs2_header(message: &str) -> Result<(&str, &str), ScramError> {
-    let first = message.find(',').ok_or(ScramError::Malformed("no GS2 header"))?;
+    let first = message
+        .find(',')
+        .ok_or(ScramError::Malformed("no GS2 header"))?;
     let second = message[first + 1..]
         .find(',')
         .map(|i| first + 1 + i)
@@ -197,9 +224,13 @@ mod tests {
         use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
         let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
         let exchange = ScramExchange::start(verifier, "someone", client.message())?;
-        client.update(exchange.server_first().as_bytes()).expect("client accepts server-first");
+        client
+            .update(exchange.server_first().as_bytes())
+            .expect("client accepts server-first");
         let server_final = exchange.finish(client.message())?;
-        client.finish(server_final.as_bytes()).expect("client accepts the server signature");
+        client
+            .finish(server_final.as_bytes())
+            .expect("client accepts the server signature");
         Ok(())
     }
 
@@ -212,14 +243,20 @@ mod tests {
     #[test]
     fn wrong_password_and_unknown_user_fail_alike() {
         let verifier = ScramVerifier::from_password("s3cret");
-        assert_eq!(login(Some(&verifier), "guess"), Err(ScramError::WrongPassword));
+        assert_eq!(
+            login(Some(&verifier), "guess"),
+            Err(ScramError::WrongPassword)
+        );
         assert_eq!(login(None, "s3cret"), Err(ScramError::WrongPassword));
     }
 
     #[test]
     fn verifier_text_round_trips() {
         let verifier = ScramVerifier::from_password("x");
-        assert_eq!(ScramVerifier::parse(&verifier.to_text()), Some(verifier.clone()));
+        assert_eq!(
+            ScramVerifier::parse(&verifier.to_text()),
+            Some(verifier.clone())
+        );
         assert_eq!(ScramVerifier::from_config(&verifier.to_text()), verifier);
         assert!(ScramVerifier::parse("md5abc").is_none());
         assert!(ScramVerifier::parse("SCRAM-SHA-256$0:AAAA$AAAA:AAAA").is_none());
@@ -228,7 +265,14 @@ mod tests {
     #[test]
     fn malformed_messages_are_errors_not_panics() {
         let verifier = ScramVerifier::from_password("x");
-        for garbage in [&b""[..], b"n", b"n,,", b"n,,n=,r=", b"\xff\xfe", b"p=tls-server-end-point,,n=,r=abc"] {
+        for garbage in [
+            &b""[..],
+            b"n",
+            b"n,,",
+            b"n,,n=,r=",
+            b"\xff\xfe",
+            b"p=tls-server-end-point,,n=,r=abc",
+        ] {
             assert!(ScramExchange::start(Some(&verifier), "u", garbage).is_err());
         }
         let exchange = ScramExchange::start(Some(&verifier), "u", b"n,,n=,r=abc").unwrap();

@@ -24,7 +24,9 @@ impl PostgresBinaries {
     pub fn find(configured: Option<&Path>) -> anyhow::Result<PostgresBinaries> {
         if let Some(dir) = configured {
             if has_server(dir) {
-                return Ok(PostgresBinaries { bin_dir: dir.to_path_buf() });
+                return Ok(PostgresBinaries {
+                    bin_dir: dir.to_path_buf(),
+                });
             }
             bail!(
                 "runtime.postgres_bin_dir = {:?} holds no `postgres` and `initdb`; \

@@ -43,7 +43,10 @@ impl ComputeEndpoint {
 
     /// Opens one admin connection and drives it in the background.
     pub async fn admin_connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, connection) = self.admin_config("postgres").connect(tokio_postgres::NoTls).await?;
+        let (client, connection) = self
+            .admin_config("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });

@@ -29,7 +29,9 @@ use nix::unistd::{Gid, Pid, Uid};
 use tokio::sync::watch;
 
 use super::binaries::PostgresBinaries;
-use super::{Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Runtime, BOOTSTRAP_SUPERUSER};
+use super::{
+    Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Runtime, BOOTSTRAP_SUPERUSER,
+};
 use crate::acu::ComputeSize;
 use crate::config::RuntimeConfig;
 
@@ -69,7 +71,10 @@ impl ProcessRuntime {
                     )
                 })?;
             if user.uid.is_root() {
-                bail!("runtime.run_as = \"{}\" is root, and Postgres refuses to run as root", config.run_as);
+                bail!(
+                    "runtime.run_as = \"{}\" is root, and Postgres refuses to run as root",
+                    config.run_as
+                );
             }
             Some(RunAs {
                 name: user.name,
@@ -101,9 +106,13 @@ impl ProcessRuntime {
 
     /// Postgres (running as `run_as`) must be able to walk down to the cluster's directory.
     fn check_reachable(&self, dir: &Path) -> anyhow::Result<()> {
-        let Some(run_as) = &self.run_as else { return Ok(()) };
+        let Some(run_as) = &self.run_as else {
+            return Ok(());
+        };
         for ancestor in dir.ancestors().skip(1) {
-            let Ok(meta) = std::fs::metadata(ancestor) else { continue };
+            let Ok(meta) = std::fs::metadata(ancestor) else {
+                continue;
+            };
             let mode = meta.permissions().mode();
             let reachable = mode & 0o001 != 0
                 || (meta.uid() == run_as.uid.as_raw() && mode & 0o100 != 0)
@@ -172,7 +181,8 @@ impl Runtime for ProcessRuntime {
     async fn start(&self, spec: &ComputeSpec) -> anyhow::Result<Box<dyn Compute>> {
         let started = Instant::now();
         let cluster_dir = &spec.cluster_dir;
-        std::fs::create_dir_all(cluster_dir).with_context(|| format!("creating {}", cluster_dir.display()))?;
+        std::fs::create_dir_all(cluster_dir)
+            .with_context(|| format!("creating {}", cluster_dir.display()))?;
         self.chown(cluster_dir)?;
         self.check_reachable(cluster_dir)?;
         let pgdata = cluster_dir.join("pgdata");
@@ -220,7 +230,11 @@ impl Runtime for ProcessRuntime {
             });
         }
         let mut child = command.spawn().context("starting postgres")?;
-        let pid = Pid::from_raw(child.id().ok_or_else(|| anyhow!("postgres exited at once"))? as i32);
+        let pid = Pid::from_raw(
+            child
+                .id()
+                .ok_or_else(|| anyhow!("postgres exited at once"))? as i32,
+        );
         let (exit_tx, exit_rx) = watch::channel(None);
         tokio::spawn(async move {
             let description = match child.wait().await {
@@ -337,19 +351,28 @@ impl Compute for ProcessCompute {
         let started = Instant::now();
         // The checkpoint makes the fast shutdown short and the next start skip recovery.
         if let Ok(client) = self.endpoint.admin_connect().await {
-            if let Err(e) = tokio::time::timeout(CHECKPOINT_TIMEOUT, client.batch_execute("CHECKPOINT")).await {
+            if let Err(e) =
+                tokio::time::timeout(CHECKPOINT_TIMEOUT, client.batch_execute("CHECKPOINT")).await
+            {
                 tracing::warn!(error = %e, "CHECKPOINT before stop timed out");
             }
         }
         let _ = kill(self.pid, Signal::SIGINT);
         if !self.wait_exit(FAST_SHUTDOWN_TIMEOUT).await {
-            tracing::warn!(pid = self.pid.as_raw(), "fast shutdown timed out, sending SIGQUIT");
+            tracing::warn!(
+                pid = self.pid.as_raw(),
+                "fast shutdown timed out, sending SIGQUIT"
+            );
             let _ = kill(self.pid, Signal::SIGQUIT);
             if !self.wait_exit(Duration::from_secs(5)).await {
                 self.kill_now().await?;
             }
         }
-        tracing::info!(pid = self.pid.as_raw(), ms = started.elapsed().as_millis() as u64, "compute stopped");
+        tracing::info!(
+            pid = self.pid.as_raw(),
+            ms = started.elapsed().as_millis() as u64,
+            "compute stopped"
+        );
         Ok(())
     }
 }
@@ -375,7 +398,11 @@ async fn stop_leftover_postmaster(pgdata: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else {
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
         return Ok(());
     };
     let pid = Pid::from_raw(pid);

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests, then end-to-end tests against real Postgres, psql and
+# pgbench (each test starts its own pgtide and Postgres in a temporary directory).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_rust
+ensure_postgres_server
+ensure_run_as_user postgres
+if ! command -v openssl >/dev/null; then apt_install openssl || true; fi
+# Two cores: two tests at a time; each one runs a Postgres of its own.
+exec cargo test --all-targets -- --test-threads="${PGTIDE_TEST_THREADS:-2}" "$@"

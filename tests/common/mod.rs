@@ -1,0 +1,365 @@
+//! The end-to-end harness: each test starts a real `pgtide serve` (which starts a real
+//! Postgres) in a temporary directory of its own, on free loopback ports, and stops it at the end.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use nix::sys::signal::Signal;
+
+pub const PASSWORD: &str = "postgres";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temporary directory that the `postgres` OS user can walk into (pgtide runs Postgres as that
+/// user when the tests run as root).
+pub fn test_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("pgtide-test-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+pub struct Pgtide {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+}
+
+/// Extra TOML for the test's config.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Lines added to the `[[clusters]]` table of the cluster "main".
+    pub cluster: String,
+    /// Lines added at the top level (before the clusters).
+    pub top: String,
+    /// Extra `[[clusters.users]]` tables of "main".
+    pub users: String,
+}
+
+impl Pgtide {
+    pub fn start() -> Pgtide {
+        Pgtide::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> Pgtide {
+        let dir = test_dir();
+        let port = free_port();
+        let admin_port = free_port();
+        let config = format!(
+            r#"{top}
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[runtime]
+data_dir = "data"
+
+[storage]
+copies = []
+
+[[clusters]]
+name = "main"
+listen = "127.0.0.1:{port}"
+max_acu = 2
+{cluster}
+
+[[clusters.users]]
+name = "postgres"
+password = "{PASSWORD}"
+superuser = true
+{users}
+"#,
+            top = options.top,
+            cluster = options.cluster,
+            users = options.users,
+        );
+        let config_path = dir.path().join("pgtide.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut pgtide = Pgtide {
+            child: None,
+            dir,
+            port,
+            admin_port,
+            config_path,
+        };
+        pgtide.spawn();
+        pgtide.wait_state("running", Duration::from_secs(60));
+        pgtide
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pgtide"))
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("PGTIDE_LOG", "info,pgtide=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("pgtide.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn pgdata(&self) -> PathBuf {
+        self.data_dir().join("clusters/main/pgdata")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGINT, as Ctrl-C does; waits for pgtide to exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("pgtide is running");
+        send_signal(child.id() as i32, Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "pgtide did not stop within 60 s after SIGINT:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts pgtide again on the same config and data.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.spawn();
+        self.wait_state("running", Duration::from_secs(60));
+    }
+
+    pub fn url(&self, user: &str, password: &str, database: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/{database}",
+            self.port
+        )
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port, path)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let body = ureq::get(&self.admin_url("/status"))
+            .call()
+            .expect("GET /status")
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn cluster_status(&self) -> serde_json::Value {
+        self.status()["clusters"][0].clone()
+    }
+
+    pub fn wait_state(&self, state: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let current = ureq::get(&self.admin_url("/status"))
+                .call()
+                .ok()
+                .and_then(|r| r.into_body().read_to_string().ok())
+                .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                .and_then(|s| s["clusters"][0]["state"].as_str().map(str::to_string));
+            if current.as_deref() == Some(state) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "cluster not {state} after {timeout:?} (now {current:?}); log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs psql against the cluster as `postgres`, with `-X -v ON_ERROR_STOP=1`.
+    pub fn psql(&self, args: &[&str]) -> Output {
+        psql_as(self.port, "postgres", PASSWORD, "postgres", args)
+    }
+
+    /// Runs psql and returns its output, panicking with stderr on failure.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = self.psql(&["-tA", "-c", sql]);
+        assert!(
+            out.status.success(),
+            "psql -c {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        self.connect_as("postgres", PASSWORD, "postgres")
+            .await
+            .expect("connect through pgtide")
+    }
+
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url(user, password, database), tokio_postgres::NoTls)
+                .await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Postgres processes whose command line names this test's data directory or cluster.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.pgdata().join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+    }
+}
+
+impl Drop for Pgtide {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            send_signal(child.id() as i32, Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- pgtide log ----\n{}", self.log());
+        }
+    }
+}
+
+pub fn psql_as(port: u16, user: &str, password: &str, database: &str, args: &[&str]) -> Output {
+    Command::new("psql")
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            user,
+            "-d",
+            database,
+        ])
+        .args(args)
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "60")
+        .stdin(Stdio::null())
+        .output()
+        .expect("psql runs")
+}
+
+/// Runs pgbench against the cluster; returns (success, stdout + stderr).
+pub fn pgbench(port: u16, args: &[&str]) -> (bool, String) {
+    let out = Command::new("pgbench")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(args)
+        .arg("postgres")
+        .env("PGPASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .expect("pgbench runs");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Processes whose command line contains `needle`.
+pub fn processes_matching(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let mut cmdline = Vec::new();
+        if std::fs::File::open(entry.path().join("cmdline"))
+            .and_then(|mut f| f.read_to_end(&mut cmdline))
+            .is_ok()
+            && String::from_utf8_lossy(&cmdline).contains(needle)
+            && process_alive(pid)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+pub fn send_signal(pid: i32, signal: Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+}
+
+pub fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
