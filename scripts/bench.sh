@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Benchmarks, side by side in one run, interleaved rounds, medians and ratios. Never run by the
+# tests: this machine is shared and noisy, so figures come from here, not from assertions.
+#
+#   scripts/bench.sh [proxy]   pgbench select-only and tpcb-like, 8 clients, through:
+#                              direct Postgres (TCP), pgtide (session mode), PgBouncer 1.18
+#                              (transaction mode) and a bare tokio relay (benches/relay.rs)
+#   scripts/bench.sh resume    20 pause → connect → first row cycles against a paused cluster,
+#                              beside the same figure for a running one (p50, p90, max)
+#
+# Knobs: ROUNDS (default 5), SECONDS_PER_ROUND (default 6), CLIENTS (default 8), SCALE (10).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_rust
+ensure_postgres_server
+ensure_run_as_user postgres
+
+MODE=${1:-proxy}
+ROUNDS=${ROUNDS:-5}
+SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-6}
+CLIENTS=${CLIENTS:-8}
+SCALE=${SCALE:-10}
+BIN=$(dirname "$(ls /usr/lib/postgresql/*/bin/postgres | sort -V | tail -1)")
+
+WORK=$(mktemp -d /tmp/pgtide-bench-XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  sleep 1
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; log "port $1 never opened"; return 1; }
+
+log "building (release)…"
+cargo build --release --quiet
+cargo bench --bench relay --no-run --quiet 2>/dev/null
+RELAY_BIN=$(ls -t target/release/deps/relay-* | grep -v '\.d$' | head -1)
+
+start_pgtide() { # $1 = extra cluster lines
+  PGTIDE_PORT=$(free_port); ADMIN_PORT=$(free_port)
+  cat > "$WORK/pgtide.toml" <<EOF
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+[runtime]
+data_dir = "pgtide-data"
+[storage]
+copies = []
+[[clusters]]
+name = "bench"
+listen = "127.0.0.1:$PGTIDE_PORT"
+max_acu = 8
+$1
+[[clusters.users]]
+name = "postgres"
+superuser = true
+EOF
+  ./target/release/pgtide serve --config "$WORK/pgtide.toml" 2> "$WORK/pgtide.log" &
+  PIDS+=($!)
+  wait_port "$PGTIDE_PORT"
+  until curl -sf "127.0.0.1:$ADMIN_PORT/status" | grep -q '"state":"running"'; do sleep 0.1; done
+}
+
+# ---------------------------------------------------------------------------------------------
+bench_proxy() {
+  if ! command -v pgbouncer >/dev/null; then log "installing pgbouncer…"; apt_install pgbouncer; fi
+  log "starting direct Postgres, PgBouncer, the bare relay and pgtide in $WORK"
+  DIRECT_PORT=$(free_port); BOUNCER_PORT=$(free_port); RELAY_PORT=$(free_port)
+  mkdir -p "$WORK/direct" "$WORK/sock" && chown postgres: "$WORK/direct" "$WORK/sock" 2>/dev/null || true
+  as_pg "$BIN/initdb" -D "$WORK/direct/pgdata" -U postgres --auth=trust --no-locale -E UTF8 >/dev/null
+  as_pg "$BIN/postgres" -D "$WORK/direct/pgdata" -c listen_addresses=127.0.0.1 -c port="$DIRECT_PORT" \
+    -c unix_socket_directories="$WORK/sock" -c max_connections=200 -c shared_buffers=128MB \
+    > "$WORK/direct.log" 2>&1 &
+  PIDS+=($!)
+  wait_port "$DIRECT_PORT"
+  cat > "$WORK/pgbouncer.ini" <<EOF
+[databases]
+postgres = host=$WORK/sock port=$DIRECT_PORT dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $WORK/userlist.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 1000
+logfile = $WORK/pgbouncer.log
+EOF
+  echo '"postgres" ""' > "$WORK/userlist.txt"
+  chown postgres: "$WORK/pgbouncer.ini" "$WORK/userlist.txt" 2>/dev/null || true
+  as_pg pgbouncer "$WORK/pgbouncer.ini" &
+  PIDS+=($!)
+  "$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "$WORK/sock/.s.PGSQL.$DIRECT_PORT" 2>/dev/null &
+  PIDS+=($!)
+  start_pgtide ""
+  wait_port "$BOUNCER_PORT"; wait_port "$RELAY_PORT"
+
+  pgbench -h 127.0.0.1 -p "$DIRECT_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+  pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+
+  declare -A PORT=([direct]=$DIRECT_PORT [pgtide]=$PGTIDE_PORT [pgbouncer]=$BOUNCER_PORT [relay]=$RELAY_PORT)
+  RESULTS="$WORK/results.tsv"; : > "$RESULTS"
+  for workload in select-only tpcb-like; do
+    flag=""; [ "$workload" = select-only ] && flag="-S"
+    for round in $(seq 1 "$ROUNDS"); do
+      for target in direct pgtide pgbouncer relay; do
+        out=$(pgbench -h 127.0.0.1 -p "${PORT[$target]}" -U postgres $flag -c "$CLIENTS" -j 2 \
+              -T "$SECONDS_PER_ROUND" postgres 2>&1 || true)
+        tps=$(printf '%s\n' "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
+        failed=$(printf '%s\n' "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' | head -1)
+        printf '%s\t%s\t%s\t%s\t%s\n' "$workload" "$round" "$target" "${tps:-0}" "${failed:-?}" >> "$RESULTS"
+        log "$workload round $round $target: tps ${tps:-FAILED} failed ${failed:-?}"
+      done
+    done
+  done
+  python3 - "$RESULTS" <<'EOF'
+import sys, statistics, collections
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+tps = collections.defaultdict(dict)
+for workload, rnd, target, value, failed in rows:
+    tps[(workload, target)][rnd] = float(value)
+print(f"\n{'workload':<12} {'target':<10} {'median tps':>11} {'median ratio to direct':>23}")
+for workload in ["select-only", "tpcb-like"]:
+    direct = tps[(workload, "direct")]
+    for target in ["direct", "pgtide", "pgbouncer", "relay"]:
+        values = tps[(workload, target)]
+        ratios = [values[r] / direct[r] for r in values if direct.get(r)]
+        print(f"{workload:<12} {target:<10} {statistics.median(values.values()):>11.0f} {statistics.median(ratios):>22.2f}x")
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+bench_resume() {
+  start_pgtide 'auto_pause_after = "1h"'
+  export PGPASSWORD=unused
+  python3 - "$PGTIDE_PORT" "$ADMIN_PORT" <<'EOF'
+import sys, time, subprocess, statistics, urllib.request
+port, admin = sys.argv[1], sys.argv[2]
+def post(path):
+    req = urllib.request.Request(f"http://127.0.0.1:{admin}{path}", method="POST", data=b"")
+    urllib.request.urlopen(req, timeout=120).read()
+def first_row_ms():
+    t = time.perf_counter()
+    subprocess.run(["psql", "-X", "-tA", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", "postgres",
+                    "-c", "SELECT 1"], check=True, capture_output=True)
+    return (time.perf_counter() - t) * 1000
+def pct(values, p):
+    values = sorted(values); return values[min(len(values) - 1, int(round(p * (len(values) - 1))))]
+paused, running = [], []
+for _ in range(20):
+    post("/clusters/bench/pause")
+    paused.append(first_row_ms())
+    running.append(first_row_ms())
+print(f"\n{'connect to first row (psql)':<28} {'p50':>8} {'p90':>8} {'max':>8}")
+for name, values in [("paused cluster", paused), ("running cluster", running)]:
+    print(f"{name:<28} {pct(values, .5):>6.0f}ms {pct(values, .9):>6.0f}ms {max(values):>6.0f}ms")
+EOF
+}
+
+case "$MODE" in
+  proxy) bench_proxy ;;
+  resume) bench_resume ;;
+  *) log "unknown benchmark $MODE (proxy, resume)"; exit 2 ;;
+esac
