@@ -10,12 +10,17 @@ fn main() {
         eprintln!("usage: relay LISTEN_ADDR UNIX_SOCKET_PATH");
         std::process::exit(2);
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
         eprintln!("relay: {listen} -> {socket}");
         loop {
-            let Ok((mut client, _)) = listener.accept().await else { continue };
+            let Ok((mut client, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = client.set_nodelay(true);
             let socket = socket.clone();
             tokio::spawn(async move {

@@ -32,7 +32,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
-trap cleanup EXIT
+trap cleanup EXIT INT TERM
 
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -91,11 +91,11 @@ auth_file = $WORK/userlist.txt
 pool_mode = transaction
 default_pool_size = 20
 max_client_conn = 1000
-logfile = $WORK/pgbouncer.log
+
 EOF
   echo '"postgres" ""' > "$WORK/userlist.txt"
   chown postgres: "$WORK/pgbouncer.ini" "$WORK/userlist.txt" 2>/dev/null || true
-  as_pg pgbouncer "$WORK/pgbouncer.ini" &
+  as_pg pgbouncer "$WORK/pgbouncer.ini" 2> "$WORK/pgbouncer.log" &
   PIDS+=($!)
   "$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "$WORK/sock/.s.PGSQL.$DIRECT_PORT" 2>/dev/null &
   PIDS+=($!)

@@ -358,6 +358,7 @@ pub fn spawn(
         state: state_tx,
         compute: None,
         commands: command_rx,
+        users_synced: false,
     };
     tokio::spawn(task.run());
     let handle = ClusterHandle {
@@ -378,6 +379,8 @@ struct ClusterTask {
     state: watch::Sender<ClusterState>,
     compute: Option<Box<dyn Compute>>,
     commands: mpsc::Receiver<Command>,
+    /// The config's users were created in the compute during this run.
+    users_synced: bool,
 }
 
 impl ClusterTask {
@@ -450,16 +453,16 @@ impl ClusterTask {
         self.set_state(ClusterState::Resuming);
         match self.start_compute().await {
             Ok(endpoint) => {
-                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                let elapsed = started.elapsed();
+                let ms = elapsed.as_secs_f64() * 1000.0;
                 metrics::counter!("pgtide_cluster_resumes_total", "cluster" => self.name().to_string()).increment(1);
                 metrics::histogram!("pgtide_cluster_resume_seconds", "cluster" => self.name().to_string())
-                    .record(ms / 1000.0);
+                    .record(elapsed.as_secs_f64());
                 self.shared.events.record(
                     "resumed",
                     format!("resumed for {requested_by} in {ms:.0} ms"),
                 );
-                self.shared.counters.touch();
-                self.set_state(ClusterState::Running(endpoint));
+                self.now_running(endpoint).await;
             }
             Err(e) => {
                 let reason = format!("{e:#}");
@@ -473,6 +476,8 @@ impl ClusterTask {
         }
     }
 
+    /// Starts the compute; returns once it accepts the cluster's users. What can wait (sizing
+    /// settings) is done by [`Self::now_running`], after waiting clients are let in.
     async fn start_compute(&mut self) -> anyhow::Result<ComputeEndpoint> {
         let size = self.initial_size();
         let spec = ComputeSpec {
@@ -486,37 +491,53 @@ impl ClusterTask {
         };
         let mut compute = self.runtime.start(&spec).await?;
         let endpoint = compute.endpoint().clone();
-        let setup = async {
-            let client = endpoint.admin_connect().await?;
-            roles::sync_config_users(&client, &self.shared.config.users).await?;
-            let compute_roles = roles::read_compute_roles(&client).await?;
-            self.shared
-                .roles
-                .lock()
-                .expect("roles lock")
-                .replace_compute_roles(compute_roles);
-            anyhow::Ok(())
+        if !self.users_synced {
+            // Once per pgtide run: the config's users must exist in the compute before their
+            // sessions start there, and the compute's own roles become known for logins.
+            let setup = async {
+                let client = endpoint.admin_connect().await?;
+                roles::sync_config_users(&client, &self.shared.config.users).await?;
+                let compute_roles = roles::read_compute_roles(&client).await?;
+                self.shared
+                    .roles
+                    .lock()
+                    .expect("roles lock")
+                    .replace_compute_roles(compute_roles);
+                anyhow::Ok(())
+            };
+            if let Err(e) = setup.await {
+                let _ = compute.stop().await;
+                return Err(e.context("creating the configured users"));
+            }
+            self.users_synced = true;
+        }
+        self.compute = Some(compute);
+        Ok(endpoint)
+    }
+
+    /// Lets clients in, then applies the size (settings reload live, so sessions that started a
+    /// moment earlier simply pick them up).
+    async fn now_running(&mut self, endpoint: ComputeEndpoint) {
+        self.shared.counters.touch();
+        self.set_state(ClusterState::Running(endpoint));
+        let size = self.initial_size();
+        let Some(compute) = self.compute.as_mut() else {
+            return;
         };
-        let setup_and_size = async {
-            setup.await?;
-            compute.apply_size(size).await
-        };
-        match setup_and_size.await {
+        match compute.apply_size(size).await {
             Ok(limits) => {
-                metrics::gauge!("pgtide_cluster_acu", "cluster" => self.name().to_string())
+                metrics::gauge!("pgtide_cluster_acu", "cluster" => self.shared.config.name.clone())
                     .set(size.acu);
                 let mut status = self.shared.status.lock().expect("status lock");
                 status.acu = size.acu;
                 status.limits = Some(limits);
                 status.since = now_rfc3339();
             }
-            Err(e) => {
-                let _ = compute.stop().await;
-                return Err(e);
-            }
+            Err(e) => self.shared.events.record(
+                "resize_failed",
+                format!("applying {} ACU failed: {e:#}", size.acu),
+            ),
         }
-        self.compute = Some(compute);
-        Ok(endpoint)
     }
 
     async fn stop_compute(&mut self) {
@@ -576,23 +597,39 @@ impl ClusterTask {
 
     async fn on_compute_exit(&mut self, exit: ExitInfo) {
         self.compute = None;
+        let started = Instant::now();
         let description = format!("compute {}, restarting", exit.description);
         tracing::warn!(cluster = %self.name(), "{description}");
         self.shared.events.record("compute_exited", description);
         metrics::counter!("pgtide_cluster_compute_exits_total", "cluster" => self.name().to_string()).increment(1);
-        self.set_state(ClusterState::Failed(format!(
-            "compute {}",
-            exit.description
-        )));
-        // Postgres's own crash recovery brings back everything acknowledged; retry for a while,
-        // since the old backends may hold the shared memory for a moment after the postmaster died.
-        for attempt in 0..20 {
-            self.resume("crash recovery").await;
-            if self.is_running() {
-                return;
+        self.set_state(ClusterState::Resuming);
+        // Postgres's crash recovery brings back everything acknowledged. Clients arriving
+        // meanwhile wait as for any resume; only when every attempt failed is the cluster Failed.
+        let mut last_error = None;
+        for attempt in 0..10u64 {
+            match self.start_compute().await {
+                Ok(endpoint) => {
+                    let ms = started.elapsed().as_millis();
+                    self.shared.events.record(
+                        "restarted",
+                        format!("compute restarted after a crash in {ms} ms"),
+                    );
+                    self.now_running(endpoint).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %self.name(), attempt, error = %format!("{e:#}"), "restart failed");
+                    last_error = Some(e);
+                    tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
         }
+        let reason = format!("{:#}", last_error.expect("at least one attempt"));
+        self.shared.events.record(
+            "resume_failed",
+            format!("restart after a crash failed: {reason}"),
+        );
+        self.set_state(ClusterState::Failed(reason));
     }
 }
 

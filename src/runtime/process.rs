@@ -187,13 +187,22 @@ impl Runtime for ProcessRuntime {
         self.check_reachable(cluster_dir)?;
         let pgdata = cluster_dir.join("pgdata");
         let log_path = cluster_dir.join("postgres.log");
-        if !pgdata.join("PG_VERSION").exists() {
-            if pgdata.exists() {
-                // A half-made directory from an interrupted initdb: nothing in it can be data
-                // (no PG_VERSION means initdb never finished).
-                std::fs::remove_dir_all(&pgdata)?;
+        if !pgdata.exists() {
+            // initdb into a scratch directory and rename it into place, so that a directory
+            // named pgdata is always a complete cluster and pgtide never has to guess whether
+            // it may delete one.
+            let scratch = cluster_dir.join("pgdata.initdb");
+            if scratch.exists() {
+                std::fs::remove_dir_all(&scratch)?;
             }
-            self.initdb(&pgdata, &log_path).await?;
+            self.initdb(&scratch, &log_path).await?;
+            std::fs::rename(&scratch, &pgdata)?;
+        } else if !pgdata.join("PG_VERSION").exists() {
+            bail!(
+                "{} exists but is not a Postgres data directory (no PG_VERSION); \
+                 pgtide leaves it alone: move it away to start afresh",
+                pgdata.display()
+            );
         }
         stop_leftover_postmaster(&pgdata).await?;
         let socket_dir = self.socket_dir(cluster_dir)?;
@@ -241,6 +250,10 @@ impl Runtime for ProcessRuntime {
                 Ok(status) => describe_exit(status),
                 Err(e) => format!("could not be waited for: {e}"),
             };
+            // The postmaster led its own process group. After a clean stop the group is empty;
+            // after a crash (kill -9, OOM) its backends may linger, holding shared memory that
+            // blocks the restart and serving clients with no postmaster: end them now.
+            let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
             let _ = exit_tx.send(Some(ExitInfo { description }));
         });
 
