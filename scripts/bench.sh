@@ -99,7 +99,7 @@ EOF
   PIDS+=($!)
   "$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "$WORK/sock/.s.PGSQL.$DIRECT_PORT" 2>/dev/null &
   PIDS+=($!)
-  start_pgtide ""
+  start_pgtide "min_acu = 8"   # the whole machine: measure the proxy, not the scaler
   wait_port "$BOUNCER_PORT"; wait_port "$RELAY_PORT"
 
   pgbench -h 127.0.0.1 -p "$DIRECT_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1

@@ -9,6 +9,7 @@ mod cluster;
 mod config;
 mod proxy;
 mod runtime;
+mod scaler;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -170,6 +171,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         token: config.admin.token.clone(),
         listen: config.admin.listen,
         storage_copies: config.storage_copies().len(),
+        runtime_kind: compute_runtime.kind(),
     });
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_server = axum::serve(admin_listener, admin::router(admin_state))

@@ -28,10 +28,13 @@ pub struct AdminState {
     pub listen: SocketAddr,
     /// Configured storage copies and write quorum (the copies themselves are not built yet).
     pub storage_copies: usize,
+    pub runtime_kind: &'static str,
 }
 
 #[derive(Serialize)]
 pub struct StatusResponse {
+    /// Where computes run: "process" or "docker".
+    pub runtime: &'static str,
     pub clusters: Vec<ClusterStatus>,
 }
 
@@ -40,6 +43,10 @@ pub struct ClusterStatus {
     pub name: String,
     pub state: &'static str,
     pub acu: f64,
+    pub acu_target: f64,
+    pub acu_seconds: f64,
+    pub cpu_used_cores: f64,
+    pub memory_used_mib: f64,
     pub min_acu: f64,
     pub max_acu: f64,
     pub clients: usize,
@@ -76,6 +83,10 @@ pub fn status(state: &AdminState) -> StatusResponse {
                 name: config.name.clone(),
                 state: cluster_state.name(),
                 acu: compute.acu,
+                acu_target: compute.acu_target,
+                acu_seconds: compute.acu_seconds,
+                cpu_used_cores: compute.cpu_used_cores,
+                memory_used_mib: compute.memory_used_mib,
                 min_acu: config.min_acu,
                 max_acu: config.max_acu,
                 clients: counters.clients.load(Ordering::Relaxed),
@@ -99,7 +110,10 @@ pub fn status(state: &AdminState) -> StatusResponse {
             }
         })
         .collect();
-    StatusResponse { clusters }
+    StatusResponse {
+        runtime: state.runtime_kind,
+        clusters,
+    }
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {

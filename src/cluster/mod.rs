@@ -30,6 +30,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::acu::{self, ComputeSize};
 use crate::config::{CapacityConfig, ClusterConfig};
 use crate::runtime::{Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Runtime};
+use crate::scaler::policy::{Decision, PolicyConfig};
+use crate::scaler::Scaler;
 use events::EventLog;
 use roles::{RoleSecret, RoleStore};
 
@@ -116,9 +118,14 @@ impl ClusterState {
 #[derive(Debug, Clone, Serialize)]
 pub struct ComputeStatus {
     pub acu: f64,
+    /// What the scaler wants now (equal to `acu` unless a step was refused or failed).
+    pub acu_target: f64,
+    /// ACU-seconds used since the cluster was created (0 while paused), kept across restarts.
+    pub acu_seconds: f64,
+    pub cpu_used_cores: f64,
+    pub memory_used_mib: f64,
     pub limits: Option<Limits>,
     pub since: String,
-    pub compute_pid: Option<u32>,
 }
 
 enum Command {
@@ -342,24 +349,42 @@ pub fn spawn(
         roles_refresh: tokio::sync::Mutex::new(()),
         status: Mutex::new(ComputeStatus {
             acu: 0.0,
+            acu_target: 0.0,
+            acu_seconds: 0.0,
+            cpu_used_cores: 0.0,
+            memory_used_mib: 0.0,
             limits: None,
             since: now_rfc3339(),
-            compute_pid: None,
         }),
         config,
         capacity,
     });
     let (state_tx, state_rx) = watch::channel(ClusterState::Paused);
     let (command_tx, command_rx) = mpsc::channel(256);
+    let metering = Metering::load(cluster_dir.join("metering.json"));
+    let scaler = Scaler::new(PolicyConfig {
+        min_acu: shared.config.min_acu,
+        max_acu: shared.config.max_acu,
+        step_acu: shared.capacity.step_acu,
+        cpu_per_acu: shared.capacity.cpu_per_acu,
+        memory_mib_per_acu: shared.capacity.memory_mib_per_acu as f64,
+        scale_down_after: shared.config.scale_down_after,
+    });
     let task = ClusterTask {
         shared: shared.clone(),
         runtime,
         cluster_dir,
+        scaler,
+        acu: 0.0,
+        metering,
+        last_tick: Instant::now(),
+        last_notice: None,
         state: state_tx,
         compute: None,
         commands: command_rx,
         users_synced: false,
     };
+    shared.status.lock().expect("status lock").acu_seconds = task.metering.acu_seconds;
     tokio::spawn(task.run());
     let handle = ClusterHandle {
         shared,
@@ -381,6 +406,60 @@ struct ClusterTask {
     commands: mpsc::Receiver<Command>,
     /// The config's users were created in the compute during this run.
     users_synced: bool,
+    scaler: Scaler,
+    /// The ACU applied now; 0 while paused.
+    acu: f64,
+    metering: Metering,
+    last_tick: Instant,
+    /// The last refusal recorded (so that a refusal that lasts is one event, not one a second).
+    last_notice: Option<String>,
+}
+
+/// ACU-seconds, saved beside the cluster's data so that the meter survives restarts.
+struct Metering {
+    path: PathBuf,
+    acu_seconds: f64,
+    saved_at: Instant,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct SavedMetering {
+    acu_seconds: f64,
+}
+
+impl Metering {
+    fn load(path: PathBuf) -> Metering {
+        let acu_seconds = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SavedMetering>(&b).ok())
+            .map(|m| m.acu_seconds)
+            .unwrap_or(0.0);
+        Metering {
+            path,
+            acu_seconds,
+            saved_at: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, acu: f64, elapsed: Duration) {
+        self.acu_seconds += acu * elapsed.as_secs_f64();
+        if self.saved_at.elapsed() >= Duration::from_secs(10) {
+            self.save();
+        }
+    }
+
+    fn save(&mut self) {
+        self.saved_at = Instant::now();
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(&SavedMetering {
+            acu_seconds: self.acu_seconds,
+        })
+        .expect("serializable");
+        if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &self.path))
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not save the ACU meter");
+        }
+    }
 }
 
 impl ClusterTask {
@@ -413,6 +492,7 @@ impl ClusterTask {
                     }
                     Some(Command::Shutdown { reply }) => {
                         self.stop_compute().await;
+                        self.metering.save();
                         self.set_state(ClusterState::Paused);
                         let _ = reply.send(());
                         return;
@@ -520,27 +600,118 @@ impl ClusterTask {
     async fn now_running(&mut self, endpoint: ComputeEndpoint) {
         self.shared.counters.touch();
         self.set_state(ClusterState::Running(endpoint));
+        self.scaler.reset();
+        self.last_notice = None;
+        // The compute started with the limits of this size; the settings follow now.
         let size = self.initial_size();
+        self.acu = size.acu;
+        self.shared.status.lock().expect("status lock").since = now_rfc3339();
+        self.apply(size.acu).await;
+    }
+
+    /// Applies a size to the running compute; returns whether it took.
+    async fn apply(&mut self, acu: f64) -> bool {
+        let size = ComputeSize::of(acu, &self.shared.capacity);
+        let Some(compute) = self.compute.as_mut() else {
+            return false;
+        };
+        let name = self.shared.config.name.clone();
+        match compute.apply_size(size).await {
+            Ok(limits) => {
+                self.acu = acu;
+                metrics::gauge!("pgtide_cluster_acu", "cluster" => name.clone()).set(acu);
+                metrics::gauge!("pgtide_cluster_acu_target", "cluster" => name.clone()).set(acu);
+                metrics::gauge!("pgtide_cluster_cpu_limit_cores", "cluster" => name.clone())
+                    .set(limits.cpu_cores);
+                metrics::gauge!("pgtide_cluster_memory_limit_bytes", "cluster" => name)
+                    .set(limits.memory_mib as f64 * 1048576.0);
+                let mut status = self.shared.status.lock().expect("status lock");
+                status.acu = acu;
+                status.acu_target = acu;
+                status.limits = Some(limits);
+                true
+            }
+            Err(e) => {
+                self.shared
+                    .events
+                    .record("resize_failed", format!("applying {acu} ACU failed: {e:#}"));
+                false
+            }
+        }
+    }
+
+    /// One scaler tick: measure, decide, apply.
+    async fn scale(&mut self, now: Instant) {
         let Some(compute) = self.compute.as_mut() else {
             return;
         };
-        match compute.apply_size(size).await {
-            Ok(limits) => {
-                metrics::gauge!("pgtide_cluster_acu", "cluster" => self.shared.config.name.clone())
-                    .set(size.acu);
-                let mut status = self.shared.status.lock().expect("status lock");
-                status.acu = size.acu;
-                status.limits = Some(limits);
-                status.since = now_rfc3339();
+        let usage = match compute.usage().await {
+            Ok(usage) => usage,
+            Err(e) => {
+                tracing::debug!(cluster = %self.name(), error = %e, "no usage sample this tick");
+                return;
             }
-            Err(e) => self.shared.events.record(
-                "resize_failed",
-                format!("applying {} ACU failed: {e:#}", size.acu),
-            ),
+        };
+        let active = self.shared.counters.active.load(Ordering::Relaxed);
+        let Some(sample) = self.scaler.sample(usage, active, 0, now) else {
+            return;
+        };
+        let name = self.shared.config.name.clone();
+        metrics::gauge!("pgtide_cluster_cpu_used_cores", "cluster" => name.clone())
+            .set(sample.cpu_cores);
+        metrics::gauge!("pgtide_cluster_memory_used_bytes", "cluster" => name.clone())
+            .set(sample.memory_working_set_mib * 1048576.0);
+        {
+            let mut status = self.shared.status.lock().expect("status lock");
+            status.cpu_used_cores = sample.cpu_cores;
+            status.memory_used_mib = sample.memory_working_set_mib;
+        }
+        let from = self.acu;
+        let (to, direction, reason) = match self.scaler.decide(&sample, from, now) {
+            Decision::Hold => {
+                self.last_notice = None;
+                return;
+            }
+            Decision::Up { to, reason } => (to, "up", reason),
+            Decision::Down { to, reason } => (to, "down", reason),
+            Decision::DownRefused { reason } => {
+                return self.notice("down_refused", format!("down refused: {reason}"));
+            }
+            Decision::AtMax { reason } => {
+                return self.notice("at_max", format!("up refused: {reason}"))
+            }
+        };
+        self.last_notice = None;
+        self.shared.status.lock().expect("status lock").acu_target = to;
+        if self.apply(to).await {
+            let signal = if reason.contains("CPU") {
+                "cpu"
+            } else if reason.contains("memory") {
+                "memory"
+            } else {
+                "queue"
+            };
+            metrics::counter!("pgtide_cluster_scaling_events_total", "cluster" => name, "direction" => direction, "reason" => signal)
+                .increment(1);
+            self.shared.events.record(
+                &format!("scaled_{direction}"),
+                format!("{direction} {from} → {to} ACU: {reason}"),
+            );
+        }
+    }
+
+    /// Records a refusal once for as long as it lasts.
+    fn notice(&mut self, kind: &str, message: String) {
+        if self.last_notice.as_deref() != Some(kind) {
+            self.last_notice = Some(kind.to_string());
+            metrics::counter!("pgtide_cluster_scaling_events_total", "cluster" => self.name().to_string(), "direction" => kind.to_string(), "reason" => "refused")
+                .increment(1);
+            self.shared.events.record(kind, message);
         }
     }
 
     async fn stop_compute(&mut self) {
+        self.acu = 0.0;
         if let Some(mut compute) = self.compute.take() {
             if let Err(e) = compute.stop().await {
                 tracing::warn!(cluster = %self.name(), error = %e, "stopping the compute failed");
@@ -549,6 +720,9 @@ impl ClusterTask {
         metrics::gauge!("pgtide_cluster_acu", "cluster" => self.name().to_string()).set(0.0);
         let mut status = self.shared.status.lock().expect("status lock");
         status.acu = 0.0;
+        status.acu_target = 0.0;
+        status.cpu_used_cores = 0.0;
+        status.memory_used_mib = 0.0;
         status.limits = None;
         status.since = now_rfc3339();
     }
@@ -583,6 +757,17 @@ impl ClusterTask {
     }
 
     async fn on_tick(&mut self) {
+        let now = Instant::now();
+        self.metering
+            .add(self.acu, now.duration_since(self.last_tick));
+        self.last_tick = now;
+        let acu_seconds = self.metering.acu_seconds;
+        self.shared.status.lock().expect("status lock").acu_seconds = acu_seconds;
+        metrics::gauge!("pgtide_cluster_acu_seconds_total", "cluster" => self.name().to_string())
+            .set(acu_seconds);
+        if self.is_running() {
+            self.scale(now).await;
+        }
         let config = &self.shared.config;
         let counters = &self.shared.counters;
         if self.is_running()
@@ -597,6 +782,7 @@ impl ClusterTask {
 
     async fn on_compute_exit(&mut self, exit: ExitInfo) {
         self.compute = None;
+        self.acu = 0.0;
         let started = Instant::now();
         let description = format!("compute {}, restarting", exit.description);
         tracing::warn!(cluster = %self.name(), "{description}");

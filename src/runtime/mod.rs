@@ -6,6 +6,7 @@
 //! commands). The `process` runtime runs the machine's own Postgres binaries.
 
 pub mod binaries;
+pub mod cgroup;
 pub mod process;
 
 use std::path::PathBuf;
@@ -83,6 +84,16 @@ pub struct Limits {
     pub enforced: bool,
     /// Why limits are not enforced, or how they are.
     pub mechanism: String,
+    /// Where they are applied (cgroup directories), for people and tests to read back.
+    pub applied_at: Vec<String>,
+}
+
+/// Raw usage of a compute; the scaler turns deltas of `cpu_time` into cores.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Usage {
+    /// CPU time used since the compute started.
+    pub cpu_time: std::time::Duration,
+    pub memory: cgroup::MemoryUse,
 }
 
 #[async_trait]
@@ -101,8 +112,12 @@ pub trait Compute: Send + Sync {
     /// Becomes `Some` once the compute has exited (on its own or after `stop`).
     fn exited(&self) -> watch::Receiver<Option<ExitInfo>>;
 
-    /// Applies CPU and memory limits for `size`; returns what is in force.
+    /// Applies CPU and memory limits for `size`, and the Postgres settings that follow the
+    /// ACUs; returns what is in force. Never restarts Postgres.
     async fn apply_size(&mut self, size: ComputeSize) -> anyhow::Result<Limits>;
+
+    /// CPU time and memory used now.
+    async fn usage(&mut self) -> anyhow::Result<Usage>;
 
     /// Clean stop: CHECKPOINT, then Postgres's fast shutdown; returns once it has exited.
     async fn stop(&mut self) -> anyhow::Result<()>;

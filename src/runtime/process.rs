@@ -16,6 +16,7 @@
 //!    recovery.
 
 use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,8 @@ use nix::unistd::{Gid, Pid, Uid};
 use tokio::sync::watch;
 
 use super::binaries::PostgresBinaries;
+use super::cgroup::{Cgroup, MemoryUse};
+use super::Usage;
 use super::{
     Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Runtime, BOOTSTRAP_SUPERUSER,
 };
@@ -230,21 +233,56 @@ impl Runtime for ProcessRuntime {
             command.arg("-c").arg(format!("{key}={value}"));
         }
         command.stdout(log.try_clone()?).stderr(log);
-        // SAFETY: set_pdeathsig is async-signal-safe (one prctl call) and touches no memory of
-        // the parent. It runs after the uid switch, which would otherwise clear it.
+
+        // One cgroup per compute, named after the cluster and its directory (several pgtides
+        // may run clusters of the same name on one machine).
+        let (cgroup, cgroup_problem) =
+            match Cgroup::create(&cgroup_name(&spec.cluster, cluster_dir)) {
+                Ok(cgroup) => match cgroup.set_limits(spec.size.cpu_cores, spec.size.memory_mib) {
+                    Ok(()) => (Some(cgroup), None),
+                    Err(e) => {
+                        cgroup.remove();
+                        (
+                            None,
+                            Some(format!("cannot write {} limits: {e}", cgroup.version())),
+                        )
+                    }
+                },
+                Err(reason) => (None, Some(reason)),
+            };
+        let join_files = match &cgroup {
+            Some(cgroup) => cgroup
+                .procs_files()
+                .iter()
+                .map(|path| std::fs::OpenOptions::new().write(true).open(path))
+                .collect::<Result<Vec<_>, _>>()
+                .context("opening the compute's cgroup.procs")?,
+            None => Vec::new(),
+        };
+        let join_fds: Vec<i32> = join_files.iter().map(|f| f.as_raw_fd()).collect();
+        // SAFETY: only async-signal-safe calls (write, prctl) on values prepared before the fork.
+        // Writing "0" to cgroup.procs moves the writing process (the future postmaster) into the
+        // group before it executes. set_pdeathsig runs after the uid switch, which would
+        // otherwise clear it.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
+                for fd in &join_fds {
+                    let fd = std::os::fd::BorrowedFd::borrow_raw(*fd);
+                    nix::unistd::write(fd, b"0").map_err(std::io::Error::from)?;
+                }
                 nix::sys::prctl::set_pdeathsig(Signal::SIGINT).map_err(std::io::Error::from)?;
                 Ok(())
             });
         }
         let mut child = command.spawn().context("starting postgres")?;
+        drop(join_files);
         let pid = Pid::from_raw(
             child
                 .id()
                 .ok_or_else(|| anyhow!("postgres exited at once"))? as i32,
         );
         let (exit_tx, exit_rx) = watch::channel(None);
+        let exit_cgroup = cgroup.clone();
         tokio::spawn(async move {
             let description = match child.wait().await {
                 Ok(status) => describe_exit(status),
@@ -254,6 +292,16 @@ impl Runtime for ProcessRuntime {
             // after a crash (kill -9, OOM) its backends may linger, holding shared memory that
             // blocks the restart and serving clients with no postmaster: end them now.
             let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+            if let Some(cgroup) = exit_cgroup {
+                // The kernel lets go of the group a moment after its last process is reaped.
+                for _ in 0..50 {
+                    cgroup.remove();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if !cgroup.procs_files()[0].exists() {
+                        break;
+                    }
+                }
+            }
             let _ = exit_tx.send(Some(ExitInfo { description }));
         });
 
@@ -262,6 +310,8 @@ impl Runtime for ProcessRuntime {
             pid,
             exited: exit_rx,
             log_path,
+            cgroup,
+            cgroup_problem,
         };
         if let Err(e) = compute.wait_ready().await {
             let _ = compute.kill_now().await;
@@ -282,6 +332,9 @@ pub struct ProcessCompute {
     pid: Pid,
     exited: watch::Receiver<Option<ExitInfo>>,
     log_path: PathBuf,
+    /// Where the limits are enforced, or why they are not.
+    cgroup: Option<Cgroup>,
+    cgroup_problem: Option<String>,
 }
 
 impl ProcessCompute {
@@ -340,7 +393,34 @@ impl Compute for ProcessCompute {
     }
 
     async fn apply_size(&mut self, size: ComputeSize) -> anyhow::Result<Limits> {
+        // With a cgroup, report what the kernel holds after the write, not what was asked.
+        let (cpu_cores, memory_mib, enforced, mechanism, applied_at) = match &self.cgroup {
+            Some(cgroup) => {
+                cgroup
+                    .set_limits(size.cpu_cores, size.memory_mib)
+                    .with_context(|| format!("writing {} limits", cgroup.version()))?;
+                let (cores, mib) = cgroup.limits()?;
+                let paths = cgroup
+                    .procs_files()
+                    .iter()
+                    .filter_map(|p| p.parent())
+                    .map(|p| p.display().to_string())
+                    .collect();
+                (cores, mib, true, cgroup.version().to_string(), paths)
+            }
+            None => (
+                size.cpu_cores,
+                size.memory_mib,
+                false,
+                format!(
+                    "not enforced: {}",
+                    self.cgroup_problem.as_deref().unwrap_or("no cgroup")
+                ),
+                Vec::new(),
+            ),
+        };
         let client = self.endpoint.admin_connect().await?;
+        // One statement per query: ALTER SYSTEM refuses to run inside a (multi-statement) block.
         for (key, value) in size.reloadable_settings() {
             client
                 .batch_execute(&format!("ALTER SYSTEM SET {key} = '{value}'"))
@@ -349,12 +429,22 @@ impl Compute for ProcessCompute {
         }
         client.batch_execute("SELECT pg_reload_conf()").await?;
         Ok(Limits {
-            cpu_cores: size.cpu_cores,
-            memory_mib: size.memory_mib,
-            enforced: false,
-            mechanism: "Postgres settings only; CPU and memory limits are not applied by the process runtime yet"
-                .to_string(),
+            cpu_cores,
+            memory_mib,
+            enforced,
+            mechanism,
+            applied_at,
         })
+    }
+
+    async fn usage(&mut self) -> anyhow::Result<Usage> {
+        match &self.cgroup {
+            Some(cgroup) => Ok(Usage {
+                cpu_time: cgroup.cpu_usage()?,
+                memory: cgroup.memory()?,
+            }),
+            None => Ok(process_group_usage(self.pid)),
+        }
     }
 
     async fn stop(&mut self) -> anyhow::Result<()> {
@@ -387,6 +477,71 @@ impl Compute for ProcessCompute {
             "compute stopped"
         );
         Ok(())
+    }
+}
+
+fn cgroup_name(cluster: &str, cluster_dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    cluster_dir.hash(&mut hasher);
+    format!("pgtide-{cluster}-{:08x}", hasher.finish() as u32)
+}
+
+/// Usage without cgroups, from /proc: the CPU time of the postmaster's process group, plus what
+/// the postmaster collected from the backends it reaped; memory as anonymous plus the largest
+/// shared mapping (shared memory is counted once, not per backend).
+fn process_group_usage(postmaster: Pid) -> Usage {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let mut cpu_ticks = 0u64;
+    let mut anon_kib = 0u64;
+    let mut shmem_kib = 0u64;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // Fields after the command: state(0) ppid(1) pgrp(2) … utime(11) stime(12) cutime(13) cstime(14).
+        if fields.get(2).and_then(|f| f.parse::<i32>().ok()) != Some(postmaster.as_raw()) {
+            continue;
+        }
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        cpu_ticks += field(11) + field(12);
+        if pid == postmaster.as_raw() {
+            cpu_ticks += field(13) + field(14);
+        }
+        if let Ok(status) = std::fs::read_to_string(entry.path().join("status")) {
+            let kib = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            anon_kib += kib("RssAnon:");
+            shmem_kib = shmem_kib.max(kib("RssShmem:"));
+        }
+    }
+    let floor_mib = (anon_kib + shmem_kib) as f64 / 1024.0;
+    Usage {
+        cpu_time: Duration::from_secs_f64(cpu_ticks as f64 / ticks),
+        memory: MemoryUse {
+            working_set_mib: floor_mib,
+            floor_mib,
+        },
     }
 }
 

@@ -74,7 +74,7 @@ copies = []
 [[clusters]]
 name = "main"
 listen = "127.0.0.1:{port}"
-max_acu = 2
+max_acu = 8
 {cluster}
 
 [[clusters.users]]
