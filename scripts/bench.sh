@@ -7,6 +7,10 @@
 #                              (transaction mode) and a bare tokio relay (benches/relay.rs)
 #   scripts/bench.sh resume    20 pause → connect → first row cycles against a paused cluster,
 #                              beside the same figure for a running one (p50, p90, max)
+#   scripts/bench.sh scale     a stepped pgbench load (0 → 2 → 8 → 2 → 0 clients) through pgtide:
+#                              a per-second timeline of clients, ACU, CPU used and TPS, and the
+#                              reaction from each load change to the applied ACU; then a 24-hour
+#                              synthetic trace through the policy alone (benches/day_trace.rs)
 #
 # Knobs: ROUNDS (default 5), SECONDS_PER_ROUND (default 6), CLIENTS (default 8), SCALE (10).
 set -euo pipefail
@@ -164,8 +168,68 @@ for name, values in [("paused cluster", paused), ("running cluster", running)]:
 EOF
 }
 
+# ---------------------------------------------------------------------------------------------
+bench_scale() {
+  start_pgtide $'min_acu = 0.5\nscale_down_after = "10s"'
+  pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+  sleep 12   # let the load of the data settle back to the minimum
+  python3 - "$PGTIDE_PORT" "$ADMIN_PORT" <<'EOF'
+import json, re, subprocess, sys, threading, time, urllib.request
+port, admin = sys.argv[1], sys.argv[2]
+phases = [(0, 10), (2, 20), (8, 20), (2, 20), (0, 40)]
+samples, tps = [], {}
+start = time.monotonic()
+def status():
+    return json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=5))["clusters"][0]
+stop = False
+def poll():
+    while not stop:
+        c = status()
+        samples.append((time.monotonic() - start, c["acu"], c["cpu_used_cores"]))
+        time.sleep(0.1)
+poller = threading.Thread(target=poll); poller.start()
+phase_starts, failed = [], 0
+for clients, seconds in phases:
+    phase_starts.append((time.monotonic() - start, clients))
+    if clients == 0:
+        time.sleep(seconds); continue
+    t0 = time.monotonic() - start
+    out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-S", "-c", str(clients),
+                          "-j", "2", "-T", str(seconds), "-P", "1", "postgres"], capture_output=True, text=True)
+    for m in re.finditer(r"progress: ([0-9.]+) s, ([0-9.]+) tps", out.stderr):
+        tps[int(t0 + float(m.group(1)))] = float(m.group(2))
+    f = re.search(r"number of failed transactions: (\d+)", out.stdout)
+    failed += int(f.group(1)) if f else 0
+stop = True; poller.join()
+def clients_at(t):
+    current = 0
+    for s, c in phase_starts:
+        if s <= t: current = c
+    return current
+print(f"\n{'t(s)':>5} {'clients':>7} {'ACU':>5} {'CPU used':>9} {'TPS':>8}")
+for second in range(int(samples[-1][0]) + 1):
+    inside = [s for s in samples if int(s[0]) == second]
+    if not inside: continue
+    acu = inside[-1][1]; cpu = max(s[2] for s in inside)
+    print(f"{second:>5} {clients_at(second):>7} {acu:>5} {cpu:>9.2f} {tps.get(second, 0):>8.0f}")
+print("\nreaction from a load change to the applied ACU:")
+for (t, clients), (t_prev, prev) in zip(phase_starts[1:], phase_starts):
+    before = [s[1] for s in samples if s[0] <= t][-1]
+    after = [s for s in samples if s[0] > t and s[1] != before]
+    direction = "up" if clients > prev else "down"
+    if after:
+        print(f"  {prev} -> {clients} clients ({direction}): ACU {before} -> {after[0][1]} after {after[0][0] - t:.1f} s")
+    else:
+        print(f"  {prev} -> {clients} clients ({direction}): ACU stayed at {before}")
+print(f"failed transactions: {failed}")
+EOF
+  log "24-hour synthetic trace through the policy alone:"
+  cargo bench --bench day_trace --quiet 2>/dev/null | grep -v '^$'
+}
+
 case "$MODE" in
   proxy) bench_proxy ;;
   resume) bench_resume ;;
-  *) log "unknown benchmark $MODE (proxy, resume)"; exit 2 ;;
+  scale) bench_scale ;;
+  *) log "unknown benchmark $MODE (proxy, resume, scale)"; exit 2 ;;
 esac

@@ -3,13 +3,7 @@
 //! `pgtide serve` runs the proxy, the clusters and the admin endpoint; `status`, `pause` and
 //! `resume` are clients of the admin endpoint.
 
-mod acu;
-mod admin;
-mod cluster;
-mod config;
-mod proxy;
-mod runtime;
-mod scaler;
+use pgtide::{admin, cluster, config, proxy, runtime};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -216,7 +210,7 @@ mod admin_client {
 
     use anyhow::{bail, Context};
 
-    use crate::config::{Config, DEFAULT_CONFIG};
+    use pgtide::config::{Config, DEFAULT_CONFIG};
 
     fn load(config: Option<&Path>) -> anyhow::Result<Config> {
         match config {
