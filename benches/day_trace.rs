@@ -60,8 +60,22 @@ fn main() {
     let at_max = config.max_acu * 24.0;
     println!("synthetic 24-hour trace through the scaling policy (min 0.5, max 8 ACU, step 0.5, scale_down_after 30s)");
     println!("ACU-hours used:           {used:.1}");
-    println!("ACU-hours at max_acu:     {at_max:.1}  (used = {:.0}% of it)", used / at_max * 100.0);
-    println!("minutes below need:       {:.1}  ({:.2}% of the day)", below_seconds as f64 / 60.0, below_seconds as f64 / day as f64 * 100.0);
+    println!(
+        "ACU-hours at max_acu:     {at_max:.1}  (used = {:.0}% of it)",
+        used / at_max * 100.0
+    );
+    println!(
+        "minutes below need:       {:.1}  ({:.2}% of the day)",
+        below_seconds as f64 / 60.0,
+        below_seconds as f64 / day as f64 * 100.0
+    );
     println!("resizes:                  {changes}");
-    println!("average ACU per hour:     {}", hourly.iter().map(|h| format!("{h:.1}")).collect::<Vec<_>>().join(" "));
+    println!(
+        "average ACU per hour:     {}",
+        hourly
+            .iter()
+            .map(|h| format!("{h:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
 }

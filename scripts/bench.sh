@@ -170,9 +170,13 @@ EOF
 
 # ---------------------------------------------------------------------------------------------
 bench_scale() {
-  start_pgtide $'min_acu = 0.5\nscale_down_after = "10s"'
+  start_pgtide $'min_acu = 0.5\nscale_down_after = "3s"'
   pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
-  sleep 12   # let the load of the data settle back to the minimum
+  log "waiting for the ACUs to settle back to the minimum after loading the data…"
+  for _ in $(seq 1 300); do
+    curl -sf "127.0.0.1:$ADMIN_PORT/status" | grep -q '"acu":0.5,' && break
+    sleep 1
+  done
   python3 - "$PGTIDE_PORT" "$ADMIN_PORT" <<'EOF'
 import json, re, subprocess, sys, threading, time, urllib.request
 port, admin = sys.argv[1], sys.argv[2]

@@ -16,6 +16,7 @@
 //! each gets the reason (the proxy answers 57P03).
 
 pub mod events;
+pub mod history;
 pub mod roles;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use crate::runtime::{Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Ru
 use crate::scaler::policy::{Decision, PolicyConfig};
 use crate::scaler::Scaler;
 use events::EventLog;
+use history::{History, HistoryPoint};
 use roles::{RoleSecret, RoleStore};
 
 /// Load counters, written by the proxy on its hot path (relaxed atomics, changed per chunk or
@@ -122,6 +124,9 @@ pub struct ComputeStatus {
     pub acu_target: f64,
     /// ACU-seconds used since the cluster was created (0 while paused), kept across restarts.
     pub acu_seconds: f64,
+    /// ACU-hours used today and this month (UTC).
+    pub acu_hours_today: f64,
+    pub acu_hours_month: f64,
     pub cpu_used_cores: f64,
     pub memory_used_mib: f64,
     pub limits: Option<Limits>,
@@ -160,6 +165,7 @@ struct Shared {
     /// Serialises role refreshes so that a burst of logins causes one query.
     roles_refresh: tokio::sync::Mutex<()>,
     status: Mutex<ComputeStatus>,
+    history: History,
 }
 
 /// A cheap, cloneable handle on a cluster.
@@ -201,6 +207,10 @@ impl ClusterHandle {
 
     pub fn state(&self) -> ClusterState {
         self.state.borrow().clone()
+    }
+
+    pub fn history(&self) -> &History {
+        &self.shared.history
     }
 
     pub fn compute_status(&self) -> ComputeStatus {
@@ -351,11 +361,14 @@ pub fn spawn(
             acu: 0.0,
             acu_target: 0.0,
             acu_seconds: 0.0,
+            acu_hours_today: 0.0,
+            acu_hours_month: 0.0,
             cpu_used_cores: 0.0,
             memory_used_mib: 0.0,
             limits: None,
             since: now_rfc3339(),
         }),
+        history: History::default(),
         config,
         capacity,
     });
@@ -379,12 +392,13 @@ pub fn spawn(
         metering,
         last_tick: Instant::now(),
         last_notice: None,
+        last_transactions: 0,
         state: state_tx,
         compute: None,
         commands: command_rx,
         users_synced: false,
     };
-    shared.status.lock().expect("status lock").acu_seconds = task.metering.acu_seconds;
+    shared.status.lock().expect("status lock").acu_seconds = task.metering.acu_seconds();
     tokio::spawn(task.run());
     let handle = ClusterHandle {
         shared,
@@ -413,36 +427,62 @@ struct ClusterTask {
     last_tick: Instant,
     /// The last refusal recorded (so that a refusal that lasts is one event, not one a second).
     last_notice: Option<String>,
+    /// The transaction counter at the last tick, for transactions per second.
+    last_transactions: u64,
 }
 
-/// ACU-seconds, saved beside the cluster's data so that the meter survives restarts.
+/// ACU-seconds, saved beside the cluster's data so that the meter survives restarts; also
+/// bucketed by UTC day and month, as a bill would be.
 struct Metering {
     path: PathBuf,
-    acu_seconds: f64,
+    saved: SavedMetering,
     saved_at: Instant,
 }
 
-#[derive(Serialize, serde::Deserialize)]
+#[derive(Serialize, serde::Deserialize, Default)]
 struct SavedMetering {
     acu_seconds: f64,
+    #[serde(default)]
+    day: String,
+    #[serde(default)]
+    day_acu_seconds: f64,
+    #[serde(default)]
+    month: String,
+    #[serde(default)]
+    month_acu_seconds: f64,
 }
 
 impl Metering {
     fn load(path: PathBuf) -> Metering {
-        let acu_seconds = std::fs::read(&path)
+        let saved = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<SavedMetering>(&b).ok())
-            .map(|m| m.acu_seconds)
-            .unwrap_or(0.0);
+            .unwrap_or_default();
         Metering {
             path,
-            acu_seconds,
+            saved,
             saved_at: Instant::now(),
         }
     }
 
+    fn acu_seconds(&self) -> f64 {
+        self.saved.acu_seconds
+    }
+
     fn add(&mut self, acu: f64, elapsed: Duration) {
-        self.acu_seconds += acu * elapsed.as_secs_f64();
+        let used = acu * elapsed.as_secs_f64();
+        let today = now_rfc3339()[..10].to_string();
+        if self.saved.day != today {
+            self.saved.day = today.clone();
+            self.saved.day_acu_seconds = 0.0;
+        }
+        if self.saved.month != today[..7] {
+            self.saved.month = today[..7].to_string();
+            self.saved.month_acu_seconds = 0.0;
+        }
+        self.saved.acu_seconds += used;
+        self.saved.day_acu_seconds += used;
+        self.saved.month_acu_seconds += used;
         if self.saved_at.elapsed() >= Duration::from_secs(10) {
             self.save();
         }
@@ -451,10 +491,7 @@ impl Metering {
     fn save(&mut self) {
         self.saved_at = Instant::now();
         let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(&SavedMetering {
-            acu_seconds: self.acu_seconds,
-        })
-        .expect("serializable");
+        let bytes = serde_json::to_vec(&self.saved).expect("serializable");
         if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &self.path))
         {
             tracing::warn!(path = %self.path.display(), error = %e, "could not save the ACU meter");
@@ -700,6 +737,31 @@ impl ClusterTask {
         }
     }
 
+    /// One point a second for the dashboard.
+    fn record_history(&mut self, elapsed: Duration) {
+        let transactions = self.shared.counters.transactions.load(Ordering::Relaxed);
+        let tps = transactions.saturating_sub(self.last_transactions) as f64
+            / elapsed.as_secs_f64().max(0.001);
+        self.last_transactions = transactions;
+        let status = self.shared.status.lock().expect("status lock").clone();
+        let limits = status.limits.as_ref();
+        self.shared.history.push(HistoryPoint {
+            t: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            state: self.state.borrow().name(),
+            acu: status.acu,
+            acu_target: status.acu_target,
+            cpu_used: status.cpu_used_cores,
+            cpu_limit: limits.map(|l| l.cpu_cores).unwrap_or(0.0),
+            memory_used_mib: status.memory_used_mib,
+            memory_limit_mib: limits.map(|l| l.memory_mib as f64).unwrap_or(0.0),
+            clients: self.shared.counters.clients.load(Ordering::Relaxed) as u32,
+            tps,
+        });
+    }
+
     /// Records a refusal once for as long as it lasts.
     fn notice(&mut self, kind: &str, message: String) {
         if self.last_notice.as_deref() != Some(kind) {
@@ -758,16 +820,22 @@ impl ClusterTask {
 
     async fn on_tick(&mut self) {
         let now = Instant::now();
-        self.metering
-            .add(self.acu, now.duration_since(self.last_tick));
+        let elapsed = now.duration_since(self.last_tick);
+        self.metering.add(self.acu, elapsed);
         self.last_tick = now;
-        let acu_seconds = self.metering.acu_seconds;
-        self.shared.status.lock().expect("status lock").acu_seconds = acu_seconds;
+        let acu_seconds = self.metering.acu_seconds();
+        {
+            let mut status = self.shared.status.lock().expect("status lock");
+            status.acu_seconds = acu_seconds;
+            status.acu_hours_today = self.metering.saved.day_acu_seconds / 3600.0;
+            status.acu_hours_month = self.metering.saved.month_acu_seconds / 3600.0;
+        }
         metrics::gauge!("pgtide_cluster_acu_seconds_total", "cluster" => self.name().to_string())
             .set(acu_seconds);
         if self.is_running() {
             self.scale(now).await;
         }
+        self.record_history(elapsed);
         let config = &self.shared.config;
         let counters = &self.shared.counters;
         if self.is_running()

@@ -130,19 +130,36 @@ impl Cgroup {
         }
     }
 
-    pub fn set_limits(&self, cpu_cores: f64, memory_mib: u64) -> io::Result<()> {
-        let quota = ((cpu_cores * CPU_PERIOD_US as f64).round() as u64).max(1000);
+    /// Sets the limits; `cpu_cores: None` lifts the CPU limit (used while Postgres starts and
+    /// stops, which are short and should not be throttled down to the smallest size).
+    pub fn set_limits(&self, cpu_cores: Option<f64>, memory_mib: u64) -> io::Result<()> {
+        let quota =
+            cpu_cores.map(|cores| ((cores * CPU_PERIOD_US as f64).round() as u64).max(1000));
         let bytes = memory_mib * 1024 * 1024;
         match &self.layout {
             Layout::V2 { dir } => {
-                fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"))?;
+                let max = quota
+                    .map(|q| q.to_string())
+                    .unwrap_or_else(|| "max".to_string());
+                fs::write(dir.join("cpu.max"), format!("{max} {CPU_PERIOD_US}"))?;
                 fs::write(dir.join("memory.max"), bytes.to_string())
             }
             Layout::V1 { cpu, memory, .. } => {
+                let quota = quota
+                    .map(|q| q.to_string())
+                    .unwrap_or_else(|| "-1".to_string());
                 fs::write(cpu.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
-                fs::write(cpu.join("cpu.cfs_quota_us"), quota.to_string())?;
+                fs::write(cpu.join("cpu.cfs_quota_us"), quota)?;
                 fs::write(memory.join("memory.limit_in_bytes"), bytes.to_string())
             }
+        }
+    }
+
+    /// Lifts the CPU limit and leaves memory as it is.
+    pub fn lift_cpu_limit(&self) -> io::Result<()> {
+        match &self.layout {
+            Layout::V2 { dir } => fs::write(dir.join("cpu.max"), format!("max {CPU_PERIOD_US}")),
+            Layout::V1 { cpu, .. } => fs::write(cpu.join("cpu.cfs_quota_us"), "-1"),
         }
     }
 

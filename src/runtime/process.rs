@@ -238,7 +238,9 @@ impl Runtime for ProcessRuntime {
         // may run clusters of the same name on one machine).
         let (cgroup, cgroup_problem) =
             match Cgroup::create(&cgroup_name(&spec.cluster, cluster_dir)) {
-                Ok(cgroup) => match cgroup.set_limits(spec.size.cpu_cores, spec.size.memory_mib) {
+                // No CPU limit while Postgres starts: a start throttled to the smallest size takes
+                // ten times longer. The size's limit is applied once it is ready.
+                Ok(cgroup) => match cgroup.set_limits(None, spec.size.memory_mib) {
                     Ok(()) => (Some(cgroup), None),
                     Err(e) => {
                         cgroup.remove();
@@ -397,7 +399,7 @@ impl Compute for ProcessCompute {
         let (cpu_cores, memory_mib, enforced, mechanism, applied_at) = match &self.cgroup {
             Some(cgroup) => {
                 cgroup
-                    .set_limits(size.cpu_cores, size.memory_mib)
+                    .set_limits(Some(size.cpu_cores), size.memory_mib)
                     .with_context(|| format!("writing {} limits", cgroup.version()))?;
                 let (cores, mib) = cgroup.limits()?;
                 let paths = cgroup
@@ -452,6 +454,10 @@ impl Compute for ProcessCompute {
             return Ok(());
         }
         let started = Instant::now();
+        if let Some(cgroup) = &self.cgroup {
+            // The checkpoint and shutdown are short bursts: do not throttle them.
+            let _ = cgroup.lift_cpu_limit();
+        }
         // The checkpoint makes the fast shutdown short and the next start skip recovery.
         if let Ok(client) = self.endpoint.admin_connect().await {
             if let Err(e) =
