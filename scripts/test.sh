@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 ensure_rust
 ensure_postgres_server
 ensure_run_as_user postgres
-if ! command -v openssl >/dev/null; then apt_install openssl || true; fi
+if ! command -v openssl >/dev/null; then apt_install openssl; fi
+# The dashboard is tested in a real headless browser, and its pseudo-terminal view with script(1).
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then apt_install chromium; fi
+if ! command -v script >/dev/null; then apt_install bsdutils; fi
 # Two cores: two tests at a time; each one runs a Postgres of its own.
-exec cargo test --all-targets -- --test-threads="${PGTIDE_TEST_THREADS:-2}" "$@"
+exec cargo test --lib --bins --tests -- --test-threads="${PGTIDE_TEST_THREADS:-2}" "$@"

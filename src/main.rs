@@ -38,8 +38,11 @@ enum CommandLine {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Print the raw JSON of GET /status.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Refresh every second, with a sparkline of each cluster's ACU over the last minutes.
+        #[arg(long)]
+        watch: bool,
     },
     /// Pause a cluster now (refused while clients are connected).
     Pause {
@@ -59,7 +62,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         CommandLine::Serve { config } => serve_blocking(&config),
-        CommandLine::Status { config, json } => admin_client::status(config.as_deref(), json),
+        CommandLine::Status {
+            config,
+            json,
+            watch,
+        } => admin_client::status(config.as_deref(), json, watch),
         CommandLine::Pause { cluster, config } => {
             admin_client::action(config.as_deref(), &cluster, "pause")
         }
@@ -262,36 +269,109 @@ mod admin_client {
         Ok((status, body))
     }
 
-    pub fn status(config: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    pub fn status(config: Option<&Path>, json: bool, watch: bool) -> anyhow::Result<()> {
         let config = load(config)?;
-        let (code, body) = request(&config, "GET", "/status")?;
+        if !watch {
+            let body = get(&config, "/status")?;
+            if json {
+                println!("{body}");
+            } else {
+                print!("{}", table(&serde_json::from_str(&body)?));
+            }
+            return Ok(());
+        }
+        loop {
+            let mut screen = String::from("\x1b[2J\x1b[H");
+            let status: serde_json::Value = serde_json::from_str(&get(&config, "/status")?)?;
+            screen.push_str(&format!("pgtide status — {}\n\n", status_time()));
+            screen.push_str(&table(&status));
+            screen.push('\n');
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+                .saturating_sub(SPARKLINE_SECONDS);
+            for cluster in status["clusters"].as_array().into_iter().flatten() {
+                let name = cluster["name"].as_str().unwrap_or("?");
+                let history: serde_json::Value = serde_json::from_str(&get(
+                    &config,
+                    &format!("/history?cluster={name}&since={since}"),
+                )?)?;
+                let acus: Vec<f64> = history["points"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p["acu"].as_f64().unwrap_or(0.0))
+                    .collect();
+                let max = cluster["max_acu"].as_f64().unwrap_or(1.0);
+                screen.push_str(&format!(
+                    "{name:<16} ACU, last {} min (max {max}): {}\n",
+                    SPARKLINE_SECONDS / 60,
+                    sparkline(&acus, max)
+                ));
+            }
+            print!("{screen}");
+            std::io::Write::flush(&mut std::io::stdout())?;
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+
+    const SPARKLINE_SECONDS: u64 = 300;
+
+    fn status_time() -> String {
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    }
+
+    /// One character per sample, from ▁ (0) to █ (max); a pause shows as a space.
+    pub fn sparkline(values: &[f64], max: f64) -> String {
+        const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+        // At most 100 columns: each column is the largest value of its slice of samples.
+        let width = values.len().min(100).max(1);
+        let per_column = values.len().div_ceil(width).max(1);
+        values
+            .chunks(per_column)
+            .map(|chunk| {
+                let value = chunk.iter().cloned().fold(0.0, f64::max);
+                if value <= 0.0 {
+                    ' '
+                } else {
+                    let level = ((value / max.max(f64::EPSILON)) * 7.0)
+                        .round()
+                        .clamp(0.0, 7.0) as usize;
+                    BARS[level]
+                }
+            })
+            .collect()
+    }
+
+    fn get(config: &Config, path: &str) -> anyhow::Result<String> {
+        let (code, body) = request(config, "GET", path)?;
         if code != 200 {
             bail!("{}", body.trim());
         }
-        if json {
-            println!("{body}");
-            return Ok(());
-        }
-        let status: serde_json::Value = serde_json::from_str(&body)?;
-        println!(
-            "{:<16} {:<9} {:>5} {:>9} {:>8} {:>7} {:<22} LAST EVENT",
-            "CLUSTER", "STATE", "ACU", "MIN-MAX", "CLIENTS", "ACTIVE", "LISTEN"
+        Ok(body)
+    }
+
+    fn table(status: &serde_json::Value) -> String {
+        let mut out = format!(
+            "{:<16} {:<9} {:>5} {:>6} {:>9} {:>8} {:>7} {:<22} LAST EVENT\n",
+            "CLUSTER", "STATE", "ACU", "TARGET", "MIN-MAX", "CLIENTS", "BUSY", "LISTEN"
         );
         for cluster in status["clusters"].as_array().into_iter().flatten() {
-            let last_event = cluster["events"][0]["message"].as_str().unwrap_or("");
-            println!(
-                "{:<16} {:<9} {:>5} {:>9} {:>8} {:>7} {:<22} {}",
+            let number = |key: &str| cluster[key].as_f64().unwrap_or(0.0);
+            out.push_str(&format!(
+                "{:<16} {:<9} {:>5.1} {:>6.1} {:>9} {:>8} {:>7} {:<22} {}\n",
                 cluster["name"].as_str().unwrap_or("?"),
                 cluster["state"].as_str().unwrap_or("?"),
-                cluster["acu"],
-                format!("{}-{}", cluster["min_acu"], cluster["max_acu"]),
-                cluster["clients"],
-                cluster["active"],
+                number("acu"),
+                number("acu_target"),
+                format!("{}-{}", number("min_acu"), number("max_acu")),
+                number("clients"),
+                number("active"),
                 cluster["listen"].as_str().unwrap_or(""),
-                last_event
-            );
+                cluster["events"][0]["message"].as_str().unwrap_or("")
+            ));
         }
-        Ok(())
+        out
     }
 
     pub fn action(config: Option<&Path>, cluster: &str, action: &str) -> anyhow::Result<()> {

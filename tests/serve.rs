@@ -441,9 +441,11 @@ fn status_and_metrics_describe_the_cluster() {
     assert_eq!(status["state"], "running");
     assert_eq!(status["acu"], 0.5);
     assert_eq!(status["min_acu"], 0.0);
-    assert_eq!(status["max_acu"], 2.0);
+    assert_eq!(status["max_acu"], 8.0);
     assert!(status["storage"]["copies"].is_number());
-    assert!(status["limits"]["enforced"].is_boolean());
+    assert!(wait_until(Duration::from_secs(10), || pgtide
+        .cluster_status()["limits"]["enforced"]
+        .is_boolean()));
     assert!(status["events"][0]["message"]
         .as_str()
         .unwrap()

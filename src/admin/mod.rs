@@ -1,15 +1,19 @@
-//! The admin endpoint: `GET /status` (JSON), `GET /metrics` (Prometheus text), and
-//! `POST /clusters/{name}/pause|resume`, which `pgtide status/pause/resume` call.
+//! The admin endpoint: `GET /status` (JSON), `GET /metrics` (Prometheus text),
+//! `GET /history?cluster=NAME&since=UNIX_SECONDS` (the last hour, one point a second),
+//! `GET /dashboard` (a live page built on those), and `POST /clusters/{name}/pause|resume`,
+//! which `pgtide status/pause/resume` and the page's buttons call.
 //!
 //! Nothing here counts as client activity: reading status never wakes or keeps a cluster awake.
-//! When `[admin] token` is set every call needs `Authorization: Bearer TOKEN`; without a token,
-//! pause and resume are refused unless the admin address is loopback.
+//! When `[admin] token` is set every call needs it, as `Authorization: Bearer TOKEN` or, for a
+//! browser opening the page, `?token=TOKEN`; without a token, pause and resume are refused unless
+//! the admin address is loopback.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
 use crate::cluster::events::Event;
+use crate::cluster::history::HistoryPoint;
 use crate::cluster::{ClusterHandle, ClusterState};
 use crate::runtime::Limits;
 
@@ -57,8 +62,36 @@ pub struct ClusterStatus {
     pub since: String,
     pub failure: Option<String>,
     pub storage: StorageStatus,
+    pub metering: MeteringStatus,
     pub limits: Option<Limits>,
     pub events: Vec<Event>,
+}
+
+/// ACU-hours used, beside what running at `max_acu` all the time would have used.
+#[derive(Serialize)]
+pub struct MeteringStatus {
+    pub acu_hours_today: f64,
+    pub acu_hours_month: f64,
+    pub max_acu_hours_today: f64,
+    pub max_acu_hours_month: f64,
+}
+
+impl MeteringStatus {
+    fn new(today: f64, month: f64, max_acu: f64) -> MeteringStatus {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let since_midnight = (now % 86_400) as f64;
+        let day_of_month: f64 = crate::cluster::now_rfc3339()[8..10].parse().unwrap_or(1.0);
+        let since_month_start = (day_of_month - 1.0) * 86_400.0 + since_midnight;
+        MeteringStatus {
+            acu_hours_today: today,
+            acu_hours_month: month,
+            max_acu_hours_today: max_acu * since_midnight / 3600.0,
+            max_acu_hours_month: max_acu * since_month_start / 3600.0,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -105,6 +138,11 @@ pub fn status(state: &AdminState) -> StatusResponse {
                     durable_lsn: None,
                     mode: "local",
                 },
+                metering: MeteringStatus::new(
+                    compute.acu_hours_today,
+                    compute.acu_hours_month,
+                    config.max_acu,
+                ),
                 limits: compute.limits,
                 events: cluster.events().recent(50),
             }
@@ -120,6 +158,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/status", get(get_status))
         .route("/metrics", get(get_metrics))
+        .route("/history", get(get_history))
+        .route("/dashboard", get(get_dashboard))
+        .route("/assets/d3.min.js", get(get_d3))
         .route("/clusters/{name}/pause", post(post_pause))
         .route("/clusters/{name}/resume", post(post_resume))
         .with_state(state)
@@ -146,6 +187,24 @@ fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), Denied> {
     }
 }
 
+/// For the page, which a browser opens by URL: the token may come as `?token=`.
+fn authorized_by_query(
+    state: &AdminState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<(), Denied> {
+    match (&state.token, query.get("token")) {
+        (Some(token), Some(given)) if constant_time_eq(given.as_bytes(), token.as_bytes()) => {
+            Ok(())
+        }
+        _ => authorized(state, headers),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn actions_allowed(state: &AdminState, headers: &HeaderMap) -> Result<(), Denied> {
     authorized(state, headers)?;
     if state.token.is_none() && !state.listen.ip().is_loopback() {
@@ -163,6 +222,86 @@ async fn get_status(State(state): State<Arc<AdminState>>, headers: HeaderMap) ->
         return denied.into_response();
     }
     Json(status(&state)).into_response()
+}
+
+#[derive(Serialize)]
+struct HistoryResponse {
+    cluster: String,
+    /// The points kept per cluster (an hour, one a second).
+    capacity: usize,
+    points: Vec<HistoryPoint>,
+}
+
+async fn get_history(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(denied) = authorized_by_query(&state, &headers, &query) {
+        return denied.into_response();
+    }
+    let Some(name) = query.get("cluster") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the cluster parameter is required: /history?cluster=NAME\n",
+        )
+            .into_response();
+    };
+    let since = match query.get("since").map(|s| s.parse::<u64>()) {
+        None => 0,
+        Some(Ok(since)) => since,
+        Some(Err(_)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "since must be a Unix time in seconds, e.g. since=1767225600\n",
+            )
+                .into_response()
+        }
+    };
+    let cluster = match find(&state, name) {
+        Ok(cluster) => cluster,
+        Err((_, message)) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    Json(HistoryResponse {
+        cluster: name.clone(),
+        capacity: crate::cluster::history::HISTORY_POINTS,
+        points: cluster.history().since(since),
+    })
+    .into_response()
+}
+
+/// The page and its one script are compiled into the binary: it works offline.
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+/// d3 7, vendored from Debian's libjs-d3 (BSD-3-Clause); see assets/README.md.
+const D3_JS: &str = include_str!("../../assets/d3.min.js");
+
+async fn get_dashboard(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(denied) = authorized_by_query(&state, &headers, &query) {
+        return denied.into_response();
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        DASHBOARD_HTML,
+    )
+        .into_response()
+}
+
+async fn get_d3() -> Response {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        D3_JS,
+    )
+        .into_response()
 }
 
 async fn get_metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {

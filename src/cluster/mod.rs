@@ -636,13 +636,20 @@ impl ClusterTask {
     /// moment earlier simply pick them up).
     async fn now_running(&mut self, endpoint: ComputeEndpoint) {
         self.shared.counters.touch();
-        self.set_state(ClusterState::Running(endpoint));
         self.scaler.reset();
         self.last_notice = None;
-        // The compute started with the limits of this size; the settings follow now.
+        // The compute started at this size (its memory limit, and no CPU limit while it
+        // started); the CPU limit and the settings follow right after clients are let in.
         let size = self.initial_size();
         self.acu = size.acu;
-        self.shared.status.lock().expect("status lock").since = now_rfc3339();
+        {
+            let mut status = self.shared.status.lock().expect("status lock");
+            status.since = now_rfc3339();
+            status.acu = size.acu;
+            status.acu_target = size.acu;
+        }
+        metrics::gauge!("pgtide_cluster_acu", "cluster" => self.name().to_string()).set(size.acu);
+        self.set_state(ClusterState::Running(endpoint));
         self.apply(size.acu).await;
     }
 

@@ -34,6 +34,8 @@ pub fn test_dir() -> tempfile::TempDir {
 
 pub struct Pgtide {
     child: Option<Child>,
+    /// The admin token, when the config sets one.
+    pub token: Option<String>,
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub admin_port: u16,
@@ -91,6 +93,7 @@ superuser = true
         std::fs::write(&config_path, config).unwrap();
         let mut pgtide = Pgtide {
             child: None,
+            token: None,
             dir,
             port,
             admin_port,
@@ -168,6 +171,20 @@ superuser = true
         self.wait_state("running", Duration::from_secs(60));
     }
 
+    /// Rewrites the config file (takes effect at the next restart).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let config = std::fs::read_to_string(&self.config_path).unwrap();
+        std::fs::write(&self.config_path, edit(config)).unwrap();
+    }
+
+    fn admin_get(&self, path: &str) -> Option<String> {
+        let mut request = ureq::get(&self.admin_url(path));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", &format!("Bearer {token}"));
+        }
+        request.call().ok()?.into_body().read_to_string().ok()
+    }
+
     pub fn url(&self, user: &str, password: &str, database: &str) -> String {
         format!(
             "postgres://{user}:{password}@127.0.0.1:{}/{database}",
@@ -180,12 +197,7 @@ superuser = true
     }
 
     pub fn status(&self) -> serde_json::Value {
-        let body = ureq::get(&self.admin_url("/status"))
-            .call()
-            .expect("GET /status")
-            .into_body()
-            .read_to_string()
-            .unwrap();
+        let body = self.admin_get("/status").expect("GET /status");
         serde_json::from_str(&body).unwrap()
     }
 
@@ -196,10 +208,8 @@ superuser = true
     pub fn wait_state(&self, state: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let current = ureq::get(&self.admin_url("/status"))
-                .call()
-                .ok()
-                .and_then(|r| r.into_body().read_to_string().ok())
+            let current = self
+                .admin_get("/status")
                 .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
                 .and_then(|s| s["clusters"][0]["state"].as_str().map(str::to_string));
             if current.as_deref() == Some(state) {
