@@ -106,6 +106,9 @@ pub struct StorageConfig {
     /// copies off.
     pub copies: Option<Vec<PathBuf>>,
     pub write_quorum: usize,
+    /// A new base backup is taken once this much WAL (MiB) was written since the last one, so
+    /// that a rebuild replays a bounded amount of WAL.
+    pub base_backup_after_mib: u64,
 }
 
 impl Default for StorageConfig {
@@ -113,6 +116,7 @@ impl Default for StorageConfig {
         StorageConfig {
             copies: None,
             write_quorum: 4,
+            base_backup_after_mib: 1024,
         }
     }
 }

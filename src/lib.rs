@@ -8,3 +8,4 @@ pub mod config;
 pub mod proxy;
 pub mod runtime;
 pub mod scaler;
+pub mod storage;

@@ -3,7 +3,7 @@
 //! `pgtide serve` runs the proxy, the clusters and the admin endpoint; `status`, `pause` and
 //! `resume` are clients of the admin endpoint.
 
-use pgtide::{admin, cluster, config, proxy, runtime};
+use pgtide::{admin, cluster, config, proxy, runtime, storage};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -147,13 +147,32 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let proxy_shared = Arc::new(proxy::ProxyShared::default());
+    let copies = config.storage_copies();
+    let bin_dir = if copies.is_empty() {
+        None
+    } else {
+        Some(
+            runtime::binaries::PostgresBinaries::find(config.runtime.postgres_bin_dir.as_deref())?
+                .bin_dir,
+        )
+    };
     let mut clusters = Vec::new();
     for (cluster_config, (listener, tls)) in config.clusters.iter().zip(listeners) {
+        let storage = bin_dir.as_ref().map(|bin_dir| {
+            storage::ClusterStorage::open(
+                &copies,
+                &cluster_config.name,
+                config.storage.write_quorum,
+                bin_dir,
+                config.storage.base_backup_after_mib * 1024 * 1024,
+            )
+        });
         let handle = cluster::spawn(
             cluster_config.clone(),
             config.capacity,
             compute_runtime.clone(),
             config.runtime.data_dir.clone(),
+            storage,
         );
         tracing::info!(cluster = %cluster_config.name, listen = %cluster_config.listen, "accepting clients");
         tokio::spawn(proxy::serve(
@@ -171,7 +190,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         metrics,
         token: config.admin.token.clone(),
         listen: config.admin.listen,
-        storage_copies: config.storage_copies().len(),
         runtime_kind: compute_runtime.kind(),
     });
     let mut admin_shutdown = shutdown_rx.clone();

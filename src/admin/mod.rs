@@ -25,14 +25,13 @@ use crate::cluster::events::Event;
 use crate::cluster::history::HistoryPoint;
 use crate::cluster::{ClusterHandle, ClusterState};
 use crate::runtime::Limits;
+use crate::storage::StorageStatus;
 
 pub struct AdminState {
     pub clusters: Vec<ClusterHandle>,
     pub metrics: PrometheusHandle,
     pub token: Option<String>,
     pub listen: SocketAddr,
-    /// Configured storage copies and write quorum (the copies themselves are not built yet).
-    pub storage_copies: usize,
     pub runtime_kind: &'static str,
 }
 
@@ -94,15 +93,6 @@ impl MeteringStatus {
     }
 }
 
-#[derive(Serialize)]
-pub struct StorageStatus {
-    pub copies: usize,
-    pub copies_up: usize,
-    pub durable_lsn: Option<String>,
-    /// Until the WAL copies exist, durability is the compute's own local disk.
-    pub mode: &'static str,
-}
-
 pub fn status(state: &AdminState) -> StatusResponse {
     let clusters = state
         .clusters
@@ -132,12 +122,10 @@ pub fn status(state: &AdminState) -> StatusResponse {
                     ClusterState::Failed(reason) => Some(reason),
                     _ => None,
                 },
-                storage: StorageStatus {
-                    copies: state.storage_copies,
-                    copies_up: 0,
-                    durable_lsn: None,
+                storage: cluster.storage_status().unwrap_or_else(|| StorageStatus {
                     mode: "local",
-                },
+                    ..Default::default()
+                }),
                 metering: MeteringStatus::new(
                     compute.acu_hours_today,
                     compute.acu_hours_month,

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -33,6 +34,7 @@ use crate::config::{CapacityConfig, ClusterConfig};
 use crate::runtime::{Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Runtime};
 use crate::scaler::policy::{Decision, PolicyConfig};
 use crate::scaler::Scaler;
+use crate::storage::{ClusterStorage, StorageStatus};
 use events::EventLog;
 use history::{History, HistoryPoint};
 use roles::{RoleSecret, RoleStore};
@@ -166,6 +168,8 @@ struct Shared {
     roles_refresh: tokio::sync::Mutex<()>,
     status: Mutex<ComputeStatus>,
     history: History,
+    /// `None` with `[storage] copies = []`: durability is the compute's local disk.
+    storage_status: Mutex<Option<StorageStatus>>,
 }
 
 /// A cheap, cloneable handle on a cluster.
@@ -207,6 +211,14 @@ impl ClusterHandle {
 
     pub fn state(&self) -> ClusterState {
         self.state.borrow().clone()
+    }
+
+    pub fn storage_status(&self) -> Option<StorageStatus> {
+        self.shared
+            .storage_status
+            .lock()
+            .expect("storage status lock")
+            .clone()
     }
 
     pub fn history(&self) -> &History {
@@ -348,6 +360,7 @@ pub fn spawn(
     capacity: CapacityConfig,
     runtime: Arc<dyn Runtime>,
     data_dir: PathBuf,
+    storage: Option<ClusterStorage>,
 ) -> ClusterHandle {
     let cluster_dir = data_dir.join("clusters").join(&config.name);
     let _ = std::fs::create_dir_all(&cluster_dir);
@@ -369,6 +382,7 @@ pub fn spawn(
             since: now_rfc3339(),
         }),
         history: History::default(),
+        storage_status: Mutex::new(storage.as_ref().map(|s| s.status())),
         config,
         capacity,
     });
@@ -393,6 +407,7 @@ pub fn spawn(
         last_tick: Instant::now(),
         last_notice: None,
         last_transactions: 0,
+        storage,
         state: state_tx,
         compute: None,
         commands: command_rx,
@@ -429,6 +444,7 @@ struct ClusterTask {
     last_notice: Option<String>,
     /// The transaction counter at the last tick, for transactions per second.
     last_transactions: u64,
+    storage: Option<ClusterStorage>,
 }
 
 /// ACU-seconds, saved beside the cluster's data so that the meter survives restarts; also
@@ -597,17 +613,39 @@ impl ClusterTask {
     /// settings) is done by [`Self::now_running`], after waiting clients are let in.
     async fn start_compute(&mut self) -> anyhow::Result<ComputeEndpoint> {
         let size = self.initial_size();
+        let mut postmaster_settings =
+            acu::postmaster_settings(self.shared.config.max_acu, &self.shared.capacity);
+        if let Some(storage) = &self.storage {
+            postmaster_settings.extend(ClusterStorage::postmaster_settings());
+            let pgdata = crate::runtime::pgdata_of(&self.cluster_dir);
+            if !pgdata.exists() && storage.has_backup() {
+                // The compute is disposable: its data directory comes back from the copies.
+                let started = Instant::now();
+                let how = storage
+                    .rebuild(&pgdata)
+                    .await
+                    .context("rebuilding from the copies")?;
+                self.shared.events.record(
+                    "rebuilt",
+                    format!("{how} in {} ms", started.elapsed().as_millis()),
+                );
+            }
+        }
         let spec = ComputeSpec {
             cluster: self.name().to_string(),
             cluster_dir: self.cluster_dir.clone(),
-            postmaster_settings: acu::postmaster_settings(
-                self.shared.config.max_acu,
-                &self.shared.capacity,
-            ),
+            postmaster_settings,
             size,
         };
         let mut compute = self.runtime.start(&spec).await?;
         let endpoint = compute.endpoint().clone();
+        if let Some(storage) = &mut self.storage {
+            // Commits wait for the copies from here on: the receiver must stream first.
+            if let Err(e) = storage.start_receiver(endpoint.clone()).await {
+                let _ = compute.stop().await;
+                return Err(e);
+            }
+        }
         if !self.users_synced {
             // Once per pgtide run: the config's users must exist in the compute before their
             // sessions start there, and the compute's own roles become known for logins.
@@ -744,6 +782,36 @@ impl ClusterTask {
         }
     }
 
+    /// Repairs returning copies, publishes the storage status and takes a base backup when one
+    /// is due (the first one right after the cluster is created).
+    async fn tend_storage(&mut self) {
+        let Some(storage) = &mut self.storage else {
+            return;
+        };
+        storage.check_copies().await;
+        let running = match &*self.state.borrow() {
+            ClusterState::Running(endpoint) => Some(endpoint.clone()),
+            _ => None,
+        };
+        if let Some(endpoint) = running {
+            match storage.maybe_base_backup(&endpoint).await {
+                Ok(Some(start)) => self.shared.events.record(
+                    "base_backup",
+                    format!("base backup taken at {start} into the copies"),
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(cluster = %self.shared.config.name, error = %format!("{e:#}"), "base backup failed")
+                }
+            }
+        }
+        *self
+            .shared
+            .storage_status
+            .lock()
+            .expect("storage status lock") = Some(storage.status());
+    }
+
     /// One point a second for the dashboard.
     fn record_history(&mut self, elapsed: Duration) {
         let transactions = self.shared.counters.transactions.load(Ordering::Relaxed);
@@ -785,6 +853,10 @@ impl ClusterTask {
             if let Err(e) = compute.stop().await {
                 tracing::warn!(cluster = %self.name(), error = %e, "stopping the compute failed");
             }
+        }
+        if let Some(storage) = &mut self.storage {
+            // The receiver ends once it has everything up to the shutdown checkpoint.
+            storage.stop_receiver().await;
         }
         metrics::gauge!("pgtide_cluster_acu", "cluster" => self.name().to_string()).set(0.0);
         let mut status = self.shared.status.lock().expect("status lock");
@@ -843,6 +915,7 @@ impl ClusterTask {
             self.scale(now).await;
         }
         self.record_history(elapsed);
+        self.tend_storage().await;
         let config = &self.shared.config;
         let counters = &self.shared.counters;
         if self.is_running()

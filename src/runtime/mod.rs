@@ -55,6 +55,12 @@ impl ComputeEndpoint {
     }
 }
 
+/// Where a cluster's Postgres data directory lives inside its directory (every runtime keeps it
+/// there, on the machine running pgtide, so that storage can rebuild it).
+pub fn pgdata_of(cluster_dir: &std::path::Path) -> PathBuf {
+    cluster_dir.join("pgdata")
+}
+
 /// The superuser that `initdb` creates; pgtide logs in as it over the private socket.
 pub const BOOTSTRAP_SUPERUSER: &str = "postgres";
 

@@ -107,6 +107,34 @@ impl ProcessRuntime {
         command
     }
 
+    /// Gives a whole directory tree to `run_as`, unless it already is.
+    fn own_tree(&self, path: &Path) -> anyhow::Result<()> {
+        let Some(run_as) = &self.run_as else {
+            return Ok(());
+        };
+        if std::fs::metadata(path)?.uid() == run_as.uid.as_raw() {
+            return Ok(());
+        }
+        fn walk(path: &Path, uid: Uid, gid: Gid) -> std::io::Result<()> {
+            nix::unistd::fchownat(
+                nix::fcntl::AT_FDCWD,
+                path,
+                Some(uid),
+                Some(gid),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(std::io::Error::from)?;
+            if path.is_dir() && !path.is_symlink() {
+                for entry in std::fs::read_dir(path)? {
+                    walk(&entry?.path(), uid, gid)?;
+                }
+            }
+            Ok(())
+        }
+        walk(path, run_as.uid, run_as.gid)
+            .with_context(|| format!("handing {} to {}", path.display(), run_as.name))
+    }
+
     /// Postgres (running as `run_as`) must be able to walk down to the cluster's directory.
     fn check_reachable(&self, dir: &Path) -> anyhow::Result<()> {
         let Some(run_as) = &self.run_as else {
@@ -188,7 +216,7 @@ impl Runtime for ProcessRuntime {
             .with_context(|| format!("creating {}", cluster_dir.display()))?;
         self.chown(cluster_dir)?;
         self.check_reachable(cluster_dir)?;
-        let pgdata = cluster_dir.join("pgdata");
+        let pgdata = super::pgdata_of(cluster_dir);
         let log_path = cluster_dir.join("postgres.log");
         if !pgdata.exists() {
             // initdb into a scratch directory and rename it into place, so that a directory
@@ -206,6 +234,9 @@ impl Runtime for ProcessRuntime {
                  pgtide leaves it alone: move it away to start afresh",
                 pgdata.display()
             );
+        } else {
+            // A directory rebuilt from the copies (or brought from elsewhere) is handed over.
+            self.own_tree(&pgdata)?;
         }
         stop_leftover_postmaster(&pgdata).await?;
         let socket_dir = self.socket_dir(cluster_dir)?;

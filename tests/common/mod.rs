@@ -51,6 +51,9 @@ pub struct Options {
     pub top: String,
     /// Extra `[[clusters.users]]` tables of "main".
     pub users: String,
+    /// Keep the six WAL copies on (the default config's six directories under `data/copies`);
+    /// off otherwise, for speed.
+    pub copies: bool,
 }
 
 impl Pgtide {
@@ -89,6 +92,11 @@ superuser = true
             cluster = options.cluster,
             users = options.users,
         );
+        let config = if options.copies {
+            config.replace("copies = []\n", "")
+        } else {
+            config
+        };
         let config_path = dir.path().join("pgtide.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut pgtide = Pgtide {

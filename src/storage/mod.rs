@@ -1,0 +1,307 @@
+//! Storage: a cluster's WAL and base backups on six copies, with a 4-of-6 write quorum, and the
+//! rebuild of a compute from them.
+//!
+//! - [`copies`]: the copy directories, their writer threads, the quorum, checksums, repair.
+//! - [`receiver`]: the synchronous standby that streams the compute's WAL into the copies.
+//! - this module: the per-cluster handle the cluster task uses — start the receiver with a
+//!   compute, take base backups, rebuild a missing data directory.
+//!
+//! A rebuild extracts the newest intact base backup and puts every WAL segment after it (each
+//! range from a copy whose checksum holds, reading at least 3 copies) into `pg_wal`; Postgres's
+//! own recovery from the backup label then replays to the end of that WAL. No archive recovery
+//! happens, so the timeline does not change.
+
+pub mod copies;
+pub mod receiver;
+pub mod wal;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::runtime::ComputeEndpoint;
+use copies::{CopiesView, CopySet, CopyStatus};
+use wal::Lsn;
+
+/// How long a started compute may take to begin streaming to the receiver.
+const STREAMING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `/status` shows of a cluster's storage.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StorageStatus {
+    pub copies: usize,
+    pub copies_up: usize,
+    pub write_quorum: usize,
+    pub durable_lsn: Option<String>,
+    /// "six copies" or, with `copies = []`, "local" (the compute's own disk only).
+    pub mode: &'static str,
+    /// Why the cluster is degraded (fewer copies up than all, or below the write quorum).
+    pub degraded: Option<String>,
+    pub last_base_backup: Option<String>,
+    pub copy_states: Vec<CopyStatus>,
+}
+
+pub struct ClusterStorage {
+    copies: Arc<tokio::sync::Mutex<CopySet>>,
+    view: CopiesView,
+    dirs: Vec<PathBuf>,
+    quorum: usize,
+    status: Arc<Mutex<StorageStatus>>,
+    receiver: Option<JoinHandle<()>>,
+    pg_basebackup: PathBuf,
+    /// Take a new base backup once this much WAL was written since the last one.
+    base_backup_every: u64,
+    last_backup_start: Option<Lsn>,
+}
+
+impl ClusterStorage {
+    pub fn open(
+        copy_dirs: &[PathBuf],
+        cluster: &str,
+        quorum: usize,
+        bin_dir: &Path,
+        base_backup_every: u64,
+    ) -> ClusterStorage {
+        let set = CopySet::open(copy_dirs, cluster, quorum);
+        let dirs = set.dirs();
+        let view = set.view();
+        let last_backup_start =
+            copies::read::newest_backup(&copies::read::readable(&dirs)).map(|b| b.start);
+        let storage = ClusterStorage {
+            copies: Arc::new(tokio::sync::Mutex::new(set)),
+            view,
+            dirs,
+            quorum,
+            status: Arc::new(Mutex::new(StorageStatus::default())),
+            receiver: None,
+            pg_basebackup: bin_dir.join("pg_basebackup"),
+            base_backup_every,
+            last_backup_start,
+        };
+        storage.refresh_status();
+        storage
+    }
+
+    /// Settings the compute needs so that its commits wait for the copies.
+    pub fn postmaster_settings() -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "synchronous_standby_names",
+                receiver::STANDBY_NAME.to_string(),
+            ),
+            ("synchronous_commit", "on".to_string()),
+            ("wal_level", "replica".to_string()),
+            ("max_wal_senders", "10".to_string()),
+            // What a rebuild just replayed stays until the receiver streams from its end again.
+            ("wal_keep_size", "256MB".to_string()),
+        ]
+    }
+
+    pub fn status(&self) -> StorageStatus {
+        self.refresh_status();
+        self.status.lock().expect("storage status lock").clone()
+    }
+
+    fn refresh_status(&self) {
+        let mut status = self.status.lock().expect("storage status lock");
+        fill_status(&mut status, &self.view, self.quorum);
+        status.last_base_backup = self.last_backup_start.map(|l| l.to_string());
+    }
+
+    /// Repairs copies that are usable again, unless a write holds the set (a write below the
+    /// quorum repairs by itself while it waits).
+    pub async fn check_copies(&self) {
+        if let Ok(mut set) = self.copies.try_lock() {
+            set.repair_returning_copies().await;
+        }
+    }
+
+    /// Whether the copies hold a base backup to rebuild from.
+    pub fn has_backup(&self) -> bool {
+        self.last_backup_start.is_some()
+    }
+
+    /// Starts the receiver for a compute that just started; returns once it streams.
+    pub async fn start_receiver(&mut self, endpoint: ComputeEndpoint) -> anyhow::Result<()> {
+        self.stop_receiver().await;
+        let (started_tx, started_rx) = oneshot::channel();
+        let copies = self.copies.clone();
+        self.receiver = Some(tokio::spawn(async move {
+            match receiver::run(endpoint, copies, started_tx).await {
+                Ok(end) => tracing::info!(%end, "WAL receiver stopped with the compute"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "WAL receiver stopped"),
+            }
+        }));
+        match tokio::time::timeout(STREAMING_TIMEOUT, started_rx).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(e))) => bail!("the WAL receiver could not start: {e}"),
+            Ok(Err(_)) => bail!("the WAL receiver ended before streaming"),
+            Err(_) => bail!("the compute did not start streaming WAL within {STREAMING_TIMEOUT:?}"),
+        }
+    }
+
+    /// Waits for the receiver to finish (after the compute stopped: it has then received and
+    /// made durable everything up to the shutdown checkpoint).
+    pub async fn stop_receiver(&mut self) {
+        if let Some(handle) = self.receiver.take() {
+            if tokio::time::timeout(Duration::from_secs(30), handle)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the WAL receiver did not finish within 30 s of the compute's stop");
+            }
+        }
+    }
+
+    /// Takes a base backup if there is none yet or enough WAL went by since the last one.
+    pub async fn maybe_base_backup(
+        &mut self,
+        endpoint: &ComputeEndpoint,
+    ) -> anyhow::Result<Option<Lsn>> {
+        if self.view.copies_up() < self.quorum {
+            return Ok(None); // a backup could not be stored durably now; try again later
+        }
+        let durable = self.view.durable();
+        let due = match self.last_backup_start {
+            None => true,
+            Some(last) => durable.0.saturating_sub(last.0) >= self.base_backup_every,
+        };
+        if !due {
+            return Ok(None);
+        }
+        let start = self.base_backup(endpoint).await?;
+        self.last_backup_start = Some(start);
+        Ok(Some(start))
+    }
+
+    async fn base_backup(&self, endpoint: &ComputeEndpoint) -> anyhow::Result<Lsn> {
+        let scratch = self
+            .dirs
+            .iter()
+            .find(|d| d.is_dir())
+            .ok_or_else(|| anyhow!("no copy is usable for a base backup"))?
+            .join("base")
+            .join("in-progress.tmp");
+        let _ = std::fs::remove_dir_all(&scratch);
+        let output = tokio::process::Command::new(&self.pg_basebackup)
+            .arg("-h")
+            .arg(&endpoint.socket_dir)
+            .args([
+                "-p",
+                &endpoint.port.to_string(),
+                "-U",
+                crate::runtime::BOOTSTRAP_SUPERUSER,
+            ])
+            .arg("-D")
+            .arg(&scratch)
+            .args(["-Ft", "-X", "none", "-c", "fast", "--no-sync", "-w"])
+            .output()
+            .await
+            .context("running pg_basebackup")?;
+        if !output.status.success() {
+            bail!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(scratch.join("backup_manifest")).context("reading backup_manifest")?,
+        )?;
+        let start = manifest["WAL-Ranges"][0]["Start-LSN"]
+            .as_str()
+            .and_then(Lsn::parse)
+            .ok_or_else(|| anyhow!("backup_manifest has no start LSN"))?;
+        let tar = scratch.join("base.tar");
+        let set = self.copies.lock().await;
+        let stored = set.store_backup(&tar, start).map_err(|e| anyhow!(e))?;
+        drop(set);
+        let _ = std::fs::remove_dir_all(&scratch);
+        tracing::info!(%start, copies = stored, "base backup stored");
+        Ok(start)
+    }
+
+    /// Rebuilds a missing data directory at `pgdata` from the copies. Files end up owned like
+    /// `pgdata`'s parent (the runtime gave it to the user Postgres runs as).
+    pub async fn rebuild(&self, pgdata: &Path) -> anyhow::Result<String> {
+        let dirs = self.dirs.clone();
+        let pgdata = pgdata.to_path_buf();
+        tokio::task::spawn_blocking(move || rebuild_blocking(&dirs, &pgdata)).await?
+    }
+}
+
+fn fill_status(status: &mut StorageStatus, set: &CopiesView, quorum: usize) {
+    status.copies = set.len();
+    status.copies_up = set.copies_up();
+    status.write_quorum = quorum;
+    status.mode = "six copies";
+    let durable = set.durable();
+    if durable.0 > 0 {
+        status.durable_lsn = Some(durable.to_string());
+    }
+    status.copy_states = set.status();
+    status.degraded = if status.copies_up < quorum {
+        Some(format!(
+            "only {} of {} copies are up, below the write quorum of {quorum}: commits wait",
+            status.copies_up, status.copies
+        ))
+    } else if status.copies_up < status.copies {
+        Some(format!(
+            "{} of {} copies are down",
+            status.copies - status.copies_up,
+            status.copies
+        ))
+    } else {
+        None
+    };
+}
+
+fn rebuild_blocking(dirs: &[PathBuf], pgdata: &Path) -> anyhow::Result<String> {
+    let readable = copies::read::readable(dirs);
+    if readable.len() < 3 {
+        bail!(
+            "only {} of {} copies are readable; a rebuild needs 3 (any 3 overlap every write quorum)",
+            readable.len(),
+            dirs.len()
+        );
+    }
+    let backup = copies::read::newest_backup(&readable)
+        .ok_or_else(|| anyhow!("the copies hold no intact base backup"))?;
+    let staging = pgdata.with_extension("rebuild");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)?;
+    let mut archive = tar::Archive::new(std::fs::File::open(&backup.tar)?);
+    archive.set_preserve_permissions(true);
+    archive
+        .unpack(&staging)
+        .with_context(|| format!("extracting {}", backup.tar.display()))?;
+    let label = std::fs::read_to_string(staging.join("backup_label"))
+        .context("the base backup has no backup_label")?;
+    let timeline: u32 = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START TIMELINE: "))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(1);
+    let pg_wal = staging.join("pg_wal");
+    std::fs::create_dir_all(&pg_wal)?;
+    let end = copies::read::restore_wal(
+        &readable,
+        timeline,
+        receiver::segment_start(backup.start),
+        &pg_wal,
+    )
+    .map_err(|e| anyhow!(e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))?;
+    // Ownership is the runtime's business: it hands the directory to the user Postgres runs as.
+    std::fs::rename(&staging, pgdata)?;
+    Ok(format!(
+        "rebuilt from the base backup at {} and WAL up to {end} from {} copies",
+        backup.start,
+        readable.len()
+    ))
+}
