@@ -34,7 +34,7 @@ fn main() {
     let mut state = PolicyState::default();
     let mut acu = config.min_acu;
     let (mut acu_seconds, mut below_seconds, mut changes) = (0.0, 0usize, 0usize);
-    let mut hourly = vec![0.0f64; 24];
+    let mut hourly = [0.0f64; 24];
     for t in 0..day {
         let want = demand_cores(t);
         let limit = acu * config.cpu_per_acu;

@@ -343,7 +343,7 @@ mod admin_client {
     pub fn sparkline(values: &[f64], max: f64) -> String {
         const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
         // At most 100 columns: each column is the largest value of its slice of samples.
-        let width = values.len().min(100).max(1);
+        let width = values.len().clamp(1, 100);
         let per_column = values.len().div_ceil(width).max(1);
         values
             .chunks(per_column)

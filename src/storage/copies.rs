@@ -81,7 +81,8 @@ impl CopiesView {
         Lsn(self.durable.load(Ordering::Acquire))
     }
 
-    pub fn len(&self) -> usize {
+    /// How many copies are configured.
+    pub fn count(&self) -> usize {
         self.copies.len()
     }
 
@@ -495,7 +496,7 @@ pub mod read {
                 }
             }
         }
-        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
         candidates.into_iter().find_map(|(start, tar)| {
             let expected = fs::read_to_string(tar.with_extension("tar.crc32")).ok()?;
             let bytes = fs::read(&tar).ok()?;

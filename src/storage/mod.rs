@@ -235,7 +235,7 @@ impl ClusterStorage {
 }
 
 fn fill_status(status: &mut StorageStatus, set: &CopiesView, quorum: usize) {
-    status.copies = set.len();
+    status.copies = set.count();
     status.copies_up = set.copies_up();
     status.write_quorum = quorum;
     status.mode = "six copies";
