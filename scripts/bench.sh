@@ -7,6 +7,8 @@
 #                              (transaction mode) and a bare tokio relay (benches/relay.rs)
 #   scripts/bench.sh resume    20 pause → connect → first row cycles against a paused cluster,
 #                              beside the same figure for a running one (p50, p90, max)
+#   scripts/bench.sh storage   tpcb-like, 8 clients: pgtide with copies off (local commit), pgtide
+#                              with six copies (4-of-6 quorum) and direct Postgres
 #   scripts/bench.sh scale     a stepped pgbench load (0 → 2 → 8 → 2 → 0 clients) through pgtide:
 #                              a per-second timeline of clients, ACU, CPU used and TPS, and the
 #                              reaction from each load change to the applied ACU; then a 24-hour
@@ -47,35 +49,32 @@ cargo build --release --quiet
 cargo bench --bench relay --no-run --quiet 2>/dev/null
 RELAY_BIN=$(ls -t target/release/deps/relay-* | grep -v '\.d$' | head -1)
 
-start_pgtide() { # $1 = extra cluster lines
+start_pgtide() { # $1 = name, $2 = extra cluster lines, $3 = [storage] lines; sets PGTIDE_PORT, ADMIN_PORT
   PGTIDE_PORT=$(free_port); ADMIN_PORT=$(free_port)
-  cat > "$WORK/pgtide.toml" <<EOF
+  cat > "$WORK/$1.toml" <<EOF
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 [runtime]
-data_dir = "pgtide-data"
+data_dir = "$1-data"
 [storage]
-copies = []
+${3:-copies = []}
 [[clusters]]
 name = "bench"
 listen = "127.0.0.1:$PGTIDE_PORT"
 max_acu = 8
-$1
+$2
 [[clusters.users]]
 name = "postgres"
 superuser = true
 EOF
-  ./target/release/pgtide serve --config "$WORK/pgtide.toml" 2> "$WORK/pgtide.log" &
+  ./target/release/pgtide serve --config "$WORK/$1.toml" 2> "$WORK/$1.log" &
   PIDS+=($!)
   wait_port "$PGTIDE_PORT"
   until curl -sf "127.0.0.1:$ADMIN_PORT/status" | grep -q '"state":"running"'; do sleep 0.1; done
 }
 
-# ---------------------------------------------------------------------------------------------
-bench_proxy() {
-  if ! command -v pgbouncer >/dev/null; then log "installing pgbouncer…"; apt_install pgbouncer; fi
-  log "starting direct Postgres, PgBouncer, the bare relay and pgtide in $WORK"
-  DIRECT_PORT=$(free_port); BOUNCER_PORT=$(free_port); RELAY_PORT=$(free_port)
+start_direct() { # a plain Postgres on TCP (and a unix socket in $WORK/sock); sets DIRECT_PORT
+  DIRECT_PORT=$(free_port)
   mkdir -p "$WORK/direct" "$WORK/sock" && chown postgres: "$WORK/direct" "$WORK/sock" 2>/dev/null || true
   as_pg "$BIN/initdb" -D "$WORK/direct/pgdata" -U postgres --auth=trust --no-locale -E UTF8 >/dev/null
   as_pg "$BIN/postgres" -D "$WORK/direct/pgdata" -c listen_addresses=127.0.0.1 -c port="$DIRECT_PORT" \
@@ -83,6 +82,52 @@ bench_proxy() {
     > "$WORK/direct.log" 2>&1 &
   PIDS+=($!)
   wait_port "$DIRECT_PORT"
+}
+
+# compare "WORKLOAD…" NAME=PORT…: interleaved rounds of pgbench over every target, then the
+# median TPS of each and the median of the per-round ratios to the first target.
+compare() {
+  local workloads=$1; shift
+  local results="$WORK/results.tsv"; : > "$results"
+  for workload in $workloads; do
+    local flag=""; [ "$workload" = select-only ] && flag="-S"
+    for round in $(seq 1 "$ROUNDS"); do
+      for target in "$@"; do
+        local name=${target%%=*} port=${target#*=}
+        local out tps failed
+        out=$(pgbench -h 127.0.0.1 -p "$port" -U postgres $flag -c "$CLIENTS" -j 2 \
+              -T "$SECONDS_PER_ROUND" postgres 2>&1 || true)
+        tps=$(printf '%s\n' "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
+        failed=$(printf '%s\n' "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' | head -1)
+        printf '%s\t%s\t%s\t%s\t%s\n' "$workload" "$round" "$name" "${tps:-0}" "${failed:-?}" >> "$results"
+        log "$workload round $round $name: tps ${tps:-FAILED} failed ${failed:-?}"
+      done
+    done
+  done
+  python3 - "$results" "$@" <<'EOF'
+import sys, statistics, collections
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+names = [t.split("=")[0] for t in sys.argv[2:]]
+tps, failed = collections.defaultdict(dict), collections.defaultdict(int)
+for workload, rnd, target, value, fails in rows:
+    tps[(workload, target)][rnd] = float(value)
+    failed[(workload, target)] += int(fails) if fails.isdigit() else 0
+print(f"\n{'workload':<12} {'target':<16} {'median tps':>11} {'ratio to ' + names[0]:>22} {'failed':>7}")
+for workload in dict.fromkeys(r[0] for r in rows):
+    base = tps[(workload, names[0])]
+    for name in names:
+        values = tps[(workload, name)]
+        ratios = [values[r] / base[r] for r in values if base.get(r)]
+        print(f"{workload:<12} {name:<16} {statistics.median(values.values()):>11.0f} {statistics.median(ratios):>21.2f}x {failed[(workload, name)]:>7}")
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+bench_proxy() {
+  if ! command -v pgbouncer >/dev/null; then log "installing pgbouncer…"; apt_install pgbouncer; fi
+  log "starting direct Postgres, PgBouncer, the bare relay and pgtide in $WORK"
+  start_direct
+  BOUNCER_PORT=$(free_port); RELAY_PORT=$(free_port)
   cat > "$WORK/pgbouncer.ini" <<EOF
 [databases]
 postgres = host=$WORK/sock port=$DIRECT_PORT dbname=postgres
@@ -95,7 +140,6 @@ auth_file = $WORK/userlist.txt
 pool_mode = transaction
 default_pool_size = 20
 max_client_conn = 1000
-
 EOF
   echo '"postgres" ""' > "$WORK/userlist.txt"
   chown postgres: "$WORK/pgbouncer.ini" "$WORK/userlist.txt" 2>/dev/null || true
@@ -103,46 +147,32 @@ EOF
   PIDS+=($!)
   "$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "$WORK/sock/.s.PGSQL.$DIRECT_PORT" 2>/dev/null &
   PIDS+=($!)
-  start_pgtide "min_acu = 8"   # the whole machine: measure the proxy, not the scaler
+  # The whole machine (8 ACU = 2 cores): this measures the proxy, not the scaler.
+  start_pgtide pgtide "min_acu = 8"
   wait_port "$BOUNCER_PORT"; wait_port "$RELAY_PORT"
-
   pgbench -h 127.0.0.1 -p "$DIRECT_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
   pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+  compare "select-only tpcb-like" direct="$DIRECT_PORT" pgtide="$PGTIDE_PORT" \
+    pgbouncer="$BOUNCER_PORT" relay="$RELAY_PORT"
+}
 
-  declare -A PORT=([direct]=$DIRECT_PORT [pgtide]=$PGTIDE_PORT [pgbouncer]=$BOUNCER_PORT [relay]=$RELAY_PORT)
-  RESULTS="$WORK/results.tsv"; : > "$RESULTS"
-  for workload in select-only tpcb-like; do
-    flag=""; [ "$workload" = select-only ] && flag="-S"
-    for round in $(seq 1 "$ROUNDS"); do
-      for target in direct pgtide pgbouncer relay; do
-        out=$(pgbench -h 127.0.0.1 -p "${PORT[$target]}" -U postgres $flag -c "$CLIENTS" -j 2 \
-              -T "$SECONDS_PER_ROUND" postgres 2>&1 || true)
-        tps=$(printf '%s\n' "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
-        failed=$(printf '%s\n' "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' | head -1)
-        printf '%s\t%s\t%s\t%s\t%s\n' "$workload" "$round" "$target" "${tps:-0}" "${failed:-?}" >> "$RESULTS"
-        log "$workload round $round $target: tps ${tps:-FAILED} failed ${failed:-?}"
-      done
-    done
+# ---------------------------------------------------------------------------------------------
+bench_storage() {
+  log "starting direct Postgres, pgtide with copies off and pgtide with six copies in $WORK"
+  start_direct
+  start_pgtide local "min_acu = 8"
+  LOCAL_PORT=$PGTIDE_PORT
+  start_pgtide copies "min_acu = 8" "write_quorum = 4"
+  COPIES_PORT=$PGTIDE_PORT
+  for port in "$DIRECT_PORT" "$LOCAL_PORT" "$COPIES_PORT"; do
+    pgbench -h 127.0.0.1 -p "$port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
   done
-  python3 - "$RESULTS" <<'EOF'
-import sys, statistics, collections
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-tps = collections.defaultdict(dict)
-for workload, rnd, target, value, failed in rows:
-    tps[(workload, target)][rnd] = float(value)
-print(f"\n{'workload':<12} {'target':<10} {'median tps':>11} {'median ratio to direct':>23}")
-for workload in ["select-only", "tpcb-like"]:
-    direct = tps[(workload, "direct")]
-    for target in ["direct", "pgtide", "pgbouncer", "relay"]:
-        values = tps[(workload, target)]
-        ratios = [values[r] / direct[r] for r in values if direct.get(r)]
-        print(f"{workload:<12} {target:<10} {statistics.median(values.values()):>11.0f} {statistics.median(ratios):>22.2f}x")
-EOF
+  compare "tpcb-like" copies-off="$LOCAL_PORT" six-copies="$COPIES_PORT" direct="$DIRECT_PORT"
 }
 
 # ---------------------------------------------------------------------------------------------
 bench_resume() {
-  start_pgtide 'auto_pause_after = "1h"'
+  start_pgtide pgtide 'auto_pause_after = "1h"'
   export PGPASSWORD=unused
   python3 - "$PGTIDE_PORT" "$ADMIN_PORT" <<'EOF'
 import sys, time, subprocess, statistics, urllib.request
@@ -170,7 +200,7 @@ EOF
 
 # ---------------------------------------------------------------------------------------------
 bench_scale() {
-  start_pgtide $'min_acu = 0.5\nscale_down_after = "3s"'
+  start_pgtide pgtide $'min_acu = 0.5\nscale_down_after = "3s"'
   pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
   log "waiting for the ACUs to settle back to the minimum after loading the data…"
   for _ in $(seq 1 300); do
@@ -235,5 +265,6 @@ case "$MODE" in
   proxy) bench_proxy ;;
   resume) bench_resume ;;
   scale) bench_scale ;;
-  *) log "unknown benchmark $MODE (proxy, resume, scale)"; exit 2 ;;
+  storage) bench_storage ;;
+  *) log "unknown benchmark $MODE (proxy, resume, scale, storage)"; exit 2 ;;
 esac
