@@ -279,6 +279,14 @@ impl ClusterHandle {
         }
     }
 
+    /// Waits (at most `timeout`) until the cluster is no longer running at `endpoint`: used when
+    /// that compute refuses connections, i.e. it has just died and its exit is being noticed.
+    pub async fn wait_until_not_running_at(&self, endpoint: &ComputeEndpoint, timeout: Duration) {
+        let mut state = self.state.clone();
+        let moved_on = state.wait_for(|s| !matches!(s, ClusterState::Running(e) if e == endpoint));
+        let _ = tokio::time::timeout(timeout, moved_on).await;
+    }
+
     /// The secret for `user`. Re-reads the compute's roles first when they may have changed
     /// (a role DDL went through, or the user is unknown) and the compute is running: a paused
     /// cluster is never woken to check a password.

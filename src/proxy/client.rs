@@ -243,15 +243,9 @@ impl ClientConnection {
         .map_err(|_| Fatal::new("08006", "authentication timed out"))??;
 
         let who = format!("{}@{}", startup.user, self.peer.ip());
-        let endpoint = self.cluster.attach(&who).await.map_err(|e| match e {
-            AttachError::ShuttingDown => Fatal::new(
-                "57P01",
-                "terminating connection due to administrator command",
-            ),
-            other => Fatal::new("57P03", other.to_string()),
-        })?;
+        let (endpoint, compute) = self.attach_and_connect(&who).await?;
         let (mut compute, cancel_key) = self
-            .compute_startup(stream, &endpoint, &startup, &mut out)
+            .compute_startup(stream, compute, &endpoint, &startup, &mut out)
             .await?;
         tracing::debug!(peer = %self.peer, user = %startup.user, database = %startup.database, "session started");
 
@@ -267,6 +261,39 @@ impl ClientConnection {
             ));
         }
         Ok(())
+    }
+
+    /// Phase 3: waits for a running compute (resuming it if needed) and opens a connection to it.
+    /// A compute that died a moment ago may still look running; its socket refuses, and the
+    /// client waits for the restart instead of failing.
+    async fn attach_and_connect(&self, who: &str) -> Result<(ComputeEndpoint, UnixStream), Fatal> {
+        let mut last_error = None;
+        for _ in 0..3 {
+            let endpoint = self.cluster.attach(who).await.map_err(|e| match e {
+                AttachError::ShuttingDown => Fatal::new(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                ),
+                other => Fatal::new("57P03", other.to_string()),
+            })?;
+            match UnixStream::connect(endpoint.socket_path()).await {
+                Ok(compute) => return Ok((endpoint, compute)),
+                Err(e) => {
+                    last_error = Some(e);
+                    self.cluster
+                        .wait_until_not_running_at(&endpoint, Duration::from_secs(2))
+                        .await;
+                }
+            }
+        }
+        let e = last_error.expect("at least one attempt");
+        Err(Fatal::new(
+            "08006",
+            format!(
+                "could not reach the compute of cluster \"{}\": {e}",
+                self.cluster.name()
+            ),
+        ))
     }
 
     /// Phase 2. On success `out` holds AuthenticationOk (after anything already in it), not yet
@@ -334,6 +361,7 @@ impl ClientConnection {
     async fn compute_startup(
         &self,
         stream: &mut ClientStream,
+        mut compute: UnixStream,
         endpoint: &ComputeEndpoint,
         startup: &Startup,
         out: &mut BytesMut,
@@ -348,7 +376,6 @@ impl ClientConnection {
                 ),
             )
         };
-        let mut compute = UnixStream::connect(&socket_path).await.map_err(lost)?;
         compute
             .write_all(&protocol::startup_message(&startup.params))
             .await
