@@ -11,5 +11,10 @@ if ! command -v openssl >/dev/null; then apt_install openssl; fi
 # The dashboard is tested in a real headless browser, and its pseudo-terminal view with script(1).
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then apt_install chromium; fi
 if ! command -v script >/dev/null; then apt_install bsdutils; fi
+# Transaction pooling is tested with real Python drivers too (psycopg 3 and asyncpg, from PyPI).
+if ! python3 -c 'import psycopg, asyncpg' 2>/dev/null; then
+  log "installing psycopg and asyncpg from PyPI…"
+  python3 -m pip install --quiet --disable-pip-version-check "psycopg[binary]" asyncpg >&2
+fi
 # Two cores: two tests at a time; each one runs a Postgres of its own.
 exec cargo test --lib --bins --tests -- --test-threads="${PGTIDE_TEST_THREADS:-2}" "$@"

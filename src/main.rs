@@ -191,6 +191,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         token: config.admin.token.clone(),
         listen: config.admin.listen,
         runtime_kind: compute_runtime.kind(),
+        proxy: proxy_shared.clone(),
     });
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_server = axum::serve(admin_listener, admin::router(admin_state))

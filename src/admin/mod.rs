@@ -33,6 +33,8 @@ pub struct AdminState {
     pub token: Option<String>,
     pub listen: SocketAddr,
     pub runtime_kind: &'static str,
+    /// The proxy's shared state, for the transaction pools' figures.
+    pub proxy: Arc<crate::proxy::ProxyShared>,
 }
 
 #[derive(Serialize)]
@@ -61,9 +63,23 @@ pub struct ClusterStatus {
     pub since: String,
     pub failure: Option<String>,
     pub storage: StorageStatus,
+    pub pool: PoolStatus,
     pub metering: MeteringStatus,
     pub limits: Option<Limits>,
     pub events: Vec<Event>,
+}
+
+/// Compute connections and the transaction-mode queue.
+#[derive(Serialize)]
+pub struct PoolStatus {
+    /// Compute connections in use and idle (session mode: one per client, all in use).
+    pub server_connections_busy: usize,
+    pub server_connections_idle: usize,
+    /// Transaction mode: clients waiting for a compute connection now, and their total wait.
+    pub waiting: usize,
+    pub wait_seconds_total: f64,
+    pub prepared_hits: u64,
+    pub prepared_misses: u64,
 }
 
 /// ACU-hours used, beside what running at `max_acu` all the time would have used.
@@ -126,6 +142,7 @@ pub fn status(state: &AdminState) -> StatusResponse {
                     mode: "local",
                     ..Default::default()
                 }),
+                pool: pool_status(state, cluster),
                 metering: MeteringStatus::new(
                     compute.acu_hours_today,
                     compute.acu_hours_month,
@@ -139,6 +156,25 @@ pub fn status(state: &AdminState) -> StatusResponse {
     StatusResponse {
         runtime: state.runtime_kind,
         clusters,
+    }
+}
+
+fn pool_status(state: &AdminState, cluster: &ClusterHandle) -> PoolStatus {
+    let counters = cluster.counters();
+    let (busy, idle) = match cluster.config().pool_mode {
+        crate::config::PoolMode::Transaction => state.proxy.pools_of(cluster.name()).connections(),
+        crate::config::PoolMode::Session => match cluster.state() {
+            ClusterState::Running(_) => (counters.clients.load(Ordering::Relaxed), 0),
+            _ => (0, 0),
+        },
+    };
+    PoolStatus {
+        server_connections_busy: busy,
+        server_connections_idle: idle,
+        waiting: counters.waiting.load(Ordering::Relaxed),
+        wait_seconds_total: counters.wait_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        prepared_hits: counters.prepared_hits.load(Ordering::Relaxed),
+        prepared_misses: counters.prepared_misses.load(Ordering::Relaxed),
     }
 }
 

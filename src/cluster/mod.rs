@@ -30,7 +30,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::acu::{self, ComputeSize};
-use crate::config::{CapacityConfig, ClusterConfig};
+use crate::config::{CapacityConfig, ClusterConfig, PoolMode};
 use crate::runtime::{Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Runtime};
 use crate::scaler::policy::{Decision, PolicyConfig};
 use crate::scaler::Scaler;
@@ -53,6 +53,12 @@ pub struct LoadCounters {
     pub bytes_to_clients: AtomicU64,
     /// A CREATE/ALTER/DROP ROLE went through: re-read the verifiers before the next login.
     pub roles_changed: AtomicBool,
+    /// Transaction mode: clients waiting for a compute connection, and their total wait.
+    pub waiting: AtomicUsize,
+    pub wait_micros: AtomicU64,
+    /// Transaction mode: Binds/Describes that found their statement on the connection, or not.
+    pub prepared_hits: AtomicU64,
+    pub prepared_misses: AtomicU64,
     /// Milliseconds since `epoch` of the last client activity, for auto-pause.
     last_activity_ms: AtomicU64,
     epoch: Instant,
@@ -67,6 +73,10 @@ impl LoadCounters {
             bytes_from_clients: AtomicU64::new(0),
             bytes_to_clients: AtomicU64::new(0),
             roles_changed: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            wait_micros: AtomicU64::new(0),
+            prepared_hits: AtomicU64::new(0),
+            prepared_misses: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -743,7 +753,8 @@ impl ClusterTask {
             }
         };
         let active = self.shared.counters.active.load(Ordering::Relaxed);
-        let Some(sample) = self.scaler.sample(usage, active, 0, now) else {
+        let waiting = self.shared.counters.waiting.load(Ordering::Relaxed);
+        let Some(sample) = self.scaler.sample(usage, active, waiting, now) else {
             return;
         };
         let name = self.shared.config.name.clone();
@@ -886,12 +897,16 @@ impl ClusterTask {
     }
 
     async fn pause_on_request(&mut self) -> Result<String, String> {
-        let clients = self.shared.counters.clients.load(Ordering::Relaxed);
-        if clients > 0 {
+        let busy = self.busy_clients();
+        if busy > 0 {
+            let what = match self.shared.config.pool_mode {
+                PoolMode::Session => "connected client",
+                PoolMode::Transaction => "client in a transaction",
+            };
             return Err(format!(
-                "cluster \"{}\" has {clients} connected client{}; pause refused",
+                "cluster \"{}\" has {busy} {what}{}; pause refused",
                 self.name(),
-                if clients == 1 { "" } else { "s" }
+                if busy == 1 { "" } else { "s" }
             ));
         }
         match &*self.state.borrow() {
@@ -928,11 +943,23 @@ impl ClusterTask {
         let counters = &self.shared.counters;
         if self.is_running()
             && config.min_acu == 0.0
-            && counters.clients.load(Ordering::Relaxed) == 0
+            && self.busy_clients() == 0
             && counters.idle_for() >= config.auto_pause_after
         {
             let idle = counters.idle_for().as_secs();
             self.pause(format!("paused after {idle} s idle")).await;
+        }
+    }
+
+    /// Clients that keep the cluster from pausing: in session mode every connected client; in
+    /// transaction mode only those in a transaction (idle connections cost nothing there).
+    fn busy_clients(&self) -> usize {
+        let counters = &self.shared.counters;
+        match self.shared.config.pool_mode {
+            PoolMode::Session => counters.clients.load(Ordering::Relaxed),
+            PoolMode::Transaction => {
+                counters.active.load(Ordering::Relaxed) + counters.waiting.load(Ordering::Relaxed)
+            }
         }
     }
 

@@ -21,14 +21,52 @@ struct CancelTarget {
     secret: i32,
 }
 
+/// Where a transaction-mode client's cancel goes: the compute connection it holds right now,
+/// or nowhere between transactions (a cancel then must not reach another client's query).
+type PooledTarget = Arc<Mutex<Option<CancelTarget>>>;
+
+#[derive(Debug, Clone)]
+enum Target {
+    Session(CancelTarget),
+    Pooled(PooledTarget),
+}
+
+/// A transaction-mode client's key; the target follows the connection it holds.
+pub struct PooledCancelKey {
+    keys: Arc<Mutex<HashMap<(i32, i32), Target>>>,
+    target: PooledTarget,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+impl PooledCancelKey {
+    pub fn set_target(&self, target: Option<(PathBuf, i32, i32)>) {
+        *self.target.lock().expect("cancel lock") =
+            target.map(|(socket_path, pid, secret)| CancelTarget {
+                socket_path,
+                pid,
+                secret,
+            });
+    }
+}
+
+impl Drop for PooledCancelKey {
+    fn drop(&mut self) {
+        self.keys
+            .lock()
+            .expect("cancel lock")
+            .remove(&(self.pid, self.secret));
+    }
+}
+
 #[derive(Default)]
 pub struct CancelRegistry {
-    keys: Arc<Mutex<HashMap<(i32, i32), CancelTarget>>>,
+    keys: Arc<Mutex<HashMap<(i32, i32), Target>>>,
 }
 
 /// Removes the key from the registry when the session ends.
 pub struct CancelKey {
-    keys: Arc<Mutex<HashMap<(i32, i32), CancelTarget>>>,
+    keys: Arc<Mutex<HashMap<(i32, i32), Target>>>,
     pub pid: i32,
     pub secret: i32,
 }
@@ -54,14 +92,12 @@ impl CancelRegistry {
                 break candidate;
             }
         };
-        keys.insert(
-            (pid, ours),
-            CancelTarget {
-                socket_path,
-                pid,
-                secret,
-            },
-        );
+        let target = CancelTarget {
+            socket_path,
+            pid,
+            secret,
+        };
+        keys.insert((pid, ours), Target::Session(target));
         CancelKey {
             keys: self.keys.clone(),
             pid,
@@ -69,14 +105,34 @@ impl CancelRegistry {
         }
     }
 
+    /// Registers a transaction-mode client. Its pid is pgtide's own (it has no single backend),
+    /// negative so that it never equals a real backend's.
+    pub fn register_pooled(&self) -> PooledCancelKey {
+        let mut keys = self.keys.lock().expect("cancel lock");
+        let mut rng = rand::rng();
+        let (pid, secret) = loop {
+            let candidate = (-rng.random_range(1..i32::MAX), rng.random::<i32>());
+            if !keys.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        let target: PooledTarget = Arc::new(Mutex::new(None));
+        keys.insert((pid, secret), Target::Pooled(target.clone()));
+        PooledCancelKey {
+            keys: self.keys.clone(),
+            target,
+            pid,
+            secret,
+        }
+    }
+
     /// Forwards a client's cancel request to the compute, if the key is known.
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        let target = self
-            .keys
-            .lock()
-            .expect("cancel lock")
-            .get(&(pid, secret))
-            .cloned();
+        let target = match self.keys.lock().expect("cancel lock").get(&(pid, secret)) {
+            Some(Target::Session(target)) => Some(target.clone()),
+            Some(Target::Pooled(current)) => current.lock().expect("cancel lock").clone(),
+            None => None,
+        };
         let Some(target) = target else {
             tracing::debug!(pid, "cancel request with an unknown key ignored");
             return;

@@ -17,19 +17,21 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use super::compute::{self, ComputeStartupError};
 use super::protocol::{self, ProtocolError, StartupPacket};
 use super::relay::{self, RelayEnd};
 use super::scram::{ScramError, ScramExchange};
 use super::{ClientStream, ProxyShared};
 use crate::cluster::roles::RoleSecret;
 use crate::cluster::{AttachError, ClusterHandle};
+use crate::config::PoolMode;
 use crate::runtime::ComputeEndpoint;
 
 /// Handshake and authentication must finish within this (Postgres's authentication_timeout is
@@ -44,13 +46,13 @@ pub struct ClientConnection {
 }
 
 /// A failure that ends the connection, with what the client is told.
-struct Fatal {
+pub(super) struct Fatal {
     code: &'static str,
     message: String,
 }
 
 impl Fatal {
-    fn new(code: &'static str, message: impl Into<String>) -> Fatal {
+    pub(super) fn new(code: &'static str, message: impl Into<String>) -> Fatal {
         Fatal {
             code,
             message: message.into(),
@@ -243,9 +245,21 @@ impl ClientConnection {
         .map_err(|_| Fatal::new("08006", "authentication timed out"))??;
 
         let who = format!("{}@{}", startup.user, self.peer.ip());
-        let (endpoint, compute) = self.attach_and_connect(&who).await?;
-        let (mut compute, cancel_key) = self
-            .compute_startup(stream, compute, &endpoint, &startup, &mut out)
+        if self.cluster.config().pool_mode == PoolMode::Transaction {
+            return super::transaction::serve(
+                stream,
+                &self.cluster,
+                &self.shared,
+                &startup.user,
+                &startup.database,
+                &who,
+                out,
+            )
+            .await;
+        }
+        let (endpoint, mut compute) = self.attach_and_connect(&who).await?;
+        let cancel_key = self
+            .compute_startup(stream, &mut compute, &endpoint, &startup, &mut out)
             .await?;
         tracing::debug!(peer = %self.peer, user = %startup.user, database = %startup.database, "session started");
 
@@ -357,97 +371,55 @@ impl ClientConnection {
     }
 
     /// Phase 4: log in to the compute as the client's user and hand its startup answer to the
-    /// client. Returns the compute connection and the session's cancel key.
+    /// client, with a cancel key of pgtide's own. Returns the session's cancel key.
     async fn compute_startup(
         &self,
         stream: &mut ClientStream,
-        mut compute: UnixStream,
+        compute: &mut UnixStream,
         endpoint: &ComputeEndpoint,
         startup: &Startup,
         out: &mut BytesMut,
-    ) -> Result<(UnixStream, super::cancel::CancelKey), Fatal> {
-        let socket_path = endpoint.socket_path();
-        let lost = |e: std::io::Error| {
-            Fatal::new(
-                "08006",
-                format!(
-                    "could not reach the compute of cluster \"{}\": {e}",
-                    self.cluster.name()
-                ),
-            )
-        };
-        compute
-            .write_all(&protocol::startup_message(&startup.params))
-            .await
-            .map_err(lost)?;
-
-        let mut body = BytesMut::with_capacity(256);
-        let mut cancel_key = None;
-        loop {
-            let kind = protocol::read_message(
-                &mut compute,
-                &mut body,
-                protocol::MAX_COMPUTE_STARTUP_MESSAGE,
-            )
-            .await
-            .map_err(|e| match e {
-                ProtocolError::Io(e) => lost(e),
-                other => Fatal::new(
-                    "08P01",
-                    format!("unexpected answer from the compute: {other}"),
-                ),
-            })?;
-            match kind {
-                b'R' => {
-                    let code = body
-                        .get(..4)
-                        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                    if code != Some(0) {
-                        return Err(Fatal::new(
-                            "28000",
-                            "the compute asked pgtide for a password; its pg_hba.conf must trust the private socket",
-                        ));
-                    }
-                }
-                b'K' if body.len() == 8 => {
-                    let mut key = &body[..];
-                    let pid = key.get_i32();
-                    let secret = key.get_i32();
-                    let registered = self
-                        .shared
-                        .cancels
-                        .register(socket_path.clone(), pid, secret);
-                    protocol::encode(
-                        BackendKeyData::new(registered.pid, SecretKey::I32(registered.secret)),
-                        out,
-                    );
-                    cancel_key = Some(registered);
-                }
-                b'E' => {
-                    // The compute refused the session (unknown database, too many connections, …):
-                    // its own error, with its own SQLSTATE, is the answer.
-                    protocol::put_message(out, b'E', &body);
-                    let _ = stream.write_all(out).await;
-                    let _ = stream.flush().await;
-                    return Err(Fatal::already_sent());
-                }
-                b'Z' => {
-                    protocol::put_message(out, b'Z', &body);
-                    flush(stream, out).await?;
-                    let cancel_key = cancel_key
-                        .ok_or_else(|| Fatal::new("08P01", "the compute sent no BackendKeyData"))?;
-                    return Ok((compute, cancel_key));
-                }
-                // ParameterStatus, NoticeResponse and anything else pass through as they are.
-                other => protocol::put_message(out, other, &body),
+    ) -> Result<super::cancel::CancelKey, Fatal> {
+        let hello = match compute::start_session(compute, &startup.params).await {
+            Ok(hello) => hello,
+            Err(ComputeStartupError::Refused(error)) => {
+                // The compute's own error, with its own SQLSTATE, is the answer.
+                out.extend_from_slice(&error);
+                let _ = stream.write_all(out).await;
+                let _ = stream.flush().await;
+                return Err(Fatal::already_sent());
             }
-        }
+            Err(ComputeStartupError::Io(e)) => {
+                return Err(Fatal::new(
+                    "08006",
+                    format!(
+                        "could not reach the compute of cluster \"{}\": {e}",
+                        self.cluster.name()
+                    ),
+                ))
+            }
+            Err(ComputeStartupError::Protocol(message)) => {
+                return Err(Fatal::new("08P01", message))
+            }
+        };
+        out.extend_from_slice(&hello.messages);
+        let cancel_key =
+            self.shared
+                .cancels
+                .register(endpoint.socket_path(), hello.pid, hello.secret);
+        protocol::encode(
+            BackendKeyData::new(cancel_key.pid, SecretKey::I32(cancel_key.secret)),
+            out,
+        );
+        protocol::put_message(out, b'Z', &[hello.ready_status]);
+        flush(stream, out).await?;
+        Ok(cancel_key)
     }
 }
 
 impl Fatal {
     /// The client already has its error (the compute's own); send nothing more.
-    fn already_sent() -> Fatal {
+    pub(super) fn already_sent() -> Fatal {
         Fatal::new("", String::new())
     }
 }
@@ -462,7 +434,7 @@ fn scram_fatal(e: ScramError) -> Fatal {
     }
 }
 
-async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     out: &mut BytesMut,
 ) -> Result<(), Fatal> {

@@ -8,10 +8,13 @@
 
 pub mod cancel;
 pub mod client;
+pub mod compute;
+pub mod pool;
 pub mod protocol;
 pub mod relay;
 pub mod scram;
 pub mod tls;
+pub mod transaction;
 
 use std::io;
 use std::pin::Pin;
@@ -28,6 +31,19 @@ use crate::cluster::ClusterHandle;
 #[derive(Default)]
 pub struct ProxyShared {
     pub cancels: cancel::CancelRegistry,
+    /// Transaction-mode pools, by cluster name.
+    pools: std::sync::Mutex<std::collections::HashMap<String, Arc<pool::ClusterPools>>>,
+}
+
+impl ProxyShared {
+    pub fn pools_of(&self, cluster: &str) -> Arc<pool::ClusterPools> {
+        self.pools
+            .lock()
+            .expect("pools lock")
+            .entry(cluster.to_string())
+            .or_default()
+            .clone()
+    }
 }
 
 /// Accepts clients of one cluster until `shutdown` turns true.

@@ -79,7 +79,7 @@ copies = []
 [[clusters]]
 name = "main"
 listen = "127.0.0.1:{port}"
-max_acu = 8
+{max_acu}
 {cluster}
 
 [[clusters.users]]
@@ -89,6 +89,11 @@ superuser = true
 {users}
 "#,
             top = options.top,
+            max_acu = if options.cluster.contains("max_acu") {
+                ""
+            } else {
+                "max_acu = 8"
+            },
             cluster = options.cluster,
             users = options.users,
         );
