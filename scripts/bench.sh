@@ -7,6 +7,10 @@
 #                              (transaction mode) and a bare tokio relay (benches/relay.rs)
 #   scripts/bench.sh resume    20 pause → connect → first row cycles against a paused cluster,
 #                              beside the same figure for a running one (p50, p90, max)
+#   scripts/bench.sh pool      transaction pooling: (a) pgbench -C -S against PgBouncer, pgtide and
+#                              direct; (b) -M prepared -S, pgtide transaction vs session mode (and
+#                              PgBouncer, which fails it); (c) memory per idle client with 10,000
+#                              idle clients, and a pause with them all connected
 #   scripts/bench.sh storage   tpcb-like, 8 clients: pgtide with copies off (local commit), pgtide
 #                              with six copies (4-of-6 quorum) and direct Postgres
 #   scripts/bench.sh scale     a stepped pgbench load (0 → 2 → 8 → 2 → 0 clients) through pgtide:
@@ -84,6 +88,28 @@ start_direct() { # a plain Postgres on TCP (and a unix socket in $WORK/sock); se
   wait_port "$DIRECT_PORT"
 }
 
+start_bouncer() { # PgBouncer 1.18 in transaction mode in front of the direct Postgres; sets BOUNCER_PORT
+  BOUNCER_PORT=$(free_port)
+  cat > "$WORK/pgbouncer.ini" <<EOF
+[databases]
+postgres = host=$WORK/sock port=$DIRECT_PORT dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $WORK/userlist.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 1000
+EOF
+  echo '"postgres" ""' > "$WORK/userlist.txt"
+  chown postgres: "$WORK/pgbouncer.ini" "$WORK/userlist.txt" 2>/dev/null || true
+  as_pg pgbouncer "$WORK/pgbouncer.ini" 2> "$WORK/pgbouncer.log" &
+  PIDS+=($!)
+  wait_port "$BOUNCER_PORT"
+}
+
 # compare "WORKLOAD…" NAME=PORT…: interleaved rounds of pgbench over every target, then the
 # median TPS of each and the median of the per-round ratios to the first target.
 compare() {
@@ -95,7 +121,7 @@ compare() {
       for target in "$@"; do
         local name=${target%%=*} port=${target#*=}
         local out tps failed
-        out=$(pgbench -h 127.0.0.1 -p "$port" -U postgres $flag -c "$CLIENTS" -j 2 \
+        out=$(pgbench -h 127.0.0.1 -p "$port" -U postgres $flag ${PGBENCH_EXTRA:-} -c "$CLIENTS" -j 2 \
               -T "$SECONDS_PER_ROUND" postgres 2>&1 || true)
         tps=$(printf '%s\n' "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
         failed=$(printf '%s\n' "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' | head -1)
@@ -127,24 +153,8 @@ bench_proxy() {
   if ! command -v pgbouncer >/dev/null; then log "installing pgbouncer…"; apt_install pgbouncer; fi
   log "starting direct Postgres, PgBouncer, the bare relay and pgtide in $WORK"
   start_direct
-  BOUNCER_PORT=$(free_port); RELAY_PORT=$(free_port)
-  cat > "$WORK/pgbouncer.ini" <<EOF
-[databases]
-postgres = host=$WORK/sock port=$DIRECT_PORT dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $WORK/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = 1000
-EOF
-  echo '"postgres" ""' > "$WORK/userlist.txt"
-  chown postgres: "$WORK/pgbouncer.ini" "$WORK/userlist.txt" 2>/dev/null || true
-  as_pg pgbouncer "$WORK/pgbouncer.ini" 2> "$WORK/pgbouncer.log" &
-  PIDS+=($!)
+  start_bouncer
+  RELAY_PORT=$(free_port)
   "$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "$WORK/sock/.s.PGSQL.$DIRECT_PORT" 2>/dev/null &
   PIDS+=($!)
   # The whole machine (8 ACU = 2 cores): this measures the proxy, not the scaler.
@@ -168,6 +178,62 @@ bench_storage() {
     pgbench -h 127.0.0.1 -p "$port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
   done
   compare "tpcb-like" copies-off="$LOCAL_PORT" six-copies="$COPIES_PORT" direct="$DIRECT_PORT"
+}
+
+# ---------------------------------------------------------------------------------------------
+bench_pool() {
+  if ! command -v pgbouncer >/dev/null; then log "installing pgbouncer…"; apt_install pgbouncer; fi
+  if ! python3 -c 'import asyncpg' 2>/dev/null; then python3 -m pip install --quiet asyncpg >&2; fi
+  log "starting direct Postgres, PgBouncer (transaction mode) and pgtide (session and transaction mode)"
+  start_direct
+  start_bouncer
+  start_pgtide session "min_acu = 8"
+  SESSION_PORT=$PGTIDE_PORT
+  start_pgtide transaction $'min_acu = 8\npool_mode = "transaction"'
+  TRANSACTION_PORT=$PGTIDE_PORT; TRANSACTION_ADMIN=$ADMIN_PORT
+  for port in "$DIRECT_PORT" "$SESSION_PORT" "$TRANSACTION_PORT"; do
+    pgbench -h 127.0.0.1 -p "$port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+  done
+  log "(a) a new connection per transaction: pgbench -C -S"
+  PGBENCH_EXTRA="-C" compare "select-only" pgbouncer="$BOUNCER_PORT" pgtide-transaction="$TRANSACTION_PORT" \
+    direct="$DIRECT_PORT"
+  log "(b) protocol-level prepared statements: pgbench -M prepared -S (PgBouncer 1.18 cannot: P_0 already exists)"
+  PGBENCH_EXTRA="-M prepared" compare "select-only" pgtide-session="$SESSION_PORT" \
+    pgtide-transaction="$TRANSACTION_PORT" pgbouncer="$BOUNCER_PORT"
+  log "(c) memory per idle client: 10,000 idle clients on the transaction-mode cluster"
+  pgtide_pid=$(pgrep -f "pgtide serve --config $WORK/transaction.toml" | head -1)
+  python3 - "$TRANSACTION_PORT" "$TRANSACTION_ADMIN" "$pgtide_pid" <<'EOF'
+import asyncio, json, resource, sys, time, urllib.request
+port, admin, pid = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+import asyncpg
+resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+def rss_kib():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+def status():
+    return json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=10))["clusters"][0]
+async def main():
+    before = rss_kib()
+    conns = []
+    for start in range(0, 10000, 500):
+        conns += await asyncio.gather(*(asyncpg.connect(host="127.0.0.1", port=port, user="postgres",
+                                                          database="postgres", statement_cache_size=0)
+                                         for _ in range(500)))
+    await asyncio.sleep(2)
+    after = rss_kib()
+    print(f"pgtide RSS {before} KiB with no client, {after} KiB with {len(conns)} idle clients: "
+          f"{(after - before) * 1024 / len(conns) / 1024:.1f} KiB per idle client")
+    print(f"clients in /status: {status()['clients']}")
+    # Ask it to pause now: idle transaction-mode clients do not keep it awake.
+    req = urllib.request.Request(f"http://127.0.0.1:{admin}/clusters/bench/pause", method="POST", data=b"")
+    print("pause with 10,000 idle clients:", urllib.request.urlopen(req, timeout=60).read().decode().strip())
+    print("state:", status()["state"])
+    row = await conns[0].fetchval("SELECT 1")
+    print("the next query of an idle client resumed it:", row == 1, status()["state"])
+    await asyncio.gather(*(c.close() for c in conns))
+asyncio.run(main())
+EOF
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -266,5 +332,6 @@ case "$MODE" in
   resume) bench_resume ;;
   scale) bench_scale ;;
   storage) bench_storage ;;
-  *) log "unknown benchmark $MODE (proxy, resume, scale, storage)"; exit 2 ;;
+  pool) bench_pool ;;
+  *) log "unknown benchmark $MODE (proxy, pool, resume, scale, storage)"; exit 2 ;;
 esac
