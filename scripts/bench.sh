@@ -22,9 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_rust
-ensure_postgres_server
-ensure_run_as_user postgres
+prepare_machine
 
 MODE=${1:-proxy}
 ROUNDS=${ROUNDS:-5}

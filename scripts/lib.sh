@@ -54,3 +54,10 @@ ensure_rust() {
   command -v cargo >/dev/null && return 0
   log "cargo is missing: install Rust (rustup) first"; return 1
 }
+
+# What every script needs before it builds or runs pgtide.
+prepare_machine() {
+  ensure_rust
+  ensure_postgres_server
+  ensure_run_as_user postgres
+}

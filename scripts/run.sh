@@ -3,9 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_rust
-ensure_postgres_server
-ensure_run_as_user postgres
+prepare_machine
 cargo build --release --quiet
 config=${PGTIDE_CONFIG:-config/pgtide.toml}
 log "pgtide serve --config $config  (Ctrl-C stops it and every Postgres it started)"

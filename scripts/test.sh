@@ -4,9 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_rust
-ensure_postgres_server
-ensure_run_as_user postgres
+prepare_machine
 if ! command -v openssl >/dev/null; then apt_install openssl; fi
 # The dashboard is tested in a real headless browser, and its pseudo-terminal view with script(1).
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then apt_install chromium; fi

@@ -70,12 +70,7 @@ fn pauses_when_idle_and_resumes_for_the_next_client_keeping_data() {
             .any(|(k, m)| k == "resumed" && m.contains("for postgres@127.0.0.1 in")),
         "{events:?}"
     );
-    let metrics = ureq::get(&pgtide.admin_url("/metrics"))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    let metrics = pgtide.metrics();
     assert!(
         metrics.contains("pgtide_cluster_pauses_total{cluster=\"main\"}"),
         "{metrics}"

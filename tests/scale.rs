@@ -138,12 +138,7 @@ fn load_moves_the_acus_without_a_failed_transaction() {
         );
     }
     assert!(status["acu_seconds"].as_f64().unwrap() > 0.0);
-    let metrics = ureq::get(&pgtide.admin_url("/metrics"))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    let metrics = pgtide.metrics();
     assert!(
         metrics.contains("pgtide_cluster_scaling_events_total{"),
         "{metrics}"

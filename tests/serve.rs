@@ -171,20 +171,7 @@ fn pgbench_in_every_mode_has_no_failed_transaction() {
     let pgtide = Pgtide::start();
     let (ok, out) = pgbench(pgtide.port, &["-i", "-s", "1", "-q"]);
     assert!(ok, "pgbench -i failed: {out}");
-    for mode in ["simple", "extended", "prepared"] {
-        for select_only in [true, false] {
-            let mut args = vec!["-M", mode, "-c", "4", "-j", "2", "-t", "150"];
-            if select_only {
-                args.push("-S");
-            }
-            let (ok, out) = pgbench(pgtide.port, &args);
-            assert!(ok, "pgbench {args:?} failed: {out}");
-            assert!(
-                out.contains("number of failed transactions: 0"),
-                "pgbench {args:?}: {out}"
-            );
-        }
-    }
+    pgbench_every_mode(pgtide.port, "4", "2", "150");
     let status = pgtide.cluster_status();
     assert!(
         status["transactions"].as_u64().unwrap() >= 6 * 600,
@@ -450,12 +437,7 @@ fn status_and_metrics_describe_the_cluster() {
         .as_str()
         .unwrap()
         .contains("resumed"));
-    let metrics = ureq::get(&pgtide.admin_url("/metrics"))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    let metrics = pgtide.metrics();
     assert!(
         metrics.contains("pgtide_cluster_acu{cluster=\"main\"} 0.5"),
         "{metrics}"

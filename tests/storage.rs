@@ -149,21 +149,34 @@ async fn writes_go_on_with_four_copies_and_wait_below_the_quorum() {
 fn a_corrupted_copy_is_read_around_by_its_checksums() {
     let pgtide = with_copies();
     pgtide.sql("CREATE TABLE c (v text); INSERT INTO c SELECT repeat('x', 200) FROM generate_series(1, 2000)");
-    // Scribble over the WAL of one copy (every segment, in the middle of what it holds).
+    // Scribble over the WAL of one copy, in the middle of what each segment holds (its .sums
+    // file records every write: offset, length, CRC-32, 12 bytes each).
     let wal = copy_dir(&pgtide, "a1").join("main/wal");
     let mut scribbled = 0;
     for entry in std::fs::read_dir(&wal).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.len() == 24 {
-            let mut bytes = std::fs::read(entry.path()).unwrap();
-            let middle = bytes.len() / 2;
-            let end = (middle + 4096).min(bytes.len());
-            for b in &mut bytes[middle..end] {
-                *b ^= 0xff;
-            }
-            std::fs::write(entry.path(), bytes).unwrap();
-            scribbled += 1;
+        if name.len() != 24 {
+            continue;
         }
+        let sums = std::fs::read(wal.join(format!("{name}.sums"))).unwrap_or_default();
+        let written = sums
+            .chunks_exact(12)
+            .map(|r| {
+                u32::from_le_bytes(r[0..4].try_into().unwrap()) as usize
+                    + u32::from_le_bytes(r[4..8].try_into().unwrap()) as usize
+            })
+            .max()
+            .unwrap_or(0);
+        if written < 8192 {
+            continue;
+        }
+        let mut bytes = std::fs::read(entry.path()).unwrap();
+        let middle = written / 2;
+        for b in &mut bytes[middle..middle + 4096] {
+            *b ^= 0xff;
+        }
+        std::fs::write(entry.path(), bytes).unwrap();
+        scribbled += 1;
     }
     assert!(scribbled > 0);
     kill_compute_and_delete_its_data(&pgtide);

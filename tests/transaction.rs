@@ -22,23 +22,10 @@ fn pgbench_in_every_mode_with_more_clients_than_connections() {
     let pgtide = pooled("");
     let (ok, out) = pgbench(pgtide.port, &["-i", "-q"]);
     assert!(ok, "{out}");
-    for mode in ["simple", "extended", "prepared"] {
-        for select_only in [true, false] {
-            // One pgbench thread per client: with -M prepared, pgbench prepares with a blocking
-            // call, and a thread blocked waiting for a connection would stall the other clients
-            // of its thread that hold one mid-transaction (any transaction pooler would wait).
-            let mut args = vec!["-M", mode, "-c", "8", "-j", "8", "-t", "100"];
-            if select_only {
-                args.push("-S");
-            }
-            let (ok, out) = pgbench(pgtide.port, &args);
-            assert!(ok, "pgbench {args:?}: {out}");
-            assert!(
-                out.contains("number of failed transactions: 0"),
-                "pgbench {args:?}: {out}"
-            );
-        }
-    }
+    // One pgbench thread per client: with -M prepared, pgbench prepares with a blocking call,
+    // and a thread blocked waiting for a connection would stall the other clients of its thread
+    // that hold one mid-transaction (any transaction pooler would wait there).
+    pgbench_every_mode(pgtide.port, "8", "8", "100");
     let status = pgtide.cluster_status();
     let pool = &status["pool"];
     assert!(

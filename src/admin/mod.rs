@@ -374,15 +374,22 @@ fn find<'a>(state: &'a AdminState, name: &str) -> Result<&'a ClusterHandle, Deni
     })
 }
 
+/// The cluster a pause or resume is for, once the caller may act.
+fn action_target<'a>(
+    state: &'a AdminState,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<&'a ClusterHandle, Denied> {
+    actions_allowed(state, headers)?;
+    find(state, name)
+}
+
 async fn post_pause(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = actions_allowed(&state, &headers) {
-        return denied.into_response();
-    }
-    let cluster = match find(&state, &name) {
+    let cluster = match action_target(&state, &headers, &name) {
         Ok(cluster) => cluster,
         Err(denied) => return denied.into_response(),
     };
@@ -397,10 +404,7 @@ async fn post_resume(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = actions_allowed(&state, &headers) {
-        return denied.into_response();
-    }
-    let cluster = match find(&state, &name) {
+    let cluster = match action_target(&state, &headers, &name) {
         Ok(cluster) => cluster,
         Err(denied) => return denied.into_response(),
     };

@@ -39,6 +39,9 @@ use super::protocol;
 use super::{ClientStream, ProxyShared};
 use crate::cluster::{AttachError, ClusterHandle};
 
+/// Statements kept prepared on one compute connection, at most.
+const MAX_PREPARED_PER_CONNECTION: usize = 500;
+
 /// The largest message a client may send (Postgres allows 1 GB; a pooler has to buffer it).
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024 * 1024;
 
@@ -257,6 +260,9 @@ impl Session<'_> {
                     put_close_statement(&mut self.to_server, &pool_name);
                     held.expect(Expect::Close { ours: true });
                 }
+                if !held.conn.prepared.contains(&pool_name) {
+                    held.make_room(&mut self.to_server);
+                }
                 protocol::put_message(&mut self.to_server, b'P', &parse_body);
                 held.expect(Expect::Parse { ours: false });
                 held.conn.prepared.insert(pool_name.clone());
@@ -411,6 +417,19 @@ impl Held {
         }
     }
 
+    /// Keeps the statements prepared on a connection under [`MAX_PREPARED_PER_CONNECTION`]: one
+    /// is closed (its CloseComplete swallowed) before another is prepared.
+    fn make_room(&mut self, to_server: &mut BytesMut) {
+        if self.conn.prepared.len() < MAX_PREPARED_PER_CONNECTION {
+            return;
+        }
+        if let Some(victim) = self.conn.prepared.iter().next().cloned() {
+            put_close_statement(to_server, &victim);
+            self.expect(Expect::Close { ours: true });
+            self.conn.prepared.remove(&victim);
+        }
+    }
+
     /// Nothing owed, no transaction open: the connection can serve another client.
     fn is_done(&self) -> bool {
         self.pending == 0 && self.expected.is_empty() && self.status == b'I'
@@ -429,6 +448,7 @@ fn ensure_prepared(
         return;
     }
     counters.prepared_misses.fetch_add(1, Ordering::Relaxed);
+    held.make_room(to_server);
     protocol::put_message(to_server, b'P', &statement.parse_body);
     held.expect(Expect::Parse { ours: true });
     held.conn.prepared.insert(statement.pool_name.clone());

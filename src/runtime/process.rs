@@ -631,7 +631,7 @@ async fn stop_leftover_postmaster(pgdata: &Path) -> anyhow::Result<()> {
 
 /// Alive and not a zombie (a reparented zombie stays in the process table until its new parent
 /// reaps it, which some container init processes never do).
-fn is_alive(pid: Pid) -> bool {
+pub fn is_alive(pid: Pid) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
             .rsplit_once(')')

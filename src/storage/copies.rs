@@ -341,28 +341,43 @@ fn usable(dir: &Path) -> bool {
 
 /// Copies the WAL files (and sums) that `source` has and `target` lacks or holds shorter.
 fn repair_from(source: &Path, target: &Path) -> Result<usize, String> {
+    let copy = |from: &Path, to: &Path| -> Result<(), String> {
+        fs::copy(from, to).map_err(|e| format!("repairing {}: {e}", to.display()))?;
+        File::open(to)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| e.to_string())
+    };
+    let length = |path: &Path| fs::metadata(path).map(|m| m.len()).ok();
     let mut copied = 0;
     for sub in ["wal", "base"] {
         let entries = fs::read_dir(source.join(sub)).map_err(|e| e.to_string())?;
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            if name.to_string_lossy().ends_with(".tmp") {
-                continue;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") || name.ends_with(".sums") {
+                continue; // sums travel with their segment
             }
             let from = entry.path();
             let to = target.join(sub).join(&name);
-            let from_len = fs::metadata(&from).map(|m| m.len()).unwrap_or(0);
-            let to_len = fs::metadata(&to).map(|m| m.len()).ok();
-            if to_len != Some(from_len) {
-                fs::copy(&from, &to).map_err(|e| format!("repairing {}: {e}", to.display()))?;
-                File::open(&to)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| e.to_string())?;
+            if parse_segment_file_name(&name).is_some() {
+                // Segments are full-size from their first write: what they hold shows in the
+                // length of their sums, which grows with every write.
+                let (from_sums, to_sums) = (wal_sums(&from), wal_sums(&to));
+                if length(&to_sums) != length(&from_sums) || !to.exists() {
+                    copy(&from, &to)?;
+                    copy(&from_sums, &to_sums)?;
+                    copied += 1;
+                }
+            } else if length(&to) != length(&from) {
+                copy(&from, &to)?;
                 copied += 1;
             }
         }
     }
     Ok(copied)
+}
+
+fn wal_sums(segment: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.sums", segment.display()))
 }
 
 /// The writer thread of one copy.
@@ -399,6 +414,11 @@ fn write_range(wal_dir: &Path, timeline: u32, start: Lsn, data: &[u8]) -> std::i
             .write(true)
             .truncate(false)
             .open(wal_dir.join(&name))?;
+        if segment.metadata()?.len() < SEGMENT_SIZE {
+            // Full size from the start, as Postgres does: later writes then change no file size,
+            // and each fdatasync has only data to flush.
+            segment.set_len(SEGMENT_SIZE)?;
+        }
         segment.write_all_at(chunk, lsn.offset_in_segment())?;
         let mut record = Vec::with_capacity(12);
         record.extend_from_slice(&(lsn.offset_in_segment() as u32).to_le_bytes());

@@ -218,6 +218,11 @@ superuser = true
         self.status()["clusters"][0].clone()
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics(&self) -> String {
+        self.admin_get("/metrics").expect("GET /metrics")
+    }
+
     pub fn wait_state(&self, state: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
@@ -339,12 +344,25 @@ pub fn pgbench(port: u16, args: &[&str]) -> (bool, String) {
 }
 
 pub fn process_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
+    pgtide::runtime::process::is_alive(nix::unistd::Pid::from_raw(pid))
+}
+
+/// pgbench in `-M simple`, `extended` and `prepared`, select-only and tpcb-like, each with no
+/// failed transaction.
+pub fn pgbench_every_mode(port: u16, clients: &str, jobs: &str, transactions: &str) {
+    for mode in ["simple", "extended", "prepared"] {
+        for select_only in [true, false] {
+            let mut args = vec!["-M", mode, "-c", clients, "-j", jobs, "-t", transactions];
+            if select_only {
+                args.push("-S");
+            }
+            let (ok, out) = pgbench(port, &args);
+            assert!(ok, "pgbench {args:?} failed: {out}");
+            assert!(
+                out.contains("number of failed transactions: 0"),
+                "pgbench {args:?}: {out}"
+            );
+        }
     }
 }
 
