@@ -22,7 +22,6 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::runtime::ComputeEndpoint;
 use copies::{CopiesView, CopySet, CopyStatus};
@@ -52,7 +51,8 @@ pub struct ClusterStorage {
     dirs: Vec<PathBuf>,
     quorum: usize,
     status: Arc<Mutex<StorageStatus>>,
-    receiver: Option<JoinHandle<()>>,
+    /// Resolves when the receiver's thread has finished.
+    receiver: Option<oneshot::Receiver<()>>,
     pg_basebackup: PathBuf,
     /// Take a new base backup once this much WAL was written since the last one.
     base_backup_every: u64,
@@ -131,12 +131,30 @@ impl ClusterStorage {
         self.stop_receiver().await;
         let (started_tx, started_rx) = oneshot::channel();
         let copies = self.copies.clone();
-        self.receiver = Some(tokio::spawn(async move {
-            match receiver::run(endpoint, copies, started_tx).await {
-                Ok(end) => tracing::info!(%end, "WAL receiver stopped with the compute"),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "WAL receiver stopped"),
-            }
-        }));
+        let (done_tx, done_rx) = oneshot::channel();
+        // A thread of its own: every commit waits on this path, and it must not queue behind the
+        // proxy's work on pgtide's main thread.
+        std::thread::Builder::new()
+            .name("pgtide-wal-receiver".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => match runtime
+                        .block_on(receiver::run(endpoint, copies, started_tx))
+                    {
+                        Ok(end) => tracing::info!(%end, "WAL receiver stopped with the compute"),
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "WAL receiver stopped"),
+                    },
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not start the WAL receiver's runtime")
+                    }
+                }
+                let _ = done_tx.send(());
+            })
+            .context("starting the WAL receiver thread")?;
+        self.receiver = Some(done_rx);
         match tokio::time::timeout(STREAMING_TIMEOUT, started_rx).await {
             Ok(Ok(Ok(_))) => Ok(()),
             Ok(Ok(Err(e))) => bail!("the WAL receiver could not start: {e}"),
