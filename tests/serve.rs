@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 
 #[test]
 fn psql_works_through_the_proxy() {
@@ -80,25 +80,7 @@ async fn protocol_features_pass_through_unchanged() {
     assert_eq!(rows[199999].get::<_, i32>(0), 200000);
 
     // COPY in and out.
-    client
-        .batch_execute("CREATE TABLE items (id int, name text)")
-        .await
-        .unwrap();
-    let sink = client.copy_in("COPY items FROM STDIN").await.unwrap();
-    futures_util::pin_mut!(sink);
-    let mut data = String::new();
-    for i in 0..10000 {
-        data.push_str(&format!("{i}\titem {i}\n"));
-    }
-    sink.send(bytes::Bytes::from(data.clone())).await.unwrap();
-    assert_eq!(sink.finish().await.unwrap(), 10000);
-    let stream = client.copy_out("COPY items TO STDOUT").await.unwrap();
-    futures_util::pin_mut!(stream);
-    let mut copied = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        copied.extend_from_slice(&chunk.unwrap());
-    }
-    assert_eq!(String::from_utf8(copied).unwrap(), data);
+    copy_round_trip(&client, 10000).await;
 
     // Pipelined extended-protocol queries: many in flight on one connection at once.
     let statement = client.prepare("SELECT $1::int * 2").await.unwrap();

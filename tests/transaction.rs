@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 
 /// max_acu = 1: at most 4 compute connections for 8 clients.
 fn pooled(extra: &str) -> Pgtide {
@@ -64,22 +63,7 @@ fn python_clients_with_prepared_statements_and_pipelines() {
 async fn copy_in_and_out_through_the_pool() {
     let pgtide = pooled("");
     let client = pgtide.connect().await;
-    client
-        .batch_execute("CREATE TABLE items (id int, name text)")
-        .await
-        .unwrap();
-    let sink = client.copy_in("COPY items FROM STDIN").await.unwrap();
-    futures_util::pin_mut!(sink);
-    let data: String = (0..5000).map(|i| format!("{i}\titem {i}\n")).collect();
-    sink.send(bytes::Bytes::from(data.clone())).await.unwrap();
-    assert_eq!(sink.finish().await.unwrap(), 5000);
-    let stream = client.copy_out("COPY items TO STDOUT").await.unwrap();
-    futures_util::pin_mut!(stream);
-    let mut copied = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        copied.extend_from_slice(&chunk.unwrap());
-    }
-    assert_eq!(String::from_utf8(copied).unwrap(), data);
+    copy_round_trip(&client, 5000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -404,3 +404,25 @@ pub fn send_signal(pid: i32, signal: Signal) {
 pub fn path_str(path: &Path) -> String {
     path.display().to_string()
 }
+
+/// Creates a table, COPYs `rows` rows in and reads them back out with COPY: both directions
+/// must carry the bytes unchanged.
+pub async fn copy_round_trip(client: &tokio_postgres::Client, rows: usize) {
+    use futures_util::{SinkExt, StreamExt};
+    client
+        .batch_execute("CREATE TABLE items (id int, name text)")
+        .await
+        .unwrap();
+    let sink = client.copy_in("COPY items FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    let data: String = (0..rows).map(|i| format!("{i}\titem {i}\n")).collect();
+    sink.send(bytes::Bytes::from(data.clone())).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), rows as u64);
+    let stream = client.copy_out("COPY items TO STDOUT").await.unwrap();
+    futures_util::pin_mut!(stream);
+    let mut copied = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        copied.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(String::from_utf8(copied).unwrap(), data);
+}
