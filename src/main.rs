@@ -201,7 +201,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         metrics,
         token: config.admin.token.clone(),
         listen: config.admin.listen,
-        runtime_kind: compute_runtime.kind(),
+        runtime: compute_runtime.clone(),
         proxy: proxy_shared.clone(),
     });
     let mut admin_shutdown = shutdown_rx.clone();
@@ -226,6 +226,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     {
         tracing::error!("some computes did not stop within 90 s");
     }
+    compute_runtime.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     tracing::info!("stopped");
     Ok(())

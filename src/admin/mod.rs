@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::cluster::events::Event;
 use crate::cluster::history::HistoryPoint;
 use crate::cluster::{ClusterHandle, ClusterState};
+use crate::runtime::warm::WarmPoolStatus;
 use crate::runtime::Limits;
 use crate::storage::StorageStatus;
 
@@ -32,7 +33,7 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     pub token: Option<String>,
     pub listen: SocketAddr,
-    pub runtime_kind: &'static str,
+    pub runtime: Arc<dyn crate::runtime::Runtime>,
     /// The proxy's shared state, for the transaction pools' figures.
     pub proxy: Arc<crate::proxy::ProxyShared>,
 }
@@ -41,6 +42,8 @@ pub struct AdminState {
 pub struct StatusResponse {
     /// Where computes run: "process" or "docker".
     pub runtime: &'static str,
+    /// Compute slots made ready ahead of need (`runtime.warm_pool_size`).
+    pub warm_pool: WarmPoolStatus,
     pub clusters: Vec<ClusterStatus>,
 }
 
@@ -154,7 +157,8 @@ pub fn status(state: &AdminState) -> StatusResponse {
         })
         .collect();
     StatusResponse {
-        runtime: state.runtime_kind,
+        runtime: state.runtime.kind(),
+        warm_pool: state.runtime.warm_pool(),
         clusters,
     }
 }
@@ -332,6 +336,15 @@ async fn get_metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -
     if let Err(denied) = authorized(&state, &headers) {
         return denied.into_response();
     }
+    let warm = state.runtime.warm_pool();
+    metrics::gauge!("pgtide_warm_pool_size").set(warm.size as f64);
+    metrics::gauge!("pgtide_warm_pool_ready").set(warm.ready as f64);
+    metrics::gauge!("pgtide_warm_pool_in_use").set(warm.in_use as f64);
+    // The pool keeps its own counts (they are in /status too); exported here at each scrape.
+    metrics::counter!("pgtide_warm_pool_hits_total").absolute(warm.hits);
+    metrics::counter!("pgtide_warm_pool_misses_total").absolute(warm.misses);
+    metrics::counter!("pgtide_warm_pool_refills_total").absolute(warm.refills);
+    metrics::counter!("pgtide_warm_pool_refill_failures_total").absolute(warm.refill_failures);
     for cluster in &state.clusters {
         let name = cluster.name().to_string();
         let counters = cluster.counters();

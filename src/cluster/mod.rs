@@ -609,9 +609,13 @@ impl ClusterTask {
                 metrics::counter!("pgtide_cluster_resumes_total", "cluster" => self.name().to_string()).increment(1);
                 metrics::histogram!("pgtide_cluster_resume_seconds", "cluster" => self.name().to_string())
                     .record(elapsed.as_secs_f64());
+                let slot = match &self.compute {
+                    Some(compute) if compute.from_warm_pool() => "a warm slot",
+                    _ => "a cold start",
+                };
                 self.shared.events.record(
                     "resumed",
-                    format!("resumed for {requested_by} in {ms:.0} ms"),
+                    format!("resumed for {requested_by} in {ms:.0} ms from {slot}"),
                 );
                 self.now_running(endpoint).await;
             }

@@ -7,7 +7,9 @@
 
 pub mod binaries;
 pub mod cgroup;
+pub mod host;
 pub mod process;
+pub mod warm;
 
 use std::path::PathBuf;
 
@@ -106,8 +108,14 @@ pub struct Usage {
 pub trait Runtime: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
+    /// The warm pool's figures.
+    fn warm_pool(&self) -> warm::WarmPoolStatus;
+
+    /// pgtide is stopping: release the warm pool's ready slots.
+    async fn shutdown(&self);
+
     /// Starts (creating on first use) the compute described by `spec` and waits until it
-    /// accepts connections.
+    /// accepts connections. Draws a slot from the warm pool, or makes one on the spot.
     async fn start(&self, spec: &ComputeSpec) -> anyhow::Result<Box<dyn Compute>>;
 }
 
@@ -117,6 +125,9 @@ pub trait Compute: Send + Sync {
 
     /// Becomes `Some` once the compute has exited (on its own or after `stop`).
     fn exited(&self) -> watch::Receiver<Option<ExitInfo>>;
+
+    /// Whether this compute's slot came ready from the warm pool.
+    fn from_warm_pool(&self) -> bool;
 
     /// Applies CPU and memory limits for `size`, and the Postgres settings that follow the
     /// ACUs; returns what is in force. Never restarts Postgres.

@@ -17,24 +17,23 @@
 
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::{Gid, Pid, Uid};
+use nix::unistd::Pid;
 use tokio::sync::watch;
 
-use super::binaries::PostgresBinaries;
 use super::cgroup::{Cgroup, MemoryUse};
+use super::host::Host;
+use super::warm::{SlotInUse, SlotMaker, WarmPool, WarmPoolStatus};
 use super::Usage;
-use super::{
-    Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Runtime, BOOTSTRAP_SUPERUSER,
-};
+use super::{Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Runtime};
 use crate::acu::ComputeSize;
 use crate::config::RuntimeConfig;
 
@@ -46,160 +45,118 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(60);
 const FAST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The OS user Postgres runs as when pgtide is root (Postgres refuses to run as root).
-#[derive(Debug, Clone)]
-struct RunAs {
-    name: String,
-    uid: Uid,
-    gid: Gid,
-}
-
 pub struct ProcessRuntime {
-    binaries: PostgresBinaries,
-    run_as: Option<RunAs>,
+    host: Arc<Host>,
+    slots: Arc<ProcessSlots>,
+    pool: WarmPool<ProcessSlots>,
 }
 
 impl ProcessRuntime {
+    /// Needs a tokio runtime: the warm pool starts filling at once.
     pub fn new(config: &RuntimeConfig) -> anyhow::Result<ProcessRuntime> {
-        let binaries = PostgresBinaries::find(config.postgres_bin_dir.as_deref())?;
-        let run_as = if Uid::effective().is_root() {
-            let user = nix::unistd::User::from_name(&config.run_as)
-                .context("looking up runtime.run_as")?
-                .ok_or_else(|| {
-                    anyhow!(
-                        "pgtide runs as root and Postgres refuses to: runtime.run_as names the OS user \
-                         \"{0}\", which does not exist. Create it (useradd --system --user-group {0}) \
-                         or set runtime.run_as to another user",
-                        config.run_as
-                    )
-                })?;
-            if user.uid.is_root() {
-                bail!(
-                    "runtime.run_as = \"{}\" is root, and Postgres refuses to run as root",
-                    config.run_as
-                );
-            }
-            Some(RunAs {
-                name: user.name,
-                uid: user.uid,
-                gid: user.gid,
-            })
-        } else {
-            None
-        };
-        Ok(ProcessRuntime { binaries, run_as })
+        let host = Arc::new(Host::new(config)?);
+        let slots = Arc::new(ProcessSlots::open(host.clone(), &config.data_dir)?);
+        let pool = WarmPool::start(slots.clone(), config.warm_pool_size, Vec::new());
+        Ok(ProcessRuntime { host, slots, pool })
     }
+}
 
-    fn chown(&self, path: &Path) -> anyhow::Result<()> {
-        if let Some(run_as) = &self.run_as {
-            nix::unistd::chown(path, Some(run_as.uid), Some(run_as.gid))
-                .with_context(|| format!("chown {} to {}", path.display(), run_as.name))?;
-        }
-        Ok(())
-    }
+/// A process-runtime slot: the compute's cgroup, made ahead, and a freshly initialised data
+/// directory for a cluster that has none yet (a new cluster then skips its `initdb`).
+pub struct ProcessSlot {
+    cgroup: Result<Cgroup, String>,
+    template: Option<PathBuf>,
+}
 
-    fn command(&self, program: &Path) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(program);
-        command.stdin(Stdio::null()).process_group(0);
-        if let Some(run_as) = &self.run_as {
-            command.uid(run_as.uid.as_raw()).gid(run_as.gid.as_raw());
-        }
-        command
-    }
+/// Makes process slots. Templates live in `<data_dir>/warm/`; one that a resume did not need
+/// (its cluster had data) is kept for the next slot rather than thrown away, and so are the
+/// complete ones an earlier run left.
+pub struct ProcessSlots {
+    host: Arc<Host>,
+    warm_dir: PathBuf,
+    /// Complete templates not held by any slot.
+    spare_templates: Mutex<Vec<PathBuf>>,
+    next_id: AtomicU64,
+    /// Distinguishes the cgroups of several pgtides on one machine.
+    cgroup_prefix: String,
+}
 
-    /// Gives a whole directory tree to `run_as`, unless it already is.
-    fn own_tree(&self, path: &Path) -> anyhow::Result<()> {
-        let Some(run_as) = &self.run_as else {
-            return Ok(());
-        };
-        if std::fs::metadata(path)?.uid() == run_as.uid.as_raw() {
-            return Ok(());
-        }
-        fn walk(path: &Path, uid: Uid, gid: Gid) -> std::io::Result<()> {
-            nix::unistd::fchownat(
-                nix::fcntl::AT_FDCWD,
-                path,
-                Some(uid),
-                Some(gid),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(std::io::Error::from)?;
-            if path.is_dir() && !path.is_symlink() {
-                for entry in std::fs::read_dir(path)? {
-                    walk(&entry?.path(), uid, gid)?;
+impl ProcessSlots {
+    fn open(host: Arc<Host>, data_dir: &Path) -> anyhow::Result<ProcessSlots> {
+        let warm_dir = data_dir.join("warm");
+        std::fs::create_dir_all(&warm_dir)
+            .with_context(|| format!("creating {}", warm_dir.display()))?;
+        let mut spare = Vec::new();
+        let mut next_id = 0;
+        for entry in std::fs::read_dir(&warm_dir)? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if let Some(id) = name.strip_prefix("template-") {
+                if let Ok(id) = id.parse::<u64>() {
+                    next_id = next_id.max(id + 1);
+                    spare.push(path);
                 }
-            }
-            Ok(())
-        }
-        walk(path, run_as.uid, run_as.gid)
-            .with_context(|| format!("handing {} to {}", path.display(), run_as.name))
-    }
-
-    /// Postgres (running as `run_as`) must be able to walk down to the cluster's directory.
-    fn check_reachable(&self, dir: &Path) -> anyhow::Result<()> {
-        let Some(run_as) = &self.run_as else {
-            return Ok(());
-        };
-        for ancestor in dir.ancestors().skip(1) {
-            let Ok(meta) = std::fs::metadata(ancestor) else {
-                continue;
-            };
-            let mode = meta.permissions().mode();
-            let reachable = mode & 0o001 != 0
-                || (meta.uid() == run_as.uid.as_raw() && mode & 0o100 != 0)
-                || (meta.gid() == run_as.gid.as_raw() && mode & 0o010 != 0);
-            if !reachable {
-                bail!(
-                    "Postgres runs as \"{}\" and cannot reach {}: {} is mode {:o}; \
-                     allow it (chmod o+x {}) or move runtime.data_dir",
-                    run_as.name,
-                    dir.display(),
-                    ancestor.display(),
-                    mode & 0o777,
-                    ancestor.display()
-                );
+            } else if name.ends_with(".initdb") {
+                // An initdb that an earlier run did not finish: only pgtide's own scratch.
+                let _ = std::fs::remove_dir_all(&path);
             }
         }
-        Ok(())
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        warm_dir.hash(&mut hasher);
+        Ok(ProcessSlots {
+            host,
+            warm_dir,
+            spare_templates: Mutex::new(spare),
+            next_id: AtomicU64::new(next_id),
+            cgroup_prefix: format!("pgtide-slot-{:08x}", hasher.finish() as u32),
+        })
     }
 
-    async fn initdb(&self, pgdata: &Path, log: &Path) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let output = self
-            .command(&self.binaries.initdb())
-            .arg("-D")
-            .arg(pgdata)
-            .args(["-U", BOOTSTRAP_SUPERUSER, "--encoding=UTF8", "--no-locale"])
-            .args(["--auth-local=trust", "--auth-host=reject"])
-            .output()
-            .await
-            .context("running initdb")?;
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
-        let _ = std::fs::write(log.with_file_name("initdb.log"), &text);
-        if !output.status.success() {
-            bail!("initdb of {} failed: {}", pgdata.display(), text.trim());
-        }
-        tracing::info!(pgdata = %pgdata.display(), ms = started.elapsed().as_millis() as u64, "initdb done");
-        Ok(())
+    fn keep_spare(&self, template: PathBuf) {
+        self.spare_templates
+            .lock()
+            .expect("templates lock")
+            .push(template);
     }
 
-    /// The private socket directory. Unix socket paths are limited to 107 bytes, so a deep data
-    /// directory falls back to a short one under /tmp named after it.
-    fn socket_dir(&self, cluster_dir: &Path) -> anyhow::Result<PathBuf> {
-        let preferred = cluster_dir.join("socket");
-        let dir = if preferred.as_os_str().len() + 16 < 100 {
-            preferred
-        } else {
-            use std::hash::{Hash, Hasher};
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            cluster_dir.hash(&mut hasher);
-            PathBuf::from(format!("/tmp/pgtide-{:016x}", hasher.finish()))
+    fn new_cgroup(&self, name: &str) -> Result<Cgroup, String> {
+        Cgroup::create(name)
+    }
+}
+
+#[async_trait]
+impl SlotMaker for ProcessSlots {
+    type Slot = ProcessSlot;
+
+    async fn make(&self) -> anyhow::Result<ProcessSlot> {
+        let id = self.next_id.fetch_add(1, AtomicOrdering::Relaxed);
+        let cgroup = self.new_cgroup(&format!("{}-{id}", self.cgroup_prefix));
+        let spare = self.spare_templates.lock().expect("templates lock").pop();
+        let template = match spare {
+            Some(template) => template,
+            None => {
+                let template = self.warm_dir.join(format!("template-{id}"));
+                let scratch = template.with_extension("initdb");
+                self.host.chown(&self.warm_dir)?;
+                self.host
+                    .initdb(&scratch, &self.warm_dir.join("initdb.log"))
+                    .await?;
+                std::fs::rename(&scratch, &template)?;
+                template
+            }
         };
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        self.chown(&dir)?;
-        Ok(dir)
+        Ok(ProcessSlot {
+            cgroup,
+            template: Some(template),
+        })
+    }
+
+    async fn discard(&self, slot: ProcessSlot) {
+        // The template stays on disk for the next run; only the cgroup goes.
+        if let Ok(cgroup) = slot.cgroup {
+            cgroup.remove();
+        }
     }
 }
 
@@ -209,37 +166,78 @@ impl Runtime for ProcessRuntime {
         "process"
     }
 
+    fn warm_pool(&self) -> WarmPoolStatus {
+        self.pool.status()
+    }
+
+    async fn shutdown(&self) {
+        self.pool.drain().await;
+    }
+
     async fn start(&self, spec: &ComputeSpec) -> anyhow::Result<Box<dyn Compute>> {
         let started = Instant::now();
+        let host = &self.host;
         let cluster_dir = &spec.cluster_dir;
         std::fs::create_dir_all(cluster_dir)
             .with_context(|| format!("creating {}", cluster_dir.display()))?;
-        self.chown(cluster_dir)?;
-        self.check_reachable(cluster_dir)?;
+        host.chown(cluster_dir)?;
+        host.check_reachable(cluster_dir)?;
         let pgdata = super::pgdata_of(cluster_dir);
         let log_path = cluster_dir.join("postgres.log");
+
+        let (slot, in_use) = self.pool.take();
+        let from_warm_pool = slot.is_some();
+        let ProcessSlot { cgroup, template } = match slot {
+            Some(slot) => slot,
+            None => ProcessSlot {
+                // One cgroup per compute, named after the cluster and its directory (several
+                // pgtides may run clusters of the same name on one machine).
+                cgroup: self
+                    .slots
+                    .new_cgroup(&cgroup_name(&spec.cluster, cluster_dir)),
+                template: None,
+            },
+        };
         if !pgdata.exists() {
-            // initdb into a scratch directory and rename it into place, so that a directory
-            // named pgdata is always a complete cluster and pgtide never has to guess whether
-            // it may delete one.
-            let scratch = cluster_dir.join("pgdata.initdb");
-            if scratch.exists() {
-                std::fs::remove_dir_all(&scratch)?;
+            // A new cluster. Its data directory is a template initialised ahead of need, or
+            // initdb's output now; either way made aside and renamed into place, so that a
+            // directory named pgdata is always a complete cluster and pgtide never has to guess
+            // whether it may delete one.
+            let from_template = match template {
+                Some(template) => match std::fs::rename(&template, &pgdata) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        // Another file system (EXDEV) or a template gone bad: initdb instead.
+                        tracing::warn!(template = %template.display(), error = %e, "cannot use the warm template");
+                        false
+                    }
+                },
+                None => false,
+            };
+            if !from_template {
+                let scratch = cluster_dir.join("pgdata.initdb");
+                if scratch.exists() {
+                    std::fs::remove_dir_all(&scratch)?;
+                }
+                host.initdb(&scratch, &log_path).await?;
+                std::fs::rename(&scratch, &pgdata)?;
             }
-            self.initdb(&scratch, &log_path).await?;
-            std::fs::rename(&scratch, &pgdata)?;
-        } else if !pgdata.join("PG_VERSION").exists() {
-            bail!(
-                "{} exists but is not a Postgres data directory (no PG_VERSION); \
-                 pgtide leaves it alone: move it away to start afresh",
-                pgdata.display()
-            );
         } else {
+            if let Some(template) = template {
+                self.slots.keep_spare(template);
+            }
+            if !pgdata.join("PG_VERSION").exists() {
+                bail!(
+                    "{} exists but is not a Postgres data directory (no PG_VERSION); \
+                     pgtide leaves it alone: move it away to start afresh",
+                    pgdata.display()
+                );
+            }
             // A directory rebuilt from the copies (or brought from elsewhere) is handed over.
-            self.own_tree(&pgdata)?;
+            host.own_tree(&pgdata)?;
         }
         stop_leftover_postmaster(&pgdata).await?;
-        let socket_dir = self.socket_dir(cluster_dir)?;
+        let socket_dir = host.socket_dir(cluster_dir)?;
         let endpoint = ComputeEndpoint {
             socket_dir: socket_dir.clone(),
             port: COMPUTE_PORT,
@@ -250,7 +248,7 @@ impl Runtime for ProcessRuntime {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        let mut command = self.command(&self.binaries.postgres());
+        let mut command = host.command(&host.binaries.postgres());
         command.arg("-D").arg(&pgdata);
         let fixed = [
             ("listen_addresses", String::new()),
@@ -265,24 +263,21 @@ impl Runtime for ProcessRuntime {
         }
         command.stdout(log.try_clone()?).stderr(log);
 
-        // One cgroup per compute, named after the cluster and its directory (several pgtides
-        // may run clusters of the same name on one machine).
-        let (cgroup, cgroup_problem) =
-            match Cgroup::create(&cgroup_name(&spec.cluster, cluster_dir)) {
-                // No CPU limit while Postgres starts: a start throttled to the smallest size takes
-                // ten times longer. The size's limit is applied once it is ready.
-                Ok(cgroup) => match cgroup.set_limits(None, spec.size.memory_mib) {
-                    Ok(()) => (Some(cgroup), None),
-                    Err(e) => {
-                        cgroup.remove();
-                        (
-                            None,
-                            Some(format!("cannot write {} limits: {e}", cgroup.version())),
-                        )
-                    }
-                },
-                Err(reason) => (None, Some(reason)),
-            };
+        // No CPU limit while Postgres starts: a start throttled to the smallest size takes ten
+        // times longer. The size's limit is applied once it is ready.
+        let (cgroup, cgroup_problem) = match cgroup {
+            Ok(cgroup) => match cgroup.set_limits(None, spec.size.memory_mib) {
+                Ok(()) => (Some(cgroup), None),
+                Err(e) => {
+                    cgroup.remove();
+                    (
+                        None,
+                        Some(format!("cannot write {} limits: {e}", cgroup.version())),
+                    )
+                }
+            },
+            Err(reason) => (None, Some(reason)),
+        };
         let join_files = match &cgroup {
             Some(cgroup) => cgroup
                 .procs_files()
@@ -340,6 +335,8 @@ impl Runtime for ProcessRuntime {
 
         let mut compute = ProcessCompute {
             endpoint,
+            from_warm_pool,
+            _slot: in_use,
             pid,
             exited: exit_rx,
             log_path,
@@ -362,6 +359,9 @@ impl Runtime for ProcessRuntime {
 
 pub struct ProcessCompute {
     endpoint: ComputeEndpoint,
+    from_warm_pool: bool,
+    /// Counts this compute's slot as in use for as long as it lives.
+    _slot: SlotInUse,
     pid: Pid,
     exited: watch::Receiver<Option<ExitInfo>>,
     log_path: PathBuf,
@@ -423,6 +423,10 @@ impl Compute for ProcessCompute {
 
     fn exited(&self) -> watch::Receiver<Option<ExitInfo>> {
         self.exited.clone()
+    }
+
+    fn from_warm_pool(&self) -> bool {
+        self.from_warm_pool
     }
 
     async fn apply_size(&mut self, size: ComputeSize) -> anyhow::Result<Limits> {

@@ -1,0 +1,173 @@
+//! What every runtime that runs the machine's own Postgres binaries shares: finding them, the OS
+//! user Postgres runs as when pgtide is root (Postgres refuses to run as root), handing
+//! directories to that user, `initdb`, and the private socket directory.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use nix::unistd::{Gid, Uid};
+
+use super::binaries::PostgresBinaries;
+use super::BOOTSTRAP_SUPERUSER;
+use crate::config::RuntimeConfig;
+
+/// The OS user Postgres runs as when pgtide is root (Postgres refuses to run as root).
+#[derive(Debug, Clone)]
+struct RunAs {
+    name: String,
+    uid: Uid,
+    gid: Gid,
+}
+
+/// The machine's Postgres binaries and the user they run as.
+pub struct Host {
+    pub binaries: PostgresBinaries,
+    run_as: Option<RunAs>,
+}
+
+impl Host {
+    pub fn new(config: &RuntimeConfig) -> anyhow::Result<Host> {
+        let binaries = PostgresBinaries::find(config.postgres_bin_dir.as_deref())?;
+        let run_as = if Uid::effective().is_root() {
+            let user = nix::unistd::User::from_name(&config.run_as)
+                .context("looking up runtime.run_as")?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "pgtide runs as root and Postgres refuses to: runtime.run_as names the OS user \
+                         \"{0}\", which does not exist. Create it (useradd --system --user-group {0}) \
+                         or set runtime.run_as to another user",
+                        config.run_as
+                    )
+                })?;
+            if user.uid.is_root() {
+                bail!(
+                    "runtime.run_as = \"{}\" is root, and Postgres refuses to run as root",
+                    config.run_as
+                );
+            }
+            Some(RunAs {
+                name: user.name,
+                uid: user.uid,
+                gid: user.gid,
+            })
+        } else {
+            None
+        };
+        Ok(Host { binaries, run_as })
+    }
+
+    pub fn chown(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(run_as) = &self.run_as {
+            nix::unistd::chown(path, Some(run_as.uid), Some(run_as.gid))
+                .with_context(|| format!("chown {} to {}", path.display(), run_as.name))?;
+        }
+        Ok(())
+    }
+
+    pub fn command(&self, program: &Path) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(program);
+        command.stdin(Stdio::null()).process_group(0);
+        if let Some(run_as) = &self.run_as {
+            command.uid(run_as.uid.as_raw()).gid(run_as.gid.as_raw());
+        }
+        command
+    }
+
+    /// Gives a whole directory tree to `run_as`, unless it already is.
+    pub fn own_tree(&self, path: &Path) -> anyhow::Result<()> {
+        let Some(run_as) = &self.run_as else {
+            return Ok(());
+        };
+        if std::fs::metadata(path)?.uid() == run_as.uid.as_raw() {
+            return Ok(());
+        }
+        fn walk(path: &Path, uid: Uid, gid: Gid) -> std::io::Result<()> {
+            nix::unistd::fchownat(
+                nix::fcntl::AT_FDCWD,
+                path,
+                Some(uid),
+                Some(gid),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(std::io::Error::from)?;
+            if path.is_dir() && !path.is_symlink() {
+                for entry in std::fs::read_dir(path)? {
+                    walk(&entry?.path(), uid, gid)?;
+                }
+            }
+            Ok(())
+        }
+        walk(path, run_as.uid, run_as.gid)
+            .with_context(|| format!("handing {} to {}", path.display(), run_as.name))
+    }
+
+    /// Postgres (running as `run_as`) must be able to walk down to the cluster's directory.
+    pub fn check_reachable(&self, dir: &Path) -> anyhow::Result<()> {
+        let Some(run_as) = &self.run_as else {
+            return Ok(());
+        };
+        for ancestor in dir.ancestors().skip(1) {
+            let Ok(meta) = std::fs::metadata(ancestor) else {
+                continue;
+            };
+            let mode = meta.permissions().mode();
+            let reachable = mode & 0o001 != 0
+                || (meta.uid() == run_as.uid.as_raw() && mode & 0o100 != 0)
+                || (meta.gid() == run_as.gid.as_raw() && mode & 0o010 != 0);
+            if !reachable {
+                bail!(
+                    "Postgres runs as \"{}\" and cannot reach {}: {} is mode {:o}; \
+                     allow it (chmod o+x {}) or move runtime.data_dir",
+                    run_as.name,
+                    dir.display(),
+                    ancestor.display(),
+                    mode & 0o777,
+                    ancestor.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn initdb(&self, pgdata: &Path, log: &Path) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let output = self
+            .command(&self.binaries.initdb())
+            .arg("-D")
+            .arg(pgdata)
+            .args(["-U", BOOTSTRAP_SUPERUSER, "--encoding=UTF8", "--no-locale"])
+            .args(["--auth-local=trust", "--auth-host=reject"])
+            .output()
+            .await
+            .context("running initdb")?;
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        let _ = std::fs::write(log.with_file_name("initdb.log"), &text);
+        if !output.status.success() {
+            bail!("initdb of {} failed: {}", pgdata.display(), text.trim());
+        }
+        tracing::info!(pgdata = %pgdata.display(), ms = started.elapsed().as_millis() as u64, "initdb done");
+        Ok(())
+    }
+
+    /// The private socket directory. Unix socket paths are limited to 107 bytes, so a deep data
+    /// directory falls back to a short one under /tmp named after it.
+    pub fn socket_dir(&self, cluster_dir: &Path) -> anyhow::Result<PathBuf> {
+        let preferred = cluster_dir.join("socket");
+        let dir = if preferred.as_os_str().len() + 16 < 100 {
+            preferred
+        } else {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            cluster_dir.hash(&mut hasher);
+            PathBuf::from(format!("/tmp/pgtide-{:016x}", hasher.finish()))
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        self.chown(&dir)?;
+        Ok(dir)
+    }
+}
