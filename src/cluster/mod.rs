@@ -610,7 +610,7 @@ impl ClusterTask {
                 metrics::histogram!("pgtide_cluster_resume_seconds", "cluster" => self.name().to_string())
                     .record(elapsed.as_secs_f64());
                 let slot = match &self.compute {
-                    Some(compute) if compute.from_warm_pool() => "a warm slot",
+                    Some(compute) if compute.warm_started() => "a warm slot",
                     _ => "a cold start",
                 };
                 self.shared.events.record(

@@ -127,7 +127,7 @@ pub trait Compute: Send + Sync {
     fn exited(&self) -> watch::Receiver<Option<ExitInfo>>;
 
     /// Whether this compute's slot came ready from the warm pool.
-    fn from_warm_pool(&self) -> bool;
+    fn warm_started(&self) -> bool;
 
     /// Applies CPU and memory limits for `size`, and the Postgres settings that follow the
     /// ACUs; returns what is in force. Never restarts Postgres.

@@ -186,7 +186,7 @@ impl Runtime for ProcessRuntime {
         let log_path = cluster_dir.join("postgres.log");
 
         let (slot, in_use) = self.pool.take();
-        let from_warm_pool = slot.is_some();
+        let warm_started = slot.is_some();
         let ProcessSlot { cgroup, template } = match slot {
             Some(slot) => slot,
             None => ProcessSlot {
@@ -335,7 +335,7 @@ impl Runtime for ProcessRuntime {
 
         let mut compute = ProcessCompute {
             endpoint,
-            from_warm_pool,
+            warm_started,
             _slot: in_use,
             pid,
             exited: exit_rx,
@@ -359,7 +359,7 @@ impl Runtime for ProcessRuntime {
 
 pub struct ProcessCompute {
     endpoint: ComputeEndpoint,
-    from_warm_pool: bool,
+    warm_started: bool,
     /// Counts this compute's slot as in use for as long as it lives.
     _slot: SlotInUse,
     pid: Pid,
@@ -425,8 +425,8 @@ impl Compute for ProcessCompute {
         self.exited.clone()
     }
 
-    fn from_warm_pool(&self) -> bool {
-        self.from_warm_pool
+    fn warm_started(&self) -> bool {
+        self.warm_started
     }
 
     async fn apply_size(&mut self, size: ComputeSize) -> anyhow::Result<Limits> {
