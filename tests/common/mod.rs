@@ -49,6 +49,10 @@ pub struct Options {
     pub cluster: String,
     /// Lines added at the top level (before the clusters).
     pub top: String,
+    /// Lines added to the `[runtime]` table (`kind`, `warm_pool_size`, …). Without a
+    /// `warm_pool_size` line the pool is off (0), so that tests do not pay for refills they do
+    /// not look at.
+    pub runtime: String,
     /// Extra `[[clusters.users]]` tables of "main".
     pub users: String,
     /// Keep the six WAL copies on (the default config's six directories under `data/copies`);
@@ -72,6 +76,8 @@ listen = "127.0.0.1:{admin_port}"
 
 [runtime]
 data_dir = "data"
+{warm_pool_size}
+{runtime}
 
 [storage]
 copies = []
@@ -89,6 +95,12 @@ superuser = true
 {users}
 "#,
             top = options.top,
+            warm_pool_size = if options.runtime.contains("warm_pool_size") {
+                ""
+            } else {
+                "warm_pool_size = 0"
+            },
+            runtime = options.runtime,
             max_acu = if options.cluster.contains("max_acu") {
                 ""
             } else {
