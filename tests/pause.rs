@@ -8,29 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn events(pgtide: &Pgtide) -> Vec<(String, String)> {
-    pgtide.cluster_status()["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["kind"].as_str().unwrap().to_string(),
-                e["message"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn cli(pgtide: &Pgtide, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_pgtide"))
-        .args(args)
-        .arg("--config")
-        .arg(&pgtide.config_path)
-        .output()
-        .unwrap()
-}
-
 fn assert_no_postgres_left(pgtide: &Pgtide, postmaster: i32) {
     assert!(
         !process_alive(postmaster),
@@ -57,7 +34,7 @@ fn pauses_when_idle_and_resumes_for_the_next_client_keeping_data() {
         pgtide.sql(&format!("INSERT INTO cycles VALUES ({cycle})"));
     }
     assert_eq!(pgtide.sql("SELECT count(*) FROM cycles"), "5");
-    let events = events(&pgtide);
+    let events = pgtide.events();
     assert!(
         events
             .iter()
@@ -105,10 +82,11 @@ async fn twenty_clients_at_once_share_one_resume() {
         cluster: "auto_pause_after = \"1h\"".into(),
         ..Default::default()
     });
-    let out = cli(&pgtide, &["pause", "main"]);
+    let out = pgtide.cli(&["pause", "main"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(pgtide.cluster_status()["state"], "paused");
-    let resumes_before = events(&pgtide)
+    let resumes_before = pgtide
+        .events()
         .iter()
         .filter(|(k, _)| k == "resumed")
         .count();
@@ -123,11 +101,12 @@ async fn twenty_clients_at_once_share_one_resume() {
     });
     let answers = futures_util::future::join_all(clients).await;
     assert_eq!(answers, (0..20).collect::<Vec<_>>());
-    let resumes_after = events(&pgtide)
+    let resumes_after = pgtide
+        .events()
         .iter()
         .filter(|(k, _)| k == "resumed")
         .count();
-    assert_eq!(resumes_after, resumes_before + 1, "{:?}", events(&pgtide));
+    assert_eq!(resumes_after, resumes_before + 1, "{:?}", pgtide.events());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +116,7 @@ async fn pause_cli_refuses_while_clients_are_connected() {
         ..Default::default()
     });
     let client = pgtide.connect().await;
-    let refused = cli(&pgtide, &["pause", "main"]);
+    let refused = pgtide.cli(&["pause", "main"]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("has 1 connected client"), "{stderr}");
@@ -147,13 +126,13 @@ async fn pause_cli_refuses_while_clients_are_connected() {
         .cluster_status()["clients"]
         == 0));
 
-    let paused = cli(&pgtide, &["pause", "main"]);
+    let paused = pgtide.cli(&["pause", "main"]);
     assert!(paused.status.success(), "{paused:?}");
     assert_eq!(pgtide.cluster_status()["state"], "paused");
-    let resumed = cli(&pgtide, &["resume", "main"]);
+    let resumed = pgtide.cli(&["resume", "main"]);
     assert!(resumed.status.success(), "{resumed:?}");
     assert_eq!(pgtide.cluster_status()["state"], "running");
-    let unknown = cli(&pgtide, &["pause", "nope"]);
+    let unknown = pgtide.cli(&["pause", "nope"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no cluster named \"nope\""));
 }
 
@@ -163,7 +142,7 @@ async fn a_failed_resume_answers_57p03_and_the_next_client_tries_again() {
         cluster: "auto_pause_after = \"1h\"".into(),
         ..Default::default()
     });
-    assert!(cli(&pgtide, &["pause", "main"]).status.success());
+    assert!(pgtide.cli(&["pause", "main"]).status.success());
     let conf = pgtide.pgdata().join("postgresql.conf");
     let original = std::fs::read_to_string(&conf).unwrap();
     std::fs::write(&conf, format!("{original}\nthis line is not valid\n")).unwrap();
@@ -193,7 +172,7 @@ async fn a_resume_slower_than_resume_timeout_answers_57p03() {
         cluster: "auto_pause_after = \"1h\"\nresume_timeout = \"1s\"".into(),
         ..Default::default()
     });
-    assert!(cli(&pgtide, &["pause", "main"]).status.success());
+    assert!(pgtide.cli(&["pause", "main"]).status.success());
     // A stuck old postmaster (it ignores SIGINT) holds the data directory: the resume waits for it.
     let mut stuck = Command::new("bash")
         .args(["-c", "trap '' INT; exec -a postgres-stuck sleep 120"])
@@ -274,7 +253,7 @@ async fn kill_9_of_the_compute_mid_query_is_noticed_and_recovered() {
         .unwrap()
         .get(0);
     assert_eq!(count, 100);
-    let events = events(&pgtide);
+    let events = pgtide.events();
     assert!(
         events
             .iter()

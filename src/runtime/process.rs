@@ -56,7 +56,11 @@ impl ProcessRuntime {
     pub fn new(config: &RuntimeConfig) -> anyhow::Result<ProcessRuntime> {
         let host = Arc::new(Host::new(config)?);
         let slots = Arc::new(ProcessSlots::open(host.clone(), &config.data_dir)?);
-        let pool = WarmPool::start(slots.clone(), config.warm_pool_size, Vec::new());
+        // Templates an earlier run made are ready at once: a cgroup is all a slot still needs.
+        let adopted = (0..config.warm_pool_size)
+            .map_while(|_| slots.slot_from_spare())
+            .collect();
+        let pool = WarmPool::start(slots.clone(), config.warm_pool_size, adopted);
         Ok(ProcessRuntime { host, slots, pool })
     }
 }
@@ -123,6 +127,20 @@ impl ProcessSlots {
     fn new_cgroup(&self, name: &str) -> Result<Cgroup, String> {
         Cgroup::create(name)
     }
+
+    fn slot_cgroup(&self, id: u64) -> Result<Cgroup, String> {
+        self.new_cgroup(&format!("{}-{id}", self.cgroup_prefix))
+    }
+
+    /// A slot around a spare template, if there is one.
+    fn slot_from_spare(&self) -> Option<ProcessSlot> {
+        let template = self.spare_templates.lock().expect("templates lock").pop()?;
+        let id = self.next_id.fetch_add(1, AtomicOrdering::Relaxed);
+        Some(ProcessSlot {
+            cgroup: self.slot_cgroup(id),
+            template: Some(template),
+        })
+    }
 }
 
 #[async_trait]
@@ -130,24 +148,19 @@ impl SlotMaker for ProcessSlots {
     type Slot = ProcessSlot;
 
     async fn make(&self) -> anyhow::Result<ProcessSlot> {
+        if let Some(slot) = self.slot_from_spare() {
+            return Ok(slot);
+        }
         let id = self.next_id.fetch_add(1, AtomicOrdering::Relaxed);
-        let cgroup = self.new_cgroup(&format!("{}-{id}", self.cgroup_prefix));
-        let spare = self.spare_templates.lock().expect("templates lock").pop();
-        let template = match spare {
-            Some(template) => template,
-            None => {
-                let template = self.warm_dir.join(format!("template-{id}"));
-                let scratch = template.with_extension("initdb");
-                self.host.chown(&self.warm_dir)?;
-                self.host
-                    .initdb(&scratch, &self.warm_dir.join("initdb.log"))
-                    .await?;
-                std::fs::rename(&scratch, &template)?;
-                template
-            }
-        };
+        let template = self.warm_dir.join(format!("template-{id}"));
+        let scratch = template.with_extension("initdb");
+        self.host.chown(&self.warm_dir)?;
+        self.host
+            .initdb(&scratch, &self.warm_dir.join("initdb.log"))
+            .await?;
+        std::fs::rename(&scratch, &template)?;
         Ok(ProcessSlot {
-            cgroup,
+            cgroup: self.slot_cgroup(id),
             template: Some(template),
         })
     }

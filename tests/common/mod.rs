@@ -230,6 +230,31 @@ superuser = true
         self.status()["clusters"][0].clone()
     }
 
+    /// The cluster's recent events, as (kind, message).
+    pub fn events(&self) -> Vec<(String, String)> {
+        self.cluster_status()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap().to_string(),
+                    e["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs the pgtide CLI (`pause main`, `status --json`, …) against this pgtide's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_pgtide"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .unwrap()
+    }
+
     /// The Prometheus text of `/metrics`.
     pub fn metrics(&self) -> String {
         self.admin_get("/metrics").expect("GET /metrics")
