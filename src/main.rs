@@ -402,6 +402,22 @@ mod admin_client {
                 cluster["events"][0]["message"].as_str().unwrap_or("")
             ));
         }
+        let warm = &status["warm_pool"];
+        let count = |key: &str| warm[key].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "\n{} runtime; warm pool: {} of {} ready, {} in use, {} hits, {} misses, {} refills{}\n",
+            status["runtime"].as_str().unwrap_or("?"),
+            count("ready"),
+            count("size"),
+            count("in_use"),
+            count("hits"),
+            count("misses"),
+            count("refills"),
+            warm["last_error"]
+                .as_str()
+                .map(|e| format!(" (refill failing: {e})"))
+                .unwrap_or_default()
+        ));
         out
     }
 

@@ -426,22 +426,18 @@ fn status_and_metrics_describe_the_cluster() {
     );
     assert!(metrics.contains("pgtide_cluster_transactions_total{cluster=\"main\"}"));
     assert!(metrics.contains("pgtide_cluster_clients{cluster=\"main\"}"));
-    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_pgtide"))
-        .args(["status", "--config"])
-        .arg(&pgtide.config_path)
-        .output()
-        .unwrap();
+    let cli = pgtide.cli(&["status"]);
     assert!(cli.status.success(), "{cli:?}");
     let table = String::from_utf8_lossy(&cli.stdout);
     assert!(
         table.contains("main") && table.contains("running"),
         "{table}"
     );
-    let json = std::process::Command::new(env!("CARGO_BIN_EXE_pgtide"))
-        .args(["status", "--json", "--config"])
-        .arg(&pgtide.config_path)
-        .output()
-        .unwrap();
+    assert!(
+        table.contains("process runtime; warm pool: 0 of 0 ready, 1 in use, 0 hits, 1 misses"),
+        "{table}"
+    );
+    let json = pgtide.cli(&["status", "--json"]);
     let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(parsed["clusters"][0]["name"], "main");
 }
