@@ -10,8 +10,7 @@
 # an image with an older one is rebuilt.
 #
 # Idempotent: does nothing when an image of this version exists (`--force` rebuilds it). Prints
-# each step and
-# how long the build took. (pgtide gives each container its stop signal, SIGINT, itself: the
+# each step and how long the build took. (pgtide gives each container its stop signal, SIGINT, itself: the
 # engines this was written on refuse STOPSIGNAL in `docker import --change`.)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -775,13 +775,18 @@ async fn watch_exit(
         .and_then(|c| c.state)
         .and_then(|s| s.running)
         .unwrap_or(false);
-    let mut description = match (container_running, code) {
-        (false, _) if !stopping.load(Ordering::Relaxed) => {
-            format!("container {} ended", slot.container)
-        }
-        (_, Some(code)) => format!("exited with code {code}"),
-        (_, None) => "exited".to_string(),
+    let mut description = match code {
+        Some(code) => format!("exited with code {code}"),
+        None => "exited".to_string(),
     };
+    if !container_running && !stopping.load(Ordering::Relaxed) {
+        description.push_str(&format!(
+            " (its container {} was stopped or killed)",
+            slot.container
+        ));
+    } else {
+        description.push_str(&format!(" (container {})", slot.container));
+    }
     if let Err(e) = slots.release(&slot).await {
         tracing::error!(error = format!("{e:#}"), "releasing the slot");
         description.push_str(&format!(" (its data is still in {})", slot.dir.display()));
