@@ -5,8 +5,11 @@
 #   scripts/bench.sh [proxy]   pgbench select-only and tpcb-like, 8 clients, through:
 #                              direct Postgres (TCP), pgtide (session mode), PgBouncer 1.18
 #                              (transaction mode) and a bare tokio relay (benches/relay.rs)
-#   scripts/bench.sh resume    20 pause → connect → first row cycles against a paused cluster,
-#                              beside the same figure for a running one (p50, p90, max)
+#   scripts/bench.sh resume    20 pause → connect → first row cycles against a paused cluster, for
+#                              four targets side by side (interleaved): the process runtime cold
+#                              (warm_pool_size = 0) and with its pool (1), the docker runtime cold
+#                              and with its pool (skipped where Docker is not usable); beside the
+#                              same figure for a running cluster (p50, p90, max)
 #   scripts/bench.sh pool      transaction pooling: (a) pgbench -C -S against PgBouncer, pgtide and
 #                              direct; (b) -M prepared -S, pgtide transaction vs session mode (and
 #                              PgBouncer, which fails it); (c) memory per idle client with 10,000
@@ -36,8 +39,20 @@ chmod 755 "$WORK"
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  sleep 1
+  for _ in $(seq 1 100); do
+    alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
   for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  # Containers of the docker runtime a killed pgtide left (their slots are under $WORK).
+  if command -v docker >/dev/null; then
+    for id in $(docker ps -aq --filter label=pgtide.slot 2>/dev/null); do
+      docker inspect --format '{{index .HostConfig.Binds 0}}' "$id" 2>/dev/null | grep -q "^$WORK/" &&
+        docker rm -f "$id" >/dev/null 2>&1 || true
+    done
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -51,13 +66,14 @@ cargo build --release --quiet
 cargo bench --bench relay --no-run --quiet 2>/dev/null
 RELAY_BIN=$(ls -t target/release/deps/relay-* | grep -v '\.d$' | head -1)
 
-start_pgtide() { # $1 = name, $2 = extra cluster lines, $3 = [storage] lines; sets PGTIDE_PORT, ADMIN_PORT
+start_pgtide() { # $1 = name, $2 = extra cluster lines, $3 = [storage] lines, $4 = [runtime] lines; sets PGTIDE_PORT, ADMIN_PORT
   PGTIDE_PORT=$(free_port); ADMIN_PORT=$(free_port)
   cat > "$WORK/$1.toml" <<EOF
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 [runtime]
 data_dir = "$1-data"
+${4:-}
 [storage]
 ${3:-copies = []}
 [[clusters]]
@@ -236,29 +252,55 @@ EOF
 
 # ---------------------------------------------------------------------------------------------
 bench_resume() {
-  start_pgtide pgtide 'auto_pause_after = "1h"'
+  local targets=()
+  start_pgtide process-cold 'auto_pause_after = "1h"' '' 'warm_pool_size = 0'
+  targets+=("process cold,$PGTIDE_PORT,$ADMIN_PORT")
+  start_pgtide process-pool 'auto_pause_after = "1h"' '' 'warm_pool_size = 1'
+  targets+=("process with pool,$PGTIDE_PORT,$ADMIN_PORT")
+  if command -v docker >/dev/null && docker info >/dev/null 2>&1 && ./scripts/build-image.sh; then
+    start_pgtide docker-cold 'auto_pause_after = "1h"' '' $'kind = "docker"\nwarm_pool_size = 0'
+    targets+=("docker cold,$PGTIDE_PORT,$ADMIN_PORT")
+    start_pgtide docker-pool 'auto_pause_after = "1h"' '' $'kind = "docker"\nwarm_pool_size = 1'
+    targets+=("docker with pool,$PGTIDE_PORT,$ADMIN_PORT")
+  else
+    log "Docker is not usable here: the docker targets are skipped"
+  fi
   export PGPASSWORD=unused
-  python3 - "$PGTIDE_PORT" "$ADMIN_PORT" <<'EOF'
-import sys, time, subprocess, statistics, urllib.request
-port, admin = sys.argv[1], sys.argv[2]
-def post(path):
+  python3 - "${targets[@]}" <<'EOF'
+import json, sys, time, subprocess, urllib.request
+targets = [t.split(",") for t in sys.argv[1:]]
+def post(admin, path):
     req = urllib.request.Request(f"http://127.0.0.1:{admin}{path}", method="POST", data=b"")
     urllib.request.urlopen(req, timeout=120).read()
-def first_row_ms():
+def status(admin):
+    return json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=5))
+def first_row_ms(port):
     t = time.perf_counter()
     subprocess.run(["psql", "-X", "-tA", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", "postgres",
                     "-c", "SELECT 1"], check=True, capture_output=True)
     return (time.perf_counter() - t) * 1000
 def pct(values, p):
     values = sorted(values); return values[min(len(values) - 1, int(round(p * (len(values) - 1))))]
-paused, running = [], []
+paused = {name: [] for name, _, _ in targets}
+running = {name: [] for name, _, _ in targets}
 for _ in range(20):
-    post("/clusters/bench/pause")
-    paused.append(first_row_ms())
-    running.append(first_row_ms())
-print(f"\n{'connect to first row (psql)':<28} {'p50':>8} {'p90':>8} {'max':>8}")
-for name, values in [("paused cluster", paused), ("running cluster", running)]:
-    print(f"{name:<28} {pct(values, .5):>6.0f}ms {pct(values, .9):>6.0f}ms {max(values):>6.0f}ms")
+    for name, port, admin in targets:
+        post(admin, "/clusters/bench/pause")
+        # A pool is measured full: wait for the refill that followed the last resume.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pool = status(admin)["warm_pool"]
+            if pool["ready"] >= pool["size"]:
+                break
+            time.sleep(0.05)
+        paused[name].append(first_row_ms(port))
+        running[name].append(first_row_ms(port))
+print(f"\n{'connect to first row (psql)':<34} {'p50':>8} {'p90':>8} {'max':>8}   warm pool")
+for name, port, admin in targets:
+    pool = status(admin)["warm_pool"]
+    for label, values in [(f"{name}: paused", paused[name]), (f"{name}: running", running[name])]:
+        extra = f"   hits {pool['hits']}, misses {pool['misses']}" if label.endswith("paused") else ""
+        print(f"{label:<34} {pct(values, .5):>6.0f}ms {pct(values, .9):>6.0f}ms {max(values):>6.0f}ms{extra}")
 EOF
 }
 

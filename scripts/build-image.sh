@@ -5,14 +5,19 @@
 # a `postgres` user whose uid and gid equal the host's (so that data directories owned by the
 # host's postgres user can be bind-mounted), packed into a tar and imported with `docker import`.
 #
-# Idempotent: does nothing when the image exists (`--force` rebuilds it). Prints each step and
-# how long the build took. (pgtide gives each container its stop signal, SIGINT, itself: the
+# The docker runtime keeps each container idle under `sleep infinity` until a cluster is given to
+# it, so coreutils' sleep is in the image too. The image carries the label pgtide.image-version;
+# an image with an older one is rebuilt.
+#
+# Idempotent: does nothing when an image of this version exists (`--force` rebuilds it). Prints
+# each step and how long the build took. (pgtide gives each container its stop signal, SIGINT, itself: the
 # engines this was written on refuse STOPSIGNAL in `docker import --change`.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 image=${PGTIDE_IMAGE:-pgtide/postgres:15}
+image_version=2
 force=0
 [ "${1:-}" = "--force" ] && force=1
 
@@ -21,8 +26,12 @@ if ! command -v docker >/dev/null || ! docker info >/dev/null 2>&1; then
   exit 1
 fi
 if [ "$force" = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
-  log "build-image: $image exists"
-  exit 0
+  have=$(docker image inspect --format '{{ index .Config.Labels "pgtide.image-version" }}' "$image" 2>/dev/null || true)
+  if [ "$have" = "$image_version" ]; then
+    log "build-image: $image exists"
+    exit 0
+  fi
+  log "build-image: $image is of version '${have:-1}', not $image_version: rebuilding it"
 fi
 
 started=$(date +%s%N)
@@ -73,6 +82,8 @@ done
 copy /usr/bin/dash
 ln -s dash "$root/usr/bin/sh"
 elves+=(/usr/bin/dash)
+copy /usr/bin/sleep
+elves+=(/usr/bin/sleep)
 
 log "build-image: copying the shared libraries they need (ldd closure)"
 libs=$(ldd "${elves[@]}" 2>/dev/null | awk '/=> \//{print $3} /^[[:space:]]*\/[^ ]+ \(/{print $1}' | sort -u)
@@ -110,11 +121,12 @@ tar --numeric-owner -C "$root" -cf - . | docker import \
   --change "USER postgres" \
   --change "WORKDIR /var/lib/postgresql" \
   --change "CMD [\"postgres\", \"--version\"]" \
+  --change "LABEL pgtide.image-version=$image_version" \
   --message "pgtide: PostgreSQL 15 from the host's binaries" \
   - "$image" >/dev/null
 
 # An image that cannot run Postgres must not stay behind to be found "existing" next time.
-if ! version=$(docker run --rm --network none "$image" postgres --version 2>&1); then
+if ! version=$(docker run --rm --network none "$image" sh -c 'sleep 0 && postgres --version' 2>&1); then
   docker image rm "$image" >/dev/null 2>&1 || true
   log "build-image: the imported image does not run postgres: $version"
   exit 1

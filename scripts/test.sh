@@ -14,5 +14,11 @@ if ! python3 -c 'import psycopg, asyncpg' 2>/dev/null; then
   log "installing psycopg and asyncpg from PyPI…"
   python3 -m pip install --quiet --disable-pip-version-check "psycopg[binary]" asyncpg >&2
 fi
+# The docker runtime's tests (tests/docker.rs) skip where Docker is not usable; where `docker info`
+# works they must run, so a broken image or engine fails the suite instead of skipping.
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  export PGTIDE_REQUIRE_DOCKER=1
+  ./scripts/build-image.sh
+fi
 # Two cores: two tests at a time; each one runs a Postgres of its own.
 exec cargo test --lib --bins --tests -- --test-threads="${PGTIDE_TEST_THREADS:-2}" "$@"

@@ -588,6 +588,15 @@ password = "secret"
 "#;
 
     #[test]
+    fn the_docker_example_loads() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/docker.toml"));
+        let config = Config::load(path).unwrap();
+        assert_eq!(config.runtime.kind, RuntimeKind::Docker);
+        assert_eq!(config.runtime.warm_pool_size, 1);
+        assert!(config.runtime.data_dir.ends_with("data-docker"));
+    }
+
+    #[test]
     fn embedded_default_parses() {
         let config = parse(DEFAULT_CONFIG).expect("default config is valid");
         assert_eq!(config.clusters.len(), 1);

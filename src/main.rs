@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
@@ -130,7 +130,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let compute_runtime: Arc<dyn runtime::Runtime> = match config.runtime.kind {
         RuntimeKind::Process => Arc::new(runtime::process::ProcessRuntime::new(&config.runtime)?),
         RuntimeKind::Docker => {
-            bail!("runtime.kind = \"docker\" is not available in this build yet; use \"process\"")
+            Arc::new(runtime::docker::DockerRuntime::new(&config.runtime).await?)
         }
     };
     std::fs::create_dir_all(&config.runtime.data_dir).with_context(|| {

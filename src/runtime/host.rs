@@ -25,12 +25,87 @@ struct RunAs {
 /// The machine's Postgres binaries and the user they run as.
 pub struct Host {
     pub binaries: PostgresBinaries,
+    owner: Owner,
+}
+
+/// Who owns what Postgres reads and writes: `runtime.run_as` when pgtide is root, else pgtide's
+/// own user (nothing to hand over). The docker runtime uses it alone, without host binaries: its
+/// image's postgres user has the same uid.
+#[derive(Debug, Clone)]
+pub struct Owner {
     run_as: Option<RunAs>,
 }
 
 impl Host {
     pub fn new(config: &RuntimeConfig) -> anyhow::Result<Host> {
         let binaries = PostgresBinaries::find(config.postgres_bin_dir.as_deref())?;
+        let owner = Owner::new(config)?;
+        Ok(Host { binaries, owner })
+    }
+
+    pub fn chown(&self, path: &Path) -> anyhow::Result<()> {
+        self.owner.chown(path)
+    }
+
+    pub fn own_tree(&self, path: &Path) -> anyhow::Result<()> {
+        self.owner.own_tree(path)
+    }
+
+    pub fn check_reachable(&self, dir: &Path) -> anyhow::Result<()> {
+        self.owner.check_reachable(dir)
+    }
+
+    pub fn command(&self, program: &Path) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(program);
+        command.stdin(Stdio::null()).process_group(0);
+        if let Some(run_as) = &self.owner.run_as {
+            command.uid(run_as.uid.as_raw()).gid(run_as.gid.as_raw());
+        }
+        command
+    }
+
+    pub async fn initdb(&self, pgdata: &Path, log: &Path) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let output = self
+            .command(&self.binaries.initdb())
+            .arg("-D")
+            .arg(pgdata)
+            .args(["-U", BOOTSTRAP_SUPERUSER, "--encoding=UTF8", "--no-locale"])
+            .args(["--auth-local=trust", "--auth-host=reject"])
+            .output()
+            .await
+            .context("running initdb")?;
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        let _ = std::fs::write(log.with_file_name("initdb.log"), &text);
+        if !output.status.success() {
+            bail!("initdb of {} failed: {}", pgdata.display(), text.trim());
+        }
+        tracing::info!(pgdata = %pgdata.display(), ms = started.elapsed().as_millis() as u64, "initdb done");
+        Ok(())
+    }
+
+    /// The private socket directory. Unix socket paths are limited to 107 bytes, so a deep data
+    /// directory falls back to a short one under /tmp named after it.
+    pub fn socket_dir(&self, cluster_dir: &Path) -> anyhow::Result<PathBuf> {
+        let preferred = cluster_dir.join("socket");
+        let dir = if preferred.as_os_str().len() + 16 < 100 {
+            preferred
+        } else {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            cluster_dir.hash(&mut hasher);
+            PathBuf::from(format!("/tmp/pgtide-{:016x}", hasher.finish()))
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        self.chown(&dir)?;
+        Ok(dir)
+    }
+}
+
+impl Owner {
+    pub fn new(config: &RuntimeConfig) -> anyhow::Result<Owner> {
         let run_as = if Uid::effective().is_root() {
             let user = nix::unistd::User::from_name(&config.run_as)
                 .context("looking up runtime.run_as")?
@@ -56,7 +131,14 @@ impl Host {
         } else {
             None
         };
-        Ok(Host { binaries, run_as })
+        Ok(Owner { run_as })
+    }
+
+    /// The uid and gid Postgres runs as (`None`: pgtide's own).
+    pub fn ids(&self) -> Option<(u32, u32)> {
+        self.run_as
+            .as_ref()
+            .map(|r| (r.uid.as_raw(), r.gid.as_raw()))
     }
 
     pub fn chown(&self, path: &Path) -> anyhow::Result<()> {
@@ -65,15 +147,6 @@ impl Host {
                 .with_context(|| format!("chown {} to {}", path.display(), run_as.name))?;
         }
         Ok(())
-    }
-
-    pub fn command(&self, program: &Path) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(program);
-        command.stdin(Stdio::null()).process_group(0);
-        if let Some(run_as) = &self.run_as {
-            command.uid(run_as.uid.as_raw()).gid(run_as.gid.as_raw());
-        }
-        command
     }
 
     /// Gives a whole directory tree to `run_as`, unless it already is.
@@ -130,44 +203,5 @@ impl Host {
             }
         }
         Ok(())
-    }
-
-    pub async fn initdb(&self, pgdata: &Path, log: &Path) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let output = self
-            .command(&self.binaries.initdb())
-            .arg("-D")
-            .arg(pgdata)
-            .args(["-U", BOOTSTRAP_SUPERUSER, "--encoding=UTF8", "--no-locale"])
-            .args(["--auth-local=trust", "--auth-host=reject"])
-            .output()
-            .await
-            .context("running initdb")?;
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
-        let _ = std::fs::write(log.with_file_name("initdb.log"), &text);
-        if !output.status.success() {
-            bail!("initdb of {} failed: {}", pgdata.display(), text.trim());
-        }
-        tracing::info!(pgdata = %pgdata.display(), ms = started.elapsed().as_millis() as u64, "initdb done");
-        Ok(())
-    }
-
-    /// The private socket directory. Unix socket paths are limited to 107 bytes, so a deep data
-    /// directory falls back to a short one under /tmp named after it.
-    pub fn socket_dir(&self, cluster_dir: &Path) -> anyhow::Result<PathBuf> {
-        let preferred = cluster_dir.join("socket");
-        let dir = if preferred.as_os_str().len() + 16 < 100 {
-            preferred
-        } else {
-            use std::hash::{Hash, Hasher};
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            cluster_dir.hash(&mut hasher);
-            PathBuf::from(format!("/tmp/pgtide-{:016x}", hasher.finish()))
-        };
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        self.chown(&dir)?;
-        Ok(dir)
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod binaries;
 pub mod cgroup;
+pub mod docker;
 pub mod host;
 pub mod process;
 pub mod warm;
@@ -55,6 +56,26 @@ impl ComputeEndpoint {
         });
         Ok(client)
     }
+}
+
+/// Sets the Postgres settings that follow the ACUs (memory-sized, reloadable without restart)
+/// for `size`, through `ALTER SYSTEM` and `pg_reload_conf()`: every runtime's `apply_size` ends
+/// with this.
+pub async fn apply_reloadable_settings(
+    endpoint: &ComputeEndpoint,
+    size: &ComputeSize,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let client = endpoint.admin_connect().await?;
+    // One statement per query: ALTER SYSTEM refuses to run inside a (multi-statement) block.
+    for (key, value) in size.reloadable_settings() {
+        client
+            .batch_execute(&format!("ALTER SYSTEM SET {key} = '{value}'"))
+            .await
+            .with_context(|| format!("ALTER SYSTEM SET {key}"))?;
+    }
+    client.batch_execute("SELECT pg_reload_conf()").await?;
+    Ok(())
 }
 
 /// Where a cluster's Postgres data directory lives inside its directory (every runtime keeps it

@@ -469,15 +469,7 @@ impl Compute for ProcessCompute {
                 Vec::new(),
             ),
         };
-        let client = self.endpoint.admin_connect().await?;
-        // One statement per query: ALTER SYSTEM refuses to run inside a (multi-statement) block.
-        for (key, value) in size.reloadable_settings() {
-            client
-                .batch_execute(&format!("ALTER SYSTEM SET {key} = '{value}'"))
-                .await
-                .with_context(|| format!("ALTER SYSTEM SET {key}"))?;
-        }
-        client.batch_execute("SELECT pg_reload_conf()").await?;
+        super::apply_reloadable_settings(&self.endpoint, &size).await?;
         Ok(Limits {
             cpu_cores,
             memory_mib,
@@ -599,7 +591,7 @@ fn process_group_usage(postmaster: Pid) -> Usage {
     }
 }
 
-fn is_starting_up(e: &tokio_postgres::Error) -> bool {
+pub(super) fn is_starting_up(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW)
 }
 
@@ -658,7 +650,7 @@ pub fn is_alive(pid: Pid) -> bool {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(super) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
