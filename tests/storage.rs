@@ -149,8 +149,8 @@ async fn writes_go_on_with_four_copies_and_wait_below_the_quorum() {
 fn a_corrupted_copy_is_read_around_by_its_checksums() {
     let pgtide = with_copies();
     pgtide.sql("CREATE TABLE c (v text); INSERT INTO c SELECT repeat('x', 200) FROM generate_series(1, 2000)");
-    // Scribble over the WAL of one copy, in the middle of what each segment holds (its .sums
-    // file records every write: offset, length, CRC-32, 12 bytes each).
+    // Scribble over the WAL of one copy, in the middle of what each segment holds (its checksum
+    // records, after the segment's 16 MiB in the same file, tell how far that is).
     let wal = copy_dir(&pgtide, "a1").join("main/wal");
     let mut scribbled = 0;
     for entry in std::fs::read_dir(&wal).unwrap().flatten() {
@@ -158,15 +158,7 @@ fn a_corrupted_copy_is_read_around_by_its_checksums() {
         if name.len() != 24 {
             continue;
         }
-        let sums = std::fs::read(wal.join(format!("{name}.sums"))).unwrap_or_default();
-        let written = sums
-            .chunks_exact(12)
-            .map(|r| {
-                u32::from_le_bytes(r[0..4].try_into().unwrap()) as usize
-                    + u32::from_le_bytes(r[4..8].try_into().unwrap()) as usize
-            })
-            .max()
-            .unwrap_or(0);
+        let written = pgtide::storage::copies::written_end(&entry.path()) as usize;
         if written < 8192 {
             continue;
         }
