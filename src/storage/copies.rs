@@ -390,6 +390,59 @@ impl CopySet {
         }
         Ok(stored)
     }
+    /// Keeps the newest `keep` base backups and deletes, in every copy that is up, the older
+    /// ones and the WAL segments wholly below the oldest kept backup's start (a rebuild from it
+    /// needs nothing older). Returns that start, if there was anything to prune below.
+    pub fn prune(&self, keep: usize) -> Option<Lsn> {
+        let mut starts: Vec<Lsn> = self
+            .copies
+            .iter()
+            .flat_map(|c| backup_starts(&c.dir))
+            .collect();
+        starts.sort_unstable_by(|a, b| b.cmp(a));
+        starts.dedup();
+        let oldest_kept = *starts.get(keep.checked_sub(1)?)?;
+        for copy in &self.copies {
+            if copy.shared.lock().expect("copy lock").health != Health::Up {
+                continue; // pruned once it is back
+            }
+            let base = copy.dir.join("base");
+            for start in backup_starts(&copy.dir) {
+                if start < oldest_kept {
+                    let name = format!("{:016X}", start.0);
+                    let _ = fs::remove_file(base.join(format!("{name}.tar")));
+                    let _ = fs::remove_file(base.join(format!("{name}.tar.crc32")));
+                }
+            }
+            for entry in fs::read_dir(copy.dir.join("wal"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if parse_segment_file_name(&name)
+                    .is_some_and(|(_, segment)| segment < oldest_kept.segment())
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Some(oldest_kept)
+    }
+}
+
+/// The start positions of the base backups a copy holds (`base/<start>.tar`).
+fn backup_starts(dir: &Path) -> Vec<Lsn> {
+    fs::read_dir(dir.join("base"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let hex = name.strip_suffix(".tar")?;
+            u64::from_str_radix(hex, 16).ok().map(Lsn)
+        })
+        .collect()
 }
 
 /// A copy directory that can be written again (it exists, is a directory, takes a file).
