@@ -149,8 +149,8 @@ async fn writes_go_on_with_four_copies_and_wait_below_the_quorum() {
 fn a_corrupted_copy_is_read_around_by_its_checksums() {
     let pgtide = with_copies();
     pgtide.sql("CREATE TABLE c (v text); INSERT INTO c SELECT repeat('x', 200) FROM generate_series(1, 2000)");
-    // Scribble over the WAL of one copy, in the middle of what each segment holds (its .sums
-    // file records every write: offset, length, CRC-32, 12 bytes each).
+    // Scribble over the WAL of one copy, in the middle of what each segment holds (its checksum
+    // records, after the segment's 16 MiB in the same file, tell how far that is).
     let wal = copy_dir(&pgtide, "a1").join("main/wal");
     let mut scribbled = 0;
     for entry in std::fs::read_dir(&wal).unwrap().flatten() {
@@ -158,15 +158,7 @@ fn a_corrupted_copy_is_read_around_by_its_checksums() {
         if name.len() != 24 {
             continue;
         }
-        let sums = std::fs::read(wal.join(format!("{name}.sums"))).unwrap_or_default();
-        let written = sums
-            .chunks_exact(12)
-            .map(|r| {
-                u32::from_le_bytes(r[0..4].try_into().unwrap()) as usize
-                    + u32::from_le_bytes(r[4..8].try_into().unwrap()) as usize
-            })
-            .max()
-            .unwrap_or(0);
+        let written = pgtide::storage::copies::written_end(&entry.path()) as usize;
         if written < 8192 {
             continue;
         }
@@ -213,4 +205,65 @@ fn pgbench_with_copies_has_no_failed_transaction() {
     let storage = pgtide.cluster_status()["storage"].clone();
     assert_eq!(storage["copies_up"], 6, "{storage}");
     assert!(storage["durable_lsn"].is_string());
+}
+
+#[test]
+fn old_base_backups_and_the_wal_below_them_are_pruned() {
+    let pgtide = Pgtide::start_with(Options {
+        cluster: "min_acu = 1\nauto_pause_after = \"1h\"".into(),
+        copies: true,
+        storage: "base_backup_after_mib = 1".into(),
+        ..Default::default()
+    });
+    let last_backup = || {
+        pgtide.cluster_status()["storage"]["last_base_backup"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert!(wait_until(Duration::from_secs(60), || last_backup().is_some()));
+    let first = last_backup().unwrap();
+    pgtide.sql("CREATE TABLE w (n int)");
+    // Each round writes more than 1 MiB of WAL and moves to a new segment: a base backup follows.
+    for round in 0..4 {
+        let before = last_backup();
+        pgtide.sql(&format!(
+            "INSERT INTO w SELECT g FROM generate_series({}, {}) g; SELECT pg_switch_wal()",
+            round * 30000 + 1,
+            (round + 1) * 30000
+        ));
+        assert!(
+            wait_until(Duration::from_secs(60), || last_backup() != before),
+            "no new base backup after round {round}"
+        );
+    }
+    let first_segment = pgtide::storage::wal::Lsn::parse(&first).unwrap().segment();
+    for zone in ["a1", "a2", "b1", "b2", "c1", "c2"] {
+        let copy = copy_dir(&pgtide, zone).join("main");
+        let backups: Vec<String> = std::fs::read_dir(copy.join("base"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tar"))
+            .collect();
+        assert_eq!(backups.len(), 2, "{zone}: {backups:?}");
+        let oldest_kept = backups
+            .iter()
+            .map(|n| u64::from_str_radix(n.trim_end_matches(".tar"), 16).unwrap())
+            .min()
+            .unwrap()
+            / pgtide::storage::wal::SEGMENT_SIZE;
+        assert!(oldest_kept > first_segment);
+        for entry in std::fs::read_dir(copy.join("wal")).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some((_, segment)) = pgtide::storage::wal::parse_segment_file_name(&name) {
+                assert!(
+                    segment >= oldest_kept,
+                    "{zone}: {name} lies below the oldest kept base backup"
+                );
+            }
+        }
+    }
+    // What is kept still rebuilds the compute with every row.
+    kill_compute_and_delete_its_data(&pgtide);
+    assert_eq!(pgtide.sql("SELECT count(*) FROM w"), "120000");
 }

@@ -1,18 +1,24 @@
 //! The six copies of a cluster's WAL and base backups, and the write quorum over them.
 //!
 //! Each copy is a directory (`[storage] copies`, zone by zone) holding, per cluster,
-//! `wal/<segment>` files exactly as Postgres names and lays them out, plus `wal/<segment>.sums`:
-//! one record per write (offset, length, CRC-32), so that a corrupted range in one copy is found
-//! and read from another. Each copy has a writer thread of its own, so the six `fdatasync`s of a
-//! batch run in parallel; [`CopySet::write`] returns once `write_quorum` copies have made the
-//! batch durable, and never before. A copy that fails is marked down with the reason; writes go
-//! on while a quorum is up and wait below it. A copy that becomes usable again is repaired from a
-//! peer (whole files, sums included) and rejoins.
+//! `wal/<segment>` files whose first 16 MiB are the segment exactly as Postgres names and lays it
+//! out, followed by one checksum record per write (offset, length, CRC-32), so that a corrupted
+//! range in one copy is found and read from another. Data and record share the file, so one
+//! `fdatasync` makes both durable. Each copy has a writer thread of its own, so the six
+//! `fdatasync`s run in parallel; [`CopySet::send`] hands WAL to every writer without waiting,
+//! a writer joins the jobs that queued up into one write and one `fdatasync`, and after each it
+//! recomputes the set's durable position (the highest one `write_quorum` copies that are up hold),
+//! waking the receiver when it moved. Nothing is reported durable before a quorum has it. The
+//! copies that are up beyond the first `write_quorum` are spares: they gather WAL for 5 ms before
+//! each sync, so they sync far less often while commits wait only for the first `write_quorum`;
+//! when a copy goes down, a spare moves up and syncs at once again. A copy that fails is marked down with the
+//! reason; writes go on while a quorum is up and wait below it. A copy that becomes usable again
+//! is repaired from a peer (whole files) and rejoins.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -56,13 +62,66 @@ struct WriteJob {
     timeline: u32,
     start: Lsn,
     data: Arc<Vec<u8>>,
-    done: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
+}
+
+/// The durable position of the set: the highest position `quorum` copies that are up have
+/// made durable. Each writer recomputes it after its fdatasync, so the copy that completes the
+/// quorum wakes the receiver itself, with no hop through the set.
+pub struct Quorum {
+    quorum: usize,
+    copies: Vec<Arc<Mutex<CopyShared>>>,
+    durable: Arc<AtomicU64>,
+    advanced: tokio::sync::Notify,
+}
+
+impl Quorum {
+    pub fn durable(&self) -> Lsn {
+        Lsn(self.durable.load(Ordering::Acquire))
+    }
+
+    /// Resolves after the durable position may have moved (a permit is kept if nobody waits,
+    /// so no advance is missed between a check and the wait).
+    pub async fn advanced(&self) {
+        self.advanced.notified().await
+    }
+
+    fn position(&self) -> Lsn {
+        let mut positions: Vec<Lsn> = self
+            .copies
+            .iter()
+            .filter_map(|c| {
+                let c = c.lock().expect("copy lock");
+                (c.health == Health::Up).then_some(c.flushed)
+            })
+            .collect();
+        positions.sort_unstable_by(|a, b| b.cmp(a));
+        positions
+            .get(self.quorum.saturating_sub(1))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Whether copy `index` is a spare: `quorum` copies that are up come before it.
+    fn is_spare(&self, index: usize) -> bool {
+        let up_before = self.copies[..index]
+            .iter()
+            .filter(|c| c.lock().expect("copy lock").health == Health::Up)
+            .count();
+        up_before >= self.quorum
+    }
+
+    /// Called whenever a copy's flushed position or health changed.
+    fn recompute(&self) {
+        let position = self.position();
+        if self.durable.fetch_max(position.0, Ordering::AcqRel) < position.0 {
+            self.advanced.notify_one();
+        }
+    }
 }
 
 pub struct CopySet {
     copies: Vec<Copy>,
-    quorum: usize,
-    durable: Lsn,
+    quorum: Arc<Quorum>,
     /// The end of the last batch handed to the copies.
     sent: Lsn,
     view: CopiesView,
@@ -118,7 +177,7 @@ impl CopiesView {
 impl CopySet {
     /// Opens the copies for one cluster (creating their directories) and starts their writers.
     pub fn open(dirs: &[PathBuf], cluster: &str, quorum: usize) -> CopySet {
-        let copies = dirs
+        let states: Vec<(PathBuf, Arc<Mutex<CopyShared>>)> = dirs
             .iter()
             .map(|dir| {
                 let dir = dir.join(cluster);
@@ -129,53 +188,52 @@ impl CopySet {
                     Err(e) => Health::Down(format!("{}: {e}", dir.display())),
                 };
                 let flushed = newest_wal_end(&dir.join("wal")).unwrap_or_default();
-                let shared = Arc::new(Mutex::new(CopyShared { health, flushed }));
+                (dir, Arc::new(Mutex::new(CopyShared { health, flushed })))
+            })
+            .collect();
+        let quorum = Arc::new(Quorum {
+            quorum,
+            copies: states.iter().map(|(_, s)| s.clone()).collect(),
+            durable: Arc::new(AtomicU64::new(0)),
+            advanced: tokio::sync::Notify::new(),
+        });
+        quorum.recompute();
+        let copies = states
+            .iter()
+            .enumerate()
+            .map(|(index, (dir, shared))| {
                 let (jobs, receiver) = mpsc::channel::<WriteJob>();
-                let writer_dir = dir.clone();
-                let writer_shared = shared.clone();
+                let writer = (dir.clone(), shared.clone(), quorum.clone());
                 std::thread::Builder::new()
                     .name("pgtide-copy".into())
-                    .spawn(move || copy_writer(writer_dir, writer_shared, receiver))
+                    .spawn(move || copy_writer(index, writer.0, writer.1, writer.2, receiver))
                     .expect("spawning a copy writer");
-                Copy { dir, shared, jobs }
+                Copy {
+                    dir: dir.clone(),
+                    shared: shared.clone(),
+                    jobs,
+                }
             })
-            .collect::<Vec<_>>();
-        let view = CopiesView {
-            copies: copies
-                .iter()
-                .map(|c| (c.dir.clone(), c.shared.clone()))
-                .collect(),
-            durable: Arc::new(AtomicU64::new(0)),
-        };
-        let mut set = CopySet {
-            copies,
-            quorum,
-            durable: Lsn(0),
-            sent: Lsn(0),
-            view,
-        };
-        set.durable = set.quorum_position();
-        set.sent = set.durable;
-        set.view.durable.store(set.durable.0, Ordering::Release);
-        set
-    }
-
-    /// The highest position that `quorum` copies hold.
-    fn quorum_position(&self) -> Lsn {
-        let mut positions: Vec<Lsn> = self
-            .copies
-            .iter()
-            .map(|c| c.shared.lock().expect("copy lock").flushed)
             .collect();
-        positions.sort_unstable_by(|a, b| b.cmp(a));
-        positions
-            .get(self.quorum.saturating_sub(1))
-            .copied()
-            .unwrap_or_default()
+        let view = CopiesView {
+            copies: states,
+            durable: quorum.durable.clone(),
+        };
+        CopySet {
+            copies,
+            sent: quorum.durable(),
+            quorum,
+            view,
+        }
     }
 
     pub fn durable(&self) -> Lsn {
-        self.durable
+        self.quorum.durable()
+    }
+
+    /// The durable position and its wake-ups, to wait on without holding the set.
+    pub fn quorum(&self) -> Arc<Quorum> {
+        self.quorum.clone()
     }
 
     pub fn copies_up(&self) -> usize {
@@ -186,54 +244,65 @@ impl CopySet {
         self.view.clone()
     }
 
-    /// Writes `data` (the WAL from `start`) to every copy that is up and returns once a quorum
-    /// has made it durable. Below a quorum it keeps trying (repairing copies that come back)
-    /// and never returns early: the compute's commits wait meanwhile.
-    pub async fn write(&mut self, timeline: u32, start: Lsn, data: Vec<u8>) -> Lsn {
+    /// Hands `data` (the WAL from `start`) to every copy that is up, without waiting: each
+    /// copy's writer takes its jobs in order, several at a time when they queue up (one
+    /// fdatasync for all of them), and the durable position moves once a quorum has them.
+    pub fn send(&mut self, timeline: u32, start: Lsn, data: Vec<u8>) {
         let end = Lsn(start.0 + data.len() as u64);
         let data = Arc::new(data);
+        for copy in &self.copies {
+            if copy.shared.lock().expect("copy lock").health != Health::Up {
+                continue;
+            }
+            let _ = copy.jobs.send(WriteJob {
+                timeline,
+                start,
+                data: data.clone(),
+            });
+        }
+        self.sent = end;
+    }
+
+    /// Waits until `end` is durable on a quorum. Below a quorum it keeps waiting (repairing
+    /// copies that come back) and never returns early: the compute's commits wait meanwhile.
+    pub async fn wait_durable(&mut self, end: Lsn) -> Lsn {
         loop {
-            let (done, mut acks) = tokio::sync::mpsc::unbounded_channel();
-            let mut sent_to = 0;
-            for copy in &self.copies {
-                if copy.shared.lock().expect("copy lock").health != Health::Up {
-                    continue;
-                }
-                let job = WriteJob {
-                    timeline,
-                    start,
-                    data: data.clone(),
-                    done: done.clone(),
-                };
-                if copy.jobs.send(job).is_ok() {
-                    sent_to += 1;
-                }
+            let durable = self.durable();
+            if durable >= end {
+                return durable;
             }
-            drop(done);
-            self.sent = end;
-            let mut ok = 0;
-            while ok < self.quorum {
-                match acks.recv().await {
-                    Some(Ok(())) => ok += 1,
-                    Some(Err(_)) => {} // the copy marked itself down
-                    None => break,     // every copy answered
-                }
+            let advanced = self.quorum.clone();
+            if tokio::time::timeout(Duration::from_millis(500), advanced.advanced())
+                .await
+                .is_err()
+            {
+                self.below_quorum_check().await;
             }
-            if ok >= self.quorum {
-                self.durable = self.durable.max(end);
-                self.view.durable.store(self.durable.0, Ordering::Release);
-                return self.durable;
-            }
+        }
+    }
+
+    /// Sends and waits: the WAL from `start` is durable on a quorum when this returns.
+    pub async fn write(&mut self, timeline: u32, start: Lsn, data: Vec<u8>) -> Lsn {
+        let end = Lsn(start.0 + data.len() as u64);
+        self.send(timeline, start, data);
+        self.wait_durable(end).await
+    }
+
+    /// Called when WAL that was sent has not become durable for a while: below the quorum,
+    /// says so and repairs the copies that came back.
+    pub async fn below_quorum_check(&mut self) {
+        if self.durable() >= self.sent {
+            return;
+        }
+        let up = self.copies_up();
+        if up < self.quorum.quorum {
             tracing::warn!(
-                up = self.copies_up(),
-                sent_to,
-                quorum = self.quorum,
+                up,
+                quorum = self.quorum.quorum,
                 "WAL write below the write quorum: commits wait until copies come back"
             );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            self.repair_returning_copies().await;
-            // Copies that already hold this batch answer at once the next time (idempotent).
         }
+        self.repair_returning_copies().await;
     }
 
     /// Brings back copies that are usable again: waits for in-flight writes to settle, copies
@@ -251,9 +320,11 @@ impl CopySet {
         if returning.is_empty() {
             return;
         }
-        // In-flight writes must settle so that the peer's files are a consistent prefix.
+        // In-flight writes must settle so that the peer's files hold everything sent (no job
+        // reaches the copies meanwhile: repairing holds the set).
+        let mut settled = false;
         for _ in 0..200 {
-            let settled = self.copies.iter().all(|c| {
+            settled = self.copies.iter().all(|c| {
                 let shared = c.shared.lock().expect("copy lock");
                 shared.health != Health::Up || shared.flushed >= self.sent
             });
@@ -261,6 +332,9 @@ impl CopySet {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !settled {
+            return; // a copy is slow to finish: try again later
         }
         let Some(peer) = self
             .copies
@@ -288,6 +362,7 @@ impl CopySet {
                 Err(reason) => shared.health = Health::Down(reason),
             }
         }
+        self.quorum.recompute();
     }
 
     /// Copy directories, for reading backups and WAL.
@@ -328,6 +403,59 @@ impl CopySet {
         }
         Ok(stored)
     }
+    /// Keeps the newest `keep` base backups and deletes, in every copy that is up, the older
+    /// ones and the WAL segments wholly below the oldest kept backup's start (a rebuild from it
+    /// needs nothing older). Returns that start, if there was anything to prune below.
+    pub fn prune(&self, keep: usize) -> Option<Lsn> {
+        let mut starts: Vec<Lsn> = self
+            .copies
+            .iter()
+            .flat_map(|c| backup_starts(&c.dir))
+            .collect();
+        starts.sort_unstable_by(|a, b| b.cmp(a));
+        starts.dedup();
+        let oldest_kept = *starts.get(keep.checked_sub(1)?)?;
+        for copy in &self.copies {
+            if copy.shared.lock().expect("copy lock").health != Health::Up {
+                continue; // pruned once it is back
+            }
+            let base = copy.dir.join("base");
+            for start in backup_starts(&copy.dir) {
+                if start < oldest_kept {
+                    let name = format!("{:016X}", start.0);
+                    let _ = fs::remove_file(base.join(format!("{name}.tar")));
+                    let _ = fs::remove_file(base.join(format!("{name}.tar.crc32")));
+                }
+            }
+            for entry in fs::read_dir(copy.dir.join("wal"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if parse_segment_file_name(&name)
+                    .is_some_and(|(_, segment)| segment < oldest_kept.segment())
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Some(oldest_kept)
+    }
+}
+
+/// The start positions of the base backups a copy holds (`base/<start>.tar`).
+fn backup_starts(dir: &Path) -> Vec<Lsn> {
+    fs::read_dir(dir.join("base"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let hex = name.strip_suffix(".tar")?;
+            u64::from_str_radix(hex, 16).ok().map(Lsn)
+        })
+        .collect()
 }
 
 /// A copy directory that can be written again (it exists, is a directory, takes a file).
@@ -339,7 +467,7 @@ fn usable(dir: &Path) -> bool {
         && fs::remove_file(&probe).is_ok()
 }
 
-/// Copies the WAL files (and sums) that `source` has and `target` lacks or holds shorter.
+/// Copies the WAL files that `source` has and `target` lacks or holds shorter.
 fn repair_from(source: &Path, target: &Path) -> Result<usize, String> {
     let copy = |from: &Path, to: &Path| -> Result<(), String> {
         fs::copy(from, to).map_err(|e| format!("repairing {}: {e}", to.display()))?;
@@ -353,18 +481,16 @@ fn repair_from(source: &Path, target: &Path) -> Result<usize, String> {
         let entries = fs::read_dir(source.join(sub)).map_err(|e| e.to_string())?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") || name.ends_with(".sums") {
-                continue; // sums travel with their segment
+            if name.ends_with(".tmp") {
+                continue;
             }
             let from = entry.path();
             let to = target.join(sub).join(&name);
             if parse_segment_file_name(&name).is_some() {
-                // Segments are full-size from their first write: what they hold shows in the
-                // length of their sums, which grows with every write.
-                let (from_sums, to_sums) = (wal_sums(&from), wal_sums(&to));
-                if length(&to_sums) != length(&from_sums) || !to.exists() {
+                // Segments are full-size from their first write: what they hold shows in their
+                // checksum records, one more with every write.
+                if !to.exists() || read_sums(&to).len() != read_sums(&from).len() {
                     copy(&from, &to)?;
-                    copy(&from_sums, &to_sums)?;
                     copied += 1;
                 }
             } else if length(&to) != length(&from) {
@@ -376,83 +502,239 @@ fn repair_from(source: &Path, target: &Path) -> Result<usize, String> {
     Ok(copied)
 }
 
-fn wal_sums(segment: &Path) -> PathBuf {
-    PathBuf::from(format!("{}.sums", segment.display()))
-}
+/// Jobs a writer joins into one write and one fdatasync, up to this many bytes.
+const MAX_GROUP: usize = 8 << 20;
+/// How long a spare copy gathers WAL before it syncs.
+const SPARE_DELAY: Duration = Duration::from_millis(5);
 
-/// The writer thread of one copy.
-fn copy_writer(dir: PathBuf, shared: Arc<Mutex<CopyShared>>, jobs: mpsc::Receiver<WriteJob>) {
-    for job in jobs {
-        let end = Lsn(job.start.0 + job.data.len() as u64);
-        let result = write_range(&dir.join("wal"), job.timeline, job.start, &job.data)
-            .map_err(|e| e.to_string());
+/// The writer thread of one copy: takes every job that has queued up, writes them and their
+/// checksum records, syncs once, then publishes its new flushed position to the quorum.
+fn copy_writer(
+    index: usize,
+    dir: PathBuf,
+    shared: Arc<Mutex<CopyShared>>,
+    quorum: Arc<Quorum>,
+    jobs: mpsc::Receiver<WriteJob>,
+) {
+    let wal_dir = dir.join("wal");
+    let mut open: Option<OpenSegment> = None;
+    let mut next = None;
+    let mut joined: Vec<u8> = Vec::new();
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return, // the set is gone
+            },
+        };
+        // Join the contiguous jobs that are already waiting; a spare copy (beyond the first
+        // `quorum` that are up) also waits a little for more, syncing far less often: commits
+        // wait for the first `quorum` copies, and the spares follow close behind.
+        let (timeline, start) = (first.timeline, first.start);
+        let mut group = vec![first];
+        let mut end = start.0 + group[0].data.len() as u64;
+        let mut bytes = group[0].data.len();
+        if quorum.is_spare(index) {
+            // Asleep rather than woken by every job that arrives meanwhile.
+            std::thread::sleep(SPARE_DELAY);
+        }
+        while bytes < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) if job.timeline == timeline && job.start.0 == end => {
+                    end += job.data.len() as u64;
+                    bytes += job.data.len();
+                    group.push(job);
+                }
+                Ok(job) => {
+                    next = Some(job);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if shared.lock().expect("copy lock").health != Health::Up {
+            continue; // down: what it missed comes back by repair
+        }
+        let data: &[u8] = if group.len() == 1 {
+            &group[0].data
+        } else {
+            joined.clear();
+            for job in &group {
+                joined.extend_from_slice(&job.data);
+            }
+            &joined
+        };
+        let result = write_range(&wal_dir, &mut open, timeline, start, data);
         {
             let mut shared = shared.lock().expect("copy lock");
-            match &result {
-                Ok(()) => shared.flushed = shared.flushed.max(end),
-                Err(reason) => {
+            match result {
+                Ok(()) => shared.flushed = shared.flushed.max(Lsn(end)),
+                Err(e) => {
+                    let reason = e.to_string();
                     tracing::warn!(copy = %dir.display(), %reason, "copy marked down");
-                    shared.health = Health::Down(reason.clone());
+                    shared.health = Health::Down(reason);
+                    open = None;
                 }
             }
         }
-        let _ = job.done.send(result);
+        quorum.recompute();
     }
 }
 
-/// Writes WAL bytes at their place in the segment files, records their checksums, syncs both.
-fn write_range(wal_dir: &Path, timeline: u32, start: Lsn, data: &[u8]) -> std::io::Result<()> {
+/// The segment file a writer is filling, kept open between writes.
+struct OpenSegment {
+    timeline: u32,
+    segment: u64,
+    file: File,
+    path: PathBuf,
+    /// The file's inode: after each sync the path must still lead to it (a copy whose directory
+    /// was deleted or replaced would otherwise go on writing into an unlinked file).
+    inode: u64,
+    len: u64,
+    /// The slot of the next checksum record.
+    next_record: u64,
+    /// The WAL area is written (zeros at least) up to here; everything written lies below it.
+    zeroed: u64,
+}
+
+/// Writes zeros over `[from, to)` of a file: its blocks are then allocated, so that a later
+/// write there changes no block map and its fdatasync flushes data alone (no inode write).
+fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+impl OpenSegment {
+    /// Opens (creating it full-size if need be) a segment file and finds its next record slot.
+    fn open(wal_dir: &Path, timeline: u32, segment: u64) -> std::io::Result<OpenSegment> {
+        let path = wal_dir.join(segment_file_name(timeline, segment));
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)?;
+        let mut len = file.metadata()?.len();
+        if len < SUMS_AT + SUMS_CHUNK {
+            // Full size from the start, with zeroed room for records: later writes then rarely
+            // change the file's size. The WAL area is zero-filled a little at a time ahead of
+            // the writes (all 16 MiB at once would stall a commit).
+            file.set_len(SUMS_AT)?;
+            zero_fill(&file, SUMS_AT, SUMS_AT + SUMS_CHUNK)?;
+            file.sync_all()?;
+            len = SUMS_AT + SUMS_CHUNK;
+            // A new file: its directory entry must be durable too.
+            File::open(wal_dir)?.sync_all()?;
+        }
+        let records = sum_records(&file);
+        let next_record = records.len() as u64;
+        let zeroed = records
+            .iter()
+            .map(|r| r.offset as u64 + r.len as u64)
+            .max()
+            .unwrap_or(0);
+        let inode = file.metadata()?.ino();
+        Ok(OpenSegment {
+            timeline,
+            segment,
+            file,
+            path,
+            inode,
+            len,
+            next_record,
+            zeroed,
+        })
+    }
+}
+
+/// Writes WAL bytes at their place in the segment files and, in the same file, a checksum
+/// record for each: one fdatasync per file makes both durable together.
+fn write_range(
+    wal_dir: &Path,
+    open: &mut Option<OpenSegment>,
+    timeline: u32,
+    start: Lsn,
+    data: &[u8],
+) -> std::io::Result<()> {
     let mut position = start.0;
     let mut rest = data;
     while !rest.is_empty() {
         let lsn = Lsn(position);
         let room = (SEGMENT_SIZE - lsn.offset_in_segment()) as usize;
         let (chunk, tail) = rest.split_at(room.min(rest.len()));
-        let name = segment_file_name(timeline, lsn.segment());
-        let segment = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(wal_dir.join(&name))?;
-        if segment.metadata()?.len() < SEGMENT_SIZE {
-            // Full size from the start, as Postgres does: later writes then change no file size,
-            // and each fdatasync has only data to flush.
-            segment.set_len(SEGMENT_SIZE)?;
+        if !open
+            .as_ref()
+            .is_some_and(|o| o.timeline == timeline && o.segment == lsn.segment())
+        {
+            *open = None;
+            *open = Some(OpenSegment::open(wal_dir, timeline, lsn.segment())?);
         }
-        segment.write_all_at(chunk, lsn.offset_in_segment())?;
-        let mut record = Vec::with_capacity(12);
-        record.extend_from_slice(&(lsn.offset_in_segment() as u32).to_le_bytes());
-        record.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(chunk).to_le_bytes());
-        let mut sums = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(wal_dir.join(format!("{name}.sums")))?;
-        sums.write_all(&record)?;
-        segment.sync_data()?;
-        sums.sync_data()?;
+        let segment = open.as_mut().expect("opened");
+        let end = lsn.offset_in_segment() + chunk.len() as u64;
+        if end > segment.zeroed {
+            let ahead = (end + ZERO_AHEAD).min(SEGMENT_SIZE);
+            zero_fill(&segment.file, segment.zeroed, ahead)?;
+            segment.zeroed = ahead;
+        }
+        segment.file.write_all_at(chunk, lsn.offset_in_segment())?;
+        let record = SumRecord {
+            offset: lsn.offset_in_segment() as u32,
+            len: chunk.len() as u32,
+            crc: crc32fast::hash(chunk),
+        };
+        let at = SUMS_AT + segment.next_record * RECORD_SIZE;
+        if at + RECORD_SIZE > segment.len {
+            zero_fill(&segment.file, segment.len, segment.len + SUMS_CHUNK)?;
+            segment.len += SUMS_CHUNK;
+        }
+        segment.file.write_all_at(&record.encode(), at)?;
+        segment.file.sync_data()?;
+        if fs::metadata(&segment.path)?.ino() != segment.inode {
+            return Err(std::io::Error::other(format!(
+                "{} was replaced under the writer",
+                segment.path.display()
+            )));
+        }
+        segment.next_record += 1;
         position += chunk.len() as u64;
         rest = tail;
     }
     Ok(())
 }
 
-/// The end of the WAL a copy holds, from its newest segment's sums.
+/// The end of the WAL a copy holds, from its newest segment's checksum records.
 fn newest_wal_end(wal_dir: &Path) -> Option<Lsn> {
-    let mut newest: Option<(u64, String)> = None;
-    for entry in fs::read_dir(wal_dir).ok()?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some((_, segment)) = parse_segment_file_name(&name) {
-            if newest.as_ref().is_none_or(|(s, _)| segment > *s) {
-                newest = Some((segment, name));
-            }
-        }
-    }
-    let (segment, name) = newest?;
-    let sums = read_sums(&wal_dir.join(format!("{name}.sums")));
-    let end = sums.iter().map(|r| r.offset as u64 + r.len as u64).max()?;
-    Some(Lsn(segment * SEGMENT_SIZE + end))
+    let mut segments: Vec<(u64, PathBuf)> = fs::read_dir(wal_dir)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            parse_segment_file_name(&name).map(|(_, segment)| (segment, entry.path()))
+        })
+        .collect();
+    segments.sort_by_key(|s| std::cmp::Reverse(s.0));
+    segments.into_iter().find_map(|(segment, path)| {
+        let end = written_end(&path);
+        (end > 0).then(|| Lsn(segment * SEGMENT_SIZE + end))
+    })
 }
+
+/// Where a segment file's checksum records begin: after the segment's WAL, in the same file.
+const SUMS_AT: u64 = SEGMENT_SIZE;
+/// offset, length, CRC-32 of the bytes, CRC-32 of those 12 bytes (a slot that fails it ends the
+/// records: zeros, or a record torn by a crash).
+const RECORD_SIZE: u64 = 16;
+/// Room for records is added this much at a time (4096 records).
+const SUMS_CHUNK: u64 = 4096 * RECORD_SIZE;
+/// The WAL area is zero-filled this far ahead of the writes.
+const ZERO_AHEAD: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy)]
 struct SumRecord {
@@ -461,22 +743,53 @@ struct SumRecord {
     crc: u32,
 }
 
-fn read_sums(path: &Path) -> Vec<SumRecord> {
-    let mut bytes = Vec::new();
-    if File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .is_err()
-    {
+impl SumRecord {
+    fn encode(&self) -> [u8; RECORD_SIZE as usize] {
+        let mut out = [0u8; RECORD_SIZE as usize];
+        out[0..4].copy_from_slice(&self.offset.to_le_bytes());
+        out[4..8].copy_from_slice(&self.len.to_le_bytes());
+        out[8..12].copy_from_slice(&self.crc.to_le_bytes());
+        let check = crc32fast::hash(&out[0..12]);
+        out[12..16].copy_from_slice(&check.to_le_bytes());
+        out
+    }
+
+    fn decode(slot: &[u8]) -> Option<SumRecord> {
+        let word = |i: usize| u32::from_le_bytes(slot[i..i + 4].try_into().expect("4 bytes"));
+        (crc32fast::hash(&slot[0..12]) == word(12)).then(|| SumRecord {
+            offset: word(0),
+            len: word(4),
+            crc: word(8),
+        })
+    }
+}
+
+/// The checksum records of a segment file, in the order they were written.
+fn sum_records(file: &File) -> Vec<SumRecord> {
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bytes = vec![0u8; len.saturating_sub(SUMS_AT) as usize];
+    if file.read_exact_at(&mut bytes, SUMS_AT).is_err() {
         return Vec::new();
     }
     bytes
-        .chunks_exact(12)
-        .map(|r| SumRecord {
-            offset: u32::from_le_bytes(r[0..4].try_into().expect("4 bytes")),
-            len: u32::from_le_bytes(r[4..8].try_into().expect("4 bytes")),
-            crc: u32::from_le_bytes(r[8..12].try_into().expect("4 bytes")),
-        })
+        .chunks_exact(RECORD_SIZE as usize)
+        .map_while(SumRecord::decode)
         .collect()
+}
+
+fn read_sums(path: &Path) -> Vec<SumRecord> {
+    File::open(path)
+        .map(|f| sum_records(&f))
+        .unwrap_or_default()
+}
+
+/// Where the WAL written into a segment file ends (0 when nothing is recorded).
+pub fn written_end(segment: &Path) -> u64 {
+    read_sums(segment)
+        .iter()
+        .map(|r| r.offset as u64 + r.len as u64)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Reading the copies back, for a rebuild.
@@ -583,8 +896,8 @@ pub mod read {
         let mut ranges: BTreeMap<u32, (u32, Vec<u8>)> = BTreeMap::new();
         let mut corrupt = 0;
         for path in files {
-            let sums = read_sums(&PathBuf::from(format!("{}.sums", path.display())));
             let Ok(file) = File::open(path) else { continue };
+            let sums = sum_records(&file);
             for record in sums {
                 if ranges
                     .get(&record.offset)

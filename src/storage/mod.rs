@@ -27,6 +27,9 @@ use crate::runtime::ComputeEndpoint;
 use copies::{CopiesView, CopySet, CopyStatus};
 use wal::Lsn;
 
+/// Base backups kept in the copies; older ones, and the WAL only they needed, are deleted.
+const KEEP_BASE_BACKUPS: usize = 2;
+
 /// How long a started compute may take to begin streaming to the receiver.
 const STREAMING_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -237,6 +240,9 @@ impl ClusterStorage {
         let tar = scratch.join("base.tar");
         let set = self.copies.lock().await;
         let stored = set.store_backup(&tar, start).map_err(|e| anyhow!(e))?;
+        if let Some(kept_from) = set.prune(KEEP_BASE_BACKUPS) {
+            tracing::info!(%kept_from, "older base backups and the WAL below them pruned");
+        }
         drop(set);
         let _ = std::fs::remove_dir_all(&scratch);
         tracing::info!(%start, copies = stored, "base backup stored");

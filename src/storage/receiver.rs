@@ -5,9 +5,12 @@
 //! the commit's WAL as flushed. This receiver is that standby. It logs in over the compute's
 //! private socket in physical replication mode, makes sure a physical slot exists (so the compute
 //! keeps the WAL the copies have not got), and streams from the copies' durable position. Every
-//! read drains all the WAL that has arrived (group commit: one batch, one write and one fsync per
-//! copy for many commits), hands it to the [`CopySet`], and only once `write_quorum` copies have
-//! made it durable reports it as flushed. Keepalives that ask for a reply are answered at once.
+//! read drains all the WAL that has arrived and hands it to the [`CopySet`] at once, without
+//! waiting for earlier batches: the receiver keeps reading while the copies sync, and each copy's
+//! writer joins whatever queued up meanwhile into its next write and fdatasync (group commit).
+//! The writer that completes the quorum wakes the receiver, which then reports the new durable
+//! position as flushed straight away (the walsender releases the waiting commits on it), and
+//! never anything beyond it. Keepalives that ask for a reply are answered at once.
 //!
 //! tokio-postgres has no CopyBoth and no replication mode, so the protocol is framed here: it is
 //! a handful of messages.
@@ -29,6 +32,8 @@ use crate::runtime::{ComputeEndpoint, BOOTSTRAP_SUPERUSER};
 pub const STANDBY_NAME: &str = "pgtide";
 /// Send a status update at least this often, even when idle.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often to look for a stalled quorum (copies to repair) while WAL waits to be durable.
+const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Microseconds between the Unix epoch and Postgres's epoch (2000-01-01).
@@ -80,7 +85,7 @@ async fn stream(
     let durable = copies.lock().await.durable();
     // The copies' end, or, for copies that hold nothing yet, the start of the compute's current
     // segment (a base backup taken now needs nothing older).
-    let mut position = if durable.0 > 0 && durable <= server_end {
+    let position = if durable.0 > 0 && durable <= server_end {
         durable
     } else {
         if durable > server_end {
@@ -94,70 +99,88 @@ async fn stream(
         let _ = started.send(Ok(position));
     }
 
+    let quorum = copies.lock().await.quorum();
+    let mut received = position; // the end of the WAL handed to the copies
+    let mut reported = Lsn(0);
     let mut batch: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut tick = tokio::time::interval(CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status = tokio::time::Instant::now();
+    let mut last_advance = tokio::time::Instant::now();
     loop {
         let mut reply_now = false;
-        let mut batch_start = None;
-        batch.clear();
-        let received = tokio::time::timeout(STATUS_INTERVAL, conn.fill()).await;
-        match received {
-            Ok(Ok(0)) => {
-                // The compute closed the stream: a stop (or a crash). Everything received is durable.
-                return Ok(position);
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => reply_now = true, // idle: time for a status update anyway
-        }
-        while let Some((kind, body)) = conn.next_message()? {
-            match kind {
-                b'd' => match body.first() {
-                    Some(b'w') if body.len() >= 25 => {
-                        let start =
-                            Lsn(u64::from_be_bytes(body[1..9].try_into().expect("8 bytes")));
-                        let data = &body[25..];
-                        let expected = batch_start.map(|s: Lsn| Lsn(s.0 + batch.len() as u64));
-                        if expected.is_some_and(|e| e != start) {
-                            // Not contiguous (a new timeline's start): make the batch durable first.
-                            position =
-                                write(copies, timeline, batch_start.expect("set"), &mut batch)
-                                    .await;
-                            batch_start = None;
+        tokio::select! {
+            biased;
+            // A writer completed the quorum: report it at once (the walsender wakes the
+            // committing backends on it).
+            () = quorum.advanced() => last_advance = tokio::time::Instant::now(),
+            read = conn.fill() => {
+                if read? == 0 {
+                    // The compute closed the stream: a stop (or a crash). Everything received
+                    // becomes durable before the receiver ends.
+                    return Ok(copies.lock().await.wait_durable(received).await);
+                }
+                let mut batch_start = None;
+                while let Some((kind, body)) = conn.next_message()? {
+                    match kind {
+                        b'd' => match body.first() {
+                            Some(b'w') if body.len() >= 25 => {
+                                let start = Lsn(u64::from_be_bytes(
+                                    body[1..9].try_into().expect("8 bytes"),
+                                ));
+                                let expected =
+                                    batch_start.map(|s: Lsn| Lsn(s.0 + batch.len() as u64));
+                                if let Some(s) = batch_start.filter(|_| expected != Some(start)) {
+                                    // Not contiguous (a new timeline's start): its own job.
+                                    let data = std::mem::take(&mut batch);
+                                    copies.lock().await.send(timeline, s, data);
+                                    batch_start = None;
+                                }
+                                batch_start.get_or_insert(start);
+                                batch.extend_from_slice(&body[25..]);
+                            }
+                            Some(b'k') if body.len() >= 18 => reply_now |= body[17] == 1,
+                            _ => bail!(
+                                "unexpected replication message {:?}",
+                                body.first().map(|b| *b as char)
+                            ),
+                        },
+                        b'c' => {
+                            // CopyDone: the server ends the stream.
+                            if let Some(s) = batch_start {
+                                let data = std::mem::take(&mut batch);
+                                received = Lsn(s.0 + data.len() as u64);
+                                copies.lock().await.send(timeline, s, data);
+                            }
+                            return Ok(copies.lock().await.wait_durable(received).await);
                         }
-                        batch_start.get_or_insert(start);
-                        batch.extend_from_slice(data);
+                        b'E' => bail!("replication error: {}", error_text(&body)),
+                        _ => {}
                     }
-                    Some(b'k') if body.len() >= 18 => reply_now |= body[17] == 1,
-                    _ => bail!(
-                        "unexpected replication message {:?}",
-                        body.first().map(|b| *b as char)
-                    ),
-                },
-                b'c' => return Ok(position), // CopyDone: the server ends the stream
-                b'E' => bail!("replication error: {}", error_text(&body)),
-                _ => {}
+                }
+                if let Some(s) = batch_start {
+                    // Handed over at once, while the copies may still sync the previous
+                    // batches: a writer joins whatever queued up into its next fdatasync.
+                    let data = std::mem::replace(&mut batch, Vec::with_capacity(64 * 1024));
+                    received = Lsn(s.0 + data.len() as u64);
+                    copies.lock().await.send(timeline, s, data);
+                }
+            }
+            _ = tick.tick() => {
+                if quorum.durable() < received && last_advance.elapsed() >= CHECK_INTERVAL {
+                    // Nothing became durable for a while: below the quorum, repair copies
+                    // that came back.
+                    copies.lock().await.below_quorum_check().await;
+                }
             }
         }
-        if let Some(start) = batch_start {
-            position = write(copies, timeline, start, &mut batch).await;
-            reply_now = true;
-        }
-        if reply_now || last_status.elapsed() >= STATUS_INTERVAL {
-            conn.send_status(position).await?;
+        let durable = quorum.durable().min(received);
+        if durable > reported || reply_now || last_status.elapsed() >= STATUS_INTERVAL {
+            conn.send_status(received, durable).await?;
+            reported = durable;
             last_status = tokio::time::Instant::now();
         }
     }
-}
-
-async fn write(
-    copies: &tokio::sync::Mutex<CopySet>,
-    timeline: u32,
-    start: Lsn,
-    batch: &mut Vec<u8>,
-) -> Lsn {
-    let data = std::mem::take(batch);
-    copies.lock().await.write(timeline, start, data).await
 }
 
 fn error_text(body: &[u8]) -> String {
@@ -289,17 +312,18 @@ impl Connection {
         }
     }
 
-    /// Standby status update: written, flushed and applied all at the durable position.
-    async fn send_status(&mut self, durable: Lsn) -> anyhow::Result<()> {
+    /// Standby status update: written up to what the copies were handed, flushed and applied
+    /// up to the durable position (what a synchronous commit waits for).
+    async fn send_status(&mut self, written: Lsn, durable: Lsn) -> anyhow::Result<()> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
         let mut payload = BytesMut::with_capacity(34);
         payload.put_u8(b'r');
-        for _ in 0..3 {
-            payload.put_u64(durable.0);
-        }
+        payload.put_u64(written.0);
+        payload.put_u64(durable.0);
+        payload.put_u64(durable.0);
         payload.put_u64(now.saturating_sub(POSTGRES_EPOCH_OFFSET_US));
         payload.put_u8(0);
         let mut out = BytesMut::with_capacity(40);

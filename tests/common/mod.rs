@@ -58,6 +58,8 @@ pub struct Options {
     /// Keep the six WAL copies on (the default config's six directories under `data/copies`);
     /// off otherwise, for speed.
     pub copies: bool,
+    /// Lines added to the `[storage]` table.
+    pub storage: String,
 }
 
 impl Pgtide {
@@ -81,6 +83,7 @@ data_dir = "data"
 
 [storage]
 copies = []
+{storage}
 
 [[clusters]]
 name = "main"
@@ -108,6 +111,7 @@ superuser = true
             },
             cluster = options.cluster,
             users = options.users,
+            storage = options.storage,
         );
         let config = if options.copies {
             config.replace("copies = []\n", "")
