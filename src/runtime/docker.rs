@@ -366,6 +366,16 @@ impl DockerSlots {
             image: Some(self.image.clone()),
             cmd: Some(vec!["sleep".into(), "infinity".into()]),
             user: Some("postgres".into()),
+            // The image has no /etc/localtime: without TZ, initdb guesses the zone by reading
+            // and scoring every zone file (5.5 of the 7 s an initdb took here, against 1.2 s
+            // with TZ). pgtide's own TZ when it has one, else UTC.
+            env: Some(vec![format!(
+                "TZ={}",
+                std::env::var("TZ")
+                    .ok()
+                    .filter(|tz| !tz.is_empty())
+                    .unwrap_or_else(|| "UTC".into())
+            )]),
             labels: Some(labels),
             stop_signal: Some("SIGINT".into()),
             network_disabled: Some(true),
