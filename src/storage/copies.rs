@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -171,6 +171,80 @@ impl CopiesView {
                 }
             })
             .collect()
+    }
+
+    /// Copies a finished base backup (a tar file) into every copy that is up, with its checksum.
+    /// Streams the file (a backup is as large as the database) and takes no lock on the set:
+    /// commits go on meanwhile. A copy that cannot take it is marked down.
+    pub fn store_backup(&self, tar: &Path, start: Lsn) -> Result<usize, String> {
+        let sum = file_crc32(tar).map_err(|e| format!("reading {}: {e}", tar.display()))?;
+        let name = format!("{:016X}", start.0);
+        let mut stored = 0;
+        for (dir, shared) in &self.copies {
+            if shared.lock().expect("copy lock").health != Health::Up {
+                continue;
+            }
+            let write = || -> std::io::Result<()> {
+                let dir = dir.join("base");
+                let tmp = dir.join(format!("{name}.tar.tmp"));
+                fs::copy(tar, &tmp)?;
+                File::open(&tmp)?.sync_all()?;
+                fs::rename(&tmp, dir.join(format!("{name}.tar")))?;
+                fs::write(
+                    dir.join(format!("{name}.tar.crc32")),
+                    format!("{sum:08x}\n"),
+                )?;
+                File::open(&dir)?.sync_all()
+            };
+            match write() {
+                Ok(()) => stored += 1,
+                Err(e) => {
+                    shared.lock().expect("copy lock").health =
+                        Health::Down(format!("storing a base backup: {e}"))
+                }
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Keeps the newest `keep` base backups and deletes, in every copy that is up, the older
+    /// ones and the WAL segments wholly below the oldest kept backup's start (a rebuild from it
+    /// needs nothing older). Returns that start, if there was anything to prune below.
+    pub fn prune(&self, keep: usize) -> Option<Lsn> {
+        let mut starts: Vec<Lsn> = self
+            .copies
+            .iter()
+            .flat_map(|(dir, _)| backup_starts(dir))
+            .collect();
+        starts.sort_unstable_by(|a, b| b.cmp(a));
+        starts.dedup();
+        let oldest_kept = *starts.get(keep.checked_sub(1)?)?;
+        for (dir, shared) in &self.copies {
+            if shared.lock().expect("copy lock").health != Health::Up {
+                continue; // pruned once it is back
+            }
+            let base = dir.join("base");
+            for start in backup_starts(dir) {
+                if start < oldest_kept {
+                    let name = format!("{:016X}", start.0);
+                    let _ = fs::remove_file(base.join(format!("{name}.tar")));
+                    let _ = fs::remove_file(base.join(format!("{name}.tar.crc32")));
+                }
+            }
+            for entry in fs::read_dir(dir.join("wal"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if parse_segment_file_name(&name)
+                    .is_some_and(|(_, segment)| segment < oldest_kept.segment())
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Some(oldest_kept)
     }
 }
 
@@ -369,78 +443,19 @@ impl CopySet {
     pub fn dirs(&self) -> Vec<PathBuf> {
         self.copies.iter().map(|c| c.dir.clone()).collect()
     }
+}
 
-    /// Copies a finished base backup (a tar file) into every copy that is up, with its checksum.
-    pub fn store_backup(&self, tar: &Path, start: Lsn) -> Result<usize, String> {
-        let bytes = fs::read(tar).map_err(|e| format!("reading {}: {e}", tar.display()))?;
-        let sum = crc32fast::hash(&bytes);
-        let name = format!("{:016X}", start.0);
-        let mut stored = 0;
-        for copy in &self.copies {
-            if copy.shared.lock().expect("copy lock").health != Health::Up {
-                continue;
-            }
-            let write = || -> std::io::Result<()> {
-                let dir = copy.dir.join("base");
-                let tmp = dir.join(format!("{name}.tar.tmp"));
-                let mut file = File::create(&tmp)?;
-                file.write_all(&bytes)?;
-                file.sync_all()?;
-                fs::rename(&tmp, dir.join(format!("{name}.tar")))?;
-                fs::write(
-                    dir.join(format!("{name}.tar.crc32")),
-                    format!("{sum:08x}\n"),
-                )?;
-                File::open(&dir)?.sync_all()
-            };
-            match write() {
-                Ok(()) => stored += 1,
-                Err(e) => {
-                    copy.shared.lock().expect("copy lock").health =
-                        Health::Down(format!("storing a base backup: {e}"))
-                }
-            }
+/// The CRC-32 of a whole file, read in pieces.
+fn file_crc32(path: &Path) -> std::io::Result<u32> {
+    let mut file = File::open(path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            return Ok(hasher.finalize());
         }
-        Ok(stored)
-    }
-    /// Keeps the newest `keep` base backups and deletes, in every copy that is up, the older
-    /// ones and the WAL segments wholly below the oldest kept backup's start (a rebuild from it
-    /// needs nothing older). Returns that start, if there was anything to prune below.
-    pub fn prune(&self, keep: usize) -> Option<Lsn> {
-        let mut starts: Vec<Lsn> = self
-            .copies
-            .iter()
-            .flat_map(|c| backup_starts(&c.dir))
-            .collect();
-        starts.sort_unstable_by(|a, b| b.cmp(a));
-        starts.dedup();
-        let oldest_kept = *starts.get(keep.checked_sub(1)?)?;
-        for copy in &self.copies {
-            if copy.shared.lock().expect("copy lock").health != Health::Up {
-                continue; // pruned once it is back
-            }
-            let base = copy.dir.join("base");
-            for start in backup_starts(&copy.dir) {
-                if start < oldest_kept {
-                    let name = format!("{:016X}", start.0);
-                    let _ = fs::remove_file(base.join(format!("{name}.tar")));
-                    let _ = fs::remove_file(base.join(format!("{name}.tar.crc32")));
-                }
-            }
-            for entry in fs::read_dir(copy.dir.join("wal"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if parse_segment_file_name(&name)
-                    .is_some_and(|(_, segment)| segment < oldest_kept.segment())
-                {
-                    let _ = fs::remove_file(entry.path());
-                }
-            }
-        }
-        Some(oldest_kept)
+        hasher.update(&buffer[..n]);
     }
 }
 

@@ -60,6 +60,9 @@ pub struct ClusterStorage {
     /// Take a new base backup once this much WAL was written since the last one.
     base_backup_every: u64,
     last_backup_start: Option<Lsn>,
+    /// A base backup being taken, off the cluster's task (it may take minutes on a large
+    /// database; the scaler and pause must not wait for it, nor commits for its copying).
+    backup_task: Option<tokio::task::JoinHandle<anyhow::Result<Lsn>>>,
 }
 
 impl ClusterStorage {
@@ -85,6 +88,7 @@ impl ClusterStorage {
             pg_basebackup: bin_dir.join("pg_basebackup"),
             base_backup_every,
             last_backup_start,
+            backup_task: None,
         };
         storage.refresh_status();
         storage
@@ -179,11 +183,22 @@ impl ClusterStorage {
         }
     }
 
-    /// Takes a base backup if there is none yet or enough WAL went by since the last one.
+    /// Starts a base backup in the background if there is none yet or enough WAL went by since
+    /// the last one; returns the start of one that finished since the last call.
     pub async fn maybe_base_backup(
         &mut self,
         endpoint: &ComputeEndpoint,
     ) -> anyhow::Result<Option<Lsn>> {
+        if let Some(task) = &self.backup_task {
+            if !task.is_finished() {
+                return Ok(None);
+            }
+            let task = self.backup_task.take().expect("a backup task");
+            let start = task.await.context("the base backup task")??;
+            self.last_backup_start = Some(start);
+            self.refresh_status();
+            return Ok(Some(start));
+        }
         if self.view.copies_up() < self.quorum {
             return Ok(None); // a backup could not be stored durably now; try again later
         }
@@ -192,61 +207,15 @@ impl ClusterStorage {
             None => true,
             Some(last) => durable.0.saturating_sub(last.0) >= self.base_backup_every,
         };
-        if !due {
-            return Ok(None);
+        if due {
+            self.backup_task = Some(tokio::spawn(base_backup(
+                self.pg_basebackup.clone(),
+                self.dirs.clone(),
+                self.view.clone(),
+                endpoint.clone(),
+            )));
         }
-        let start = self.base_backup(endpoint).await?;
-        self.last_backup_start = Some(start);
-        Ok(Some(start))
-    }
-
-    async fn base_backup(&self, endpoint: &ComputeEndpoint) -> anyhow::Result<Lsn> {
-        let scratch = self
-            .dirs
-            .iter()
-            .find(|d| d.is_dir())
-            .ok_or_else(|| anyhow!("no copy is usable for a base backup"))?
-            .join("base")
-            .join("in-progress.tmp");
-        let _ = std::fs::remove_dir_all(&scratch);
-        let output = tokio::process::Command::new(&self.pg_basebackup)
-            .arg("-h")
-            .arg(&endpoint.socket_dir)
-            .args([
-                "-p",
-                &endpoint.port.to_string(),
-                "-U",
-                crate::runtime::BOOTSTRAP_SUPERUSER,
-            ])
-            .arg("-D")
-            .arg(&scratch)
-            .args(["-Ft", "-X", "none", "-c", "fast", "--no-sync", "-w"])
-            .output()
-            .await
-            .context("running pg_basebackup")?;
-        if !output.status.success() {
-            bail!(
-                "pg_basebackup failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        let manifest: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(scratch.join("backup_manifest")).context("reading backup_manifest")?,
-        )?;
-        let start = manifest["WAL-Ranges"][0]["Start-LSN"]
-            .as_str()
-            .and_then(Lsn::parse)
-            .ok_or_else(|| anyhow!("backup_manifest has no start LSN"))?;
-        let tar = scratch.join("base.tar");
-        let set = self.copies.lock().await;
-        let stored = set.store_backup(&tar, start).map_err(|e| anyhow!(e))?;
-        if let Some(kept_from) = set.prune(KEEP_BASE_BACKUPS) {
-            tracing::info!(%kept_from, "older base backups and the WAL below them pruned");
-        }
-        drop(set);
-        let _ = std::fs::remove_dir_all(&scratch);
-        tracing::info!(%start, copies = stored, "base backup stored");
-        Ok(start)
+        Ok(None)
     }
 
     /// Rebuilds a missing data directory at `pgdata` from the copies. Files end up owned like
@@ -282,6 +251,68 @@ fn fill_status(status: &mut StorageStatus, set: &CopiesView, quorum: usize) {
     } else {
         None
     };
+}
+
+/// Takes a base backup of the running compute with pg_basebackup (a tar, no WAL: the copies
+/// have it) and stores it in every copy that is up, then prunes what the older backups needed.
+async fn base_backup(
+    pg_basebackup: PathBuf,
+    dirs: Vec<PathBuf>,
+    view: CopiesView,
+    endpoint: ComputeEndpoint,
+) -> anyhow::Result<Lsn> {
+    let scratch = dirs
+        .iter()
+        .find(|d| d.is_dir())
+        .ok_or_else(|| anyhow!("no copy is usable for a base backup"))?
+        .join("base")
+        .join("in-progress.tmp");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let output = tokio::process::Command::new(&pg_basebackup)
+        .arg("-h")
+        .arg(&endpoint.socket_dir)
+        .args([
+            "-p",
+            &endpoint.port.to_string(),
+            "-U",
+            crate::runtime::BOOTSTRAP_SUPERUSER,
+        ])
+        .arg("-D")
+        .arg(&scratch)
+        .args(["-Ft", "-X", "none", "-c", "fast", "--no-sync", "-w"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running pg_basebackup")?;
+    if !output.status.success() {
+        bail!(
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(scratch.join("backup_manifest")).context("reading backup_manifest")?,
+    )?;
+    let start = manifest["WAL-Ranges"][0]["Start-LSN"]
+        .as_str()
+        .and_then(Lsn::parse)
+        .ok_or_else(|| anyhow!("backup_manifest has no start LSN"))?;
+    // Copying and fsyncing a database-sized file six times is blocking work.
+    let stored = tokio::task::spawn_blocking(move || {
+        let stored = view
+            .store_backup(&scratch.join("base.tar"), start)
+            .map_err(|e| anyhow!(e));
+        if stored.is_ok() {
+            if let Some(kept_from) = view.prune(KEEP_BASE_BACKUPS) {
+                tracing::info!(%kept_from, "older base backups and the WAL below them pruned");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        stored
+    })
+    .await??;
+    tracing::info!(%start, copies = stored, "base backup stored");
+    Ok(start)
 }
 
 fn rebuild_blocking(dirs: &[PathBuf], pgdata: &Path) -> anyhow::Result<String> {
