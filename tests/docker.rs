@@ -131,20 +131,6 @@ fn pause(pgtide: &Pgtide) {
     pgtide.wait_state("paused", Duration::from_secs(30));
 }
 
-fn events(pgtide: &Pgtide) -> Vec<(String, String)> {
-    pgtide.cluster_status()["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["kind"].as_str().unwrap().to_string(),
-                e["message"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn psql_and_pgbench_run_in_a_container_whose_limits_follow_the_acu() {
     if !docker_ready() {
@@ -209,7 +195,8 @@ fn psql_and_pgbench_run_in_a_container_whose_limits_follow_the_acu() {
             && status["limits"]["mechanism"] == "docker"
     });
     assert!(matched, "limits never matched the ACU: {seen:?}");
-    let scaled: Vec<_> = events(&pgtide)
+    let scaled: Vec<_> = pgtide
+        .events()
         .into_iter()
         .filter(|(k, _)| k == "scaled_up" || k == "scaled_down")
         .collect();
@@ -294,11 +281,12 @@ fn with_a_pool_a_resume_takes_a_started_container_and_a_refill_follows() {
         assert!(refilled, "{}", warm_pool(&pgtide));
     }
     assert_eq!(pgtide.sql("SELECT count(*) FROM cycles"), "2");
-    let resumed = events(&pgtide)
+    let resumed = pgtide
+        .events()
         .into_iter()
         .filter(|(k, m)| k == "resumed" && m.contains("a warm slot"))
         .count();
-    assert_eq!(resumed, 2, "{:?}", events(&pgtide));
+    assert_eq!(resumed, 2, "{:?}", pgtide.events());
 }
 
 #[test]
@@ -316,16 +304,17 @@ fn a_killed_container_is_restarted_and_acknowledged_rows_survive() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let restarted = wait_until(Duration::from_secs(60), || {
-        events(&pgtide).iter().any(|(k, _)| k == "restarted")
+        pgtide.events().iter().any(|(k, _)| k == "restarted")
             && pgtide.cluster_status()["state"] == "running"
     });
-    assert!(restarted, "{:?}", events(&pgtide));
+    assert!(restarted, "{:?}", pgtide.events());
     assert!(
-        events(&pgtide)
+        pgtide
+            .events()
             .iter()
             .any(|(k, m)| k == "compute_exited" && m.contains(&victim)),
         "{:?}",
-        events(&pgtide)
+        pgtide.events()
     );
     assert_eq!(pgtide.sql("SELECT count(*) FROM acked"), "500");
     let now = compute_container(&pgtide).name;
