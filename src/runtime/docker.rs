@@ -76,10 +76,6 @@ const CPU_PERIOD: i64 = 100_000;
 /// only what is used counts against the memory limit.
 const SHM_SIZE: i64 = 1 << 30;
 const MIB: i64 = 1024 * 1024;
-/// How often readiness is polled while Postgres starts.
-const READY_POLL: Duration = Duration::from_millis(5);
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
-const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(60);
 const FAST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct DockerRuntime {
@@ -273,7 +269,20 @@ impl Runtime for DockerRuntime {
             log_path: cluster_dir.join("postgres.log"),
             memory_mib: spec.size.memory_mib,
         };
-        if let Err(e) = compute.wait_ready().await {
+        let what = format!("postgres in {}", compute.slot.container);
+        let hint = format!(
+            " (a remote Docker engine must share pgtide's file system for the socket to appear \
+             at {})",
+            compute.endpoint.socket_path().display()
+        );
+        let ready = super::wait_ready(
+            &compute.endpoint,
+            &compute.exited,
+            &compute.log_path,
+            &what,
+            &hint,
+        );
+        if let Err(e) = ready.await {
             compute.kill_now().await;
             return Err(e);
         }
@@ -883,39 +892,6 @@ impl DockerCompute {
         self.exited.borrow().is_some()
     }
 
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let socket = self.endpoint.socket_path();
-        loop {
-            if let Some(exit) = self.exited.borrow().clone() {
-                bail!(
-                    "postgres {} while starting in {}; the end of {}:\n{}",
-                    exit.description,
-                    self.slot.container,
-                    self.log_path.display(),
-                    super::process::tail(&self.log_path, 10)
-                );
-            }
-            if socket.exists() {
-                match self.endpoint.admin_connect().await {
-                    Ok(_) => return Ok(()),
-                    Err(e) if super::process::is_starting_up(&e) => {}
-                    Err(e) if e.as_db_error().is_some() => return Err(e.into()),
-                    Err(_) => {}
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "postgres in {} did not accept connections within {READY_TIMEOUT:?} (a remote \
-                     Docker engine must share pgtide's file system for the socket to appear at {})",
-                    self.slot.container,
-                    socket.display()
-                );
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
-    }
-
     async fn wait_exit(&mut self, timeout: Duration) -> bool {
         let mut exited = self.exited.clone();
         let finished = tokio::time::timeout(timeout, exited.wait_for(|e| e.is_some())).await;
@@ -1033,14 +1009,7 @@ impl Compute for DockerCompute {
             .slots
             .update(&self.slot.container, None, self.memory_mib)
             .await;
-        // The checkpoint makes the fast shutdown short and the next start skip recovery.
-        if let Ok(client) = self.endpoint.admin_connect().await {
-            if let Err(e) =
-                tokio::time::timeout(CHECKPOINT_TIMEOUT, client.batch_execute("CHECKPOINT")).await
-            {
-                tracing::warn!(error = %e, "CHECKPOINT before stop timed out");
-            }
-        }
+        super::checkpoint_before_stop(&self.endpoint).await;
         self.fast_shutdown().await;
         if !self.wait_exit(FAST_SHUTDOWN_TIMEOUT).await {
             tracing::warn!(container = %self.slot.container, "fast shutdown timed out, removing the container");

@@ -160,3 +160,58 @@ pub trait Compute: Send + Sync {
     /// Clean stop: CHECKPOINT, then Postgres's fast shutdown; returns once it has exited.
     async fn stop(&mut self) -> anyhow::Result<()>;
 }
+
+/// How often readiness is polled while Postgres starts (`pg_ctl -w` polls every 100 ms).
+const READY_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+/// Crash recovery may replay a lot of WAL; give it time before calling the start failed.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Waits until a starting compute accepts pgtide's connections, polling its socket every 5 ms;
+/// fails at once if it exits meanwhile, with the end of its log. `what` names it in errors
+/// ("postgres", "postgres in pgtide-…"); `timeout_hint` is added to the timeout's error.
+pub async fn wait_ready(
+    endpoint: &ComputeEndpoint,
+    exited: &watch::Receiver<Option<ExitInfo>>,
+    log_path: &std::path::Path,
+    what: &str,
+    timeout_hint: &str,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    let socket = endpoint.socket_path();
+    loop {
+        if let Some(exit) = exited.borrow().clone() {
+            anyhow::bail!(
+                "{what} {} while starting; the end of {}:\n{}",
+                exit.description,
+                log_path.display(),
+                process::tail(log_path, 10)
+            );
+        }
+        if socket.exists() {
+            match endpoint.admin_connect().await {
+                Ok(_) => return Ok(()),
+                Err(e) if process::is_starting_up(&e) => {}
+                Err(e) if e.as_db_error().is_some() => return Err(e.into()),
+                Err(_) => {} // the socket is not accepting yet
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{what} did not accept connections within {READY_TIMEOUT:?}{timeout_hint}"
+            );
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+}
+
+/// CHECKPOINT before a fast shutdown: it makes the shutdown short and the next start skip
+/// recovery. A compute that does not answer is stopped all the same.
+pub async fn checkpoint_before_stop(endpoint: &ComputeEndpoint) {
+    const CHECKPOINT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+    if let Ok(client) = endpoint.admin_connect().await {
+        let checkpoint = client.batch_execute("CHECKPOINT");
+        if let Err(e) = tokio::time::timeout(CHECKPOINT_TIMEOUT, checkpoint).await {
+            tracing::warn!(error = %e, "CHECKPOINT before stop timed out");
+        }
+    }
+}

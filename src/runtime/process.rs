@@ -38,11 +38,6 @@ use crate::acu::ComputeSize;
 use crate::config::RuntimeConfig;
 
 const COMPUTE_PORT: u16 = 5432;
-/// How often readiness is polled while Postgres starts.
-const READY_POLL: Duration = Duration::from_millis(5);
-/// Crash recovery may replay a lot of WAL; give it time before calling the start failed.
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
-const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(60);
 const FAST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct ProcessRuntime {
@@ -356,7 +351,14 @@ impl Runtime for ProcessRuntime {
             cgroup,
             cgroup_problem,
         };
-        if let Err(e) = compute.wait_ready().await {
+        let ready = super::wait_ready(
+            &compute.endpoint,
+            &compute.exited,
+            &compute.log_path,
+            "postgres",
+            "",
+        );
+        if let Err(e) = ready.await {
             let _ = compute.kill_now().await;
             return Err(e);
         }
@@ -386,33 +388,6 @@ pub struct ProcessCompute {
 impl ProcessCompute {
     fn has_exited(&self) -> bool {
         self.exited.borrow().is_some()
-    }
-
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let socket = self.endpoint.socket_path();
-        loop {
-            if let Some(exit) = self.exited.borrow().clone() {
-                bail!(
-                    "postgres {} while starting; the end of {}:\n{}",
-                    exit.description,
-                    self.log_path.display(),
-                    tail(&self.log_path, 10)
-                );
-            }
-            if socket.exists() {
-                match self.endpoint.admin_connect().await {
-                    Ok(_) => return Ok(()),
-                    Err(e) if is_starting_up(&e) => {}
-                    Err(e) if e.as_db_error().is_some() => return Err(e.into()),
-                    Err(_) => {} // the socket is not accepting yet
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("postgres did not accept connections within {READY_TIMEOUT:?}");
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
     }
 
     async fn wait_exit(&mut self, timeout: Duration) -> bool {
@@ -498,14 +473,7 @@ impl Compute for ProcessCompute {
             // The checkpoint and shutdown are short bursts: do not throttle them.
             let _ = cgroup.lift_cpu_limit();
         }
-        // The checkpoint makes the fast shutdown short and the next start skip recovery.
-        if let Ok(client) = self.endpoint.admin_connect().await {
-            if let Err(e) =
-                tokio::time::timeout(CHECKPOINT_TIMEOUT, client.batch_execute("CHECKPOINT")).await
-            {
-                tracing::warn!(error = %e, "CHECKPOINT before stop timed out");
-            }
-        }
+        super::checkpoint_before_stop(&self.endpoint).await;
         let _ = kill(self.pid, Signal::SIGINT);
         if !self.wait_exit(FAST_SHUTDOWN_TIMEOUT).await {
             tracing::warn!(
