@@ -637,8 +637,14 @@ impl ClusterTask {
         let size = self.initial_size();
         let mut postmaster_settings =
             acu::postmaster_settings(self.shared.config.max_acu, &self.shared.capacity);
-        if let Some(storage) = &self.storage {
+        if let Some(storage) = &mut self.storage {
             postmaster_settings.extend(ClusterStorage::postmaster_settings());
+            // Before deciding that the data directory is gone: a runtime may still hold it (a
+            // docker slot whose release failed). A base backup of the previous compute ends here.
+            self.runtime.reclaim(&self.cluster_dir).await?;
+            if let Some(finished) = storage.end_backup().await {
+                record_backup(&self.shared, finished);
+            }
             let pgdata = crate::runtime::pgdata_of(&self.cluster_dir);
             if !pgdata.exists() && storage.has_backup() {
                 // The compute is disposable: its data directory comes back from the copies.
@@ -816,17 +822,13 @@ impl ClusterTask {
             ClusterState::Running(endpoint) => Some(endpoint.clone()),
             _ => None,
         };
-        if let Some(endpoint) = running {
-            match storage.maybe_base_backup(&endpoint).await {
-                Ok(Some(start)) => self.shared.events.record(
-                    "base_backup",
-                    format!("base backup taken at {start} into the copies"),
-                ),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(cluster = %self.shared.config.name, error = %format!("{e:#}"), "base backup failed")
-                }
-            }
+        // A backup that finished while the cluster paused counts too.
+        let finished = match running {
+            Some(endpoint) => storage.maybe_base_backup(&endpoint).await.transpose(),
+            None => storage.collect_backup().await,
+        };
+        if let Some(finished) = finished {
+            record_backup(&self.shared, finished);
         }
         *self
             .shared
@@ -1008,4 +1010,17 @@ impl ClusterTask {
 
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// The outcome of a base backup: an event when it is stored, a warning when it failed.
+fn record_backup(shared: &Shared, finished: anyhow::Result<crate::storage::wal::Lsn>) {
+    match finished {
+        Ok(start) => shared.events.record(
+            "base_backup",
+            format!("base backup taken at {start} into the copies"),
+        ),
+        Err(e) => {
+            tracing::warn!(cluster = %shared.config.name, error = %format!("{e:#}"), "base backup failed")
+        }
+    }
 }

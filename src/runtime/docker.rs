@@ -180,10 +180,18 @@ fn is_remote(host: &str) -> bool {
 }
 
 fn instance_of(data_dir: &Path) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    data_dir.hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    // Written out (64-bit FNV-1a) rather than std's DefaultHasher, whose output may change
+    // between Rust releases: a pgtide rebuilt after a crash must still recognise the containers
+    // its predecessor left, or it would start a second Postgres on their data.
+    use std::os::unix::ffi::OsStrExt;
+    let hash = data_dir
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{hash:016x}")
 }
 
 #[async_trait]
@@ -198,6 +206,13 @@ impl Runtime for DockerRuntime {
 
     async fn shutdown(&self) {
         self.pool.drain().await;
+    }
+
+    async fn reclaim(&self, cluster_dir: &Path) -> anyhow::Result<()> {
+        if !cluster_dir.exists() {
+            return Ok(());
+        }
+        self.slots.reclaim(&cluster_dir.canonicalize()?).await
     }
 
     async fn start(&self, spec: &ComputeSpec) -> anyhow::Result<Box<dyn Compute>> {

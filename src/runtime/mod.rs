@@ -135,6 +135,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// pgtide is stopping: release the warm pool's ready slots.
     async fn shutdown(&self);
 
+    /// Puts back a cluster's data directory that the runtime still holds from an earlier
+    /// compute (a docker slot whose release failed), before anyone decides it is gone.
+    async fn reclaim(&self, _cluster_dir: &std::path::Path) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// Starts (creating on first use) the compute described by `spec` and waits until it
     /// accepts connections. Draws a slot from the warm pool, or makes one on the spot.
     async fn start(&self, spec: &ComputeSpec) -> anyhow::Result<Box<dyn Compute>>;

@@ -175,7 +175,7 @@ impl CopiesView {
 
     /// Copies a finished base backup (a tar file) into every copy that is up, with its checksum.
     /// Streams the file (a backup is as large as the database) and takes no lock on the set:
-    /// commits go on meanwhile. A copy that cannot take it is marked down.
+    /// commits go on meanwhile. Returns how many copies hold it.
     pub fn store_backup(&self, tar: &Path, start: Lsn) -> Result<usize, String> {
         let sum = file_crc32(tar).map_err(|e| format!("reading {}: {e}", tar.display()))?;
         let name = format!("{:016X}", start.0);
@@ -184,9 +184,10 @@ impl CopiesView {
             if shared.lock().expect("copy lock").health != Health::Up {
                 continue;
             }
+            let base = dir.join("base");
+            let tmp = base.join(format!("{name}.tar.tmp"));
             let write = || -> std::io::Result<()> {
-                let dir = dir.join("base");
-                let tmp = dir.join(format!("{name}.tar.tmp"));
+                let dir = &base;
                 fs::copy(tar, &tmp)?;
                 File::open(&tmp)?.sync_all()?;
                 fs::rename(&tmp, dir.join(format!("{name}.tar")))?;
@@ -194,13 +195,15 @@ impl CopiesView {
                     dir.join(format!("{name}.tar.crc32")),
                     format!("{sum:08x}\n"),
                 )?;
-                File::open(&dir)?.sync_all()
+                File::open(dir)?.sync_all()
             };
             match write() {
                 Ok(()) => stored += 1,
                 Err(e) => {
-                    shared.lock().expect("copy lock").health =
-                        Health::Down(format!("storing a base backup: {e}"))
+                    // A backup that does not fit (disk full) must not take the copy's WAL down
+                    // with it: the copy stays up for commits and the backup counts one fewer.
+                    let _ = fs::remove_file(&tmp);
+                    tracing::warn!(copy = %dir.display(), error = %e, "storing a base backup failed");
                 }
             }
         }
@@ -457,6 +460,11 @@ fn file_crc32(path: &Path) -> std::io::Result<u32> {
         }
         hasher.update(&buffer[..n]);
     }
+}
+
+/// Whether any of these copy directories holds a base backup (a cheap listing, no checksums).
+pub fn holds_backup(dirs: &[PathBuf]) -> bool {
+    dirs.iter().any(|dir| !backup_starts(dir).is_empty())
 }
 
 /// The start positions of the base backups a copy holds (`base/<start>.tar`).

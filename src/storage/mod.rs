@@ -27,6 +27,8 @@ use crate::runtime::ComputeEndpoint;
 use copies::{CopiesView, CopySet, CopyStatus};
 use wal::Lsn;
 
+/// How long a finished base backup waits for the copies to hold the WAL up to its end.
+const BACKUP_WAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Base backups kept in the copies; older ones, and the WAL only they needed, are deleted.
 const KEEP_BASE_BACKUPS: usize = 2;
 
@@ -63,6 +65,8 @@ pub struct ClusterStorage {
     /// A base backup being taken, off the cluster's task (it may take minutes on a large
     /// database; the scaler and pause must not wait for it, nor commits for its copying).
     backup_task: Option<tokio::task::JoinHandle<anyhow::Result<Lsn>>>,
+    /// Held while a base backup is stored and pruned, and while a rebuild reads the copies.
+    backup_store_lock: Arc<Mutex<()>>,
 }
 
 impl ClusterStorage {
@@ -89,6 +93,7 @@ impl ClusterStorage {
             base_backup_every,
             last_backup_start,
             backup_task: None,
+            backup_store_lock: Arc::new(Mutex::new(())),
         };
         storage.refresh_status();
         storage
@@ -128,9 +133,40 @@ impl ClusterStorage {
         }
     }
 
+    /// The outcome of a background base backup that has finished since the last call, if any.
+    /// Called on every tick whatever the cluster's state, so that `has_backup` is never stale.
+    pub async fn collect_backup(&mut self) -> Option<anyhow::Result<Lsn>> {
+        if !self.backup_task.as_ref()?.is_finished() {
+            return None;
+        }
+        Some(self.finish_backup().await)
+    }
+
+    /// Ends a background base backup before a new compute starts: collects it if it finished,
+    /// cancels it otherwise (its compute is gone, so it cannot finish). A store into the copies
+    /// already under way completes under `backup_store_lock`, which a rebuild also takes, so a
+    /// rebuild never reads copies that a prune is changing.
+    pub async fn end_backup(&mut self) -> Option<anyhow::Result<Lsn>> {
+        let task = self.backup_task.as_ref()?;
+        if !task.is_finished() {
+            task.abort();
+        }
+        Some(self.finish_backup().await)
+    }
+
+    async fn finish_backup(&mut self) -> anyhow::Result<Lsn> {
+        let task = self.backup_task.take().expect("a backup task");
+        let start = task.await.context("the base backup task")??;
+        self.last_backup_start = Some(start);
+        self.refresh_status();
+        Ok(start)
+    }
+
     /// Whether the copies hold a base backup to rebuild from.
+    /// Also looks at the copies themselves: a backup stored by a task that was cancelled before
+    /// it reported counts, so that a lost data directory is rebuilt, never initialised afresh.
     pub fn has_backup(&self) -> bool {
-        self.last_backup_start.is_some()
+        self.last_backup_start.is_some() || copies::holds_backup(&self.dirs)
     }
 
     /// Starts the receiver for a compute that just started; returns once it streams.
@@ -189,18 +225,11 @@ impl ClusterStorage {
         &mut self,
         endpoint: &ComputeEndpoint,
     ) -> anyhow::Result<Option<Lsn>> {
-        if let Some(task) = &self.backup_task {
-            if !task.is_finished() {
-                return Ok(None);
-            }
-            let task = self.backup_task.take().expect("a backup task");
-            let start = task.await.context("the base backup task")??;
-            self.last_backup_start = Some(start);
-            self.refresh_status();
-            return Ok(Some(start));
+        if let Some(finished) = self.collect_backup().await {
+            return finished.map(Some);
         }
-        if self.view.copies_up() < self.quorum {
-            return Ok(None); // a backup could not be stored durably now; try again later
+        if self.backup_task.is_some() || self.view.copies_up() < self.quorum {
+            return Ok(None); // one at a time; or it could not be stored durably now
         }
         let durable = self.view.durable();
         let due = match self.last_backup_start {
@@ -212,6 +241,8 @@ impl ClusterStorage {
                 self.pg_basebackup.clone(),
                 self.dirs.clone(),
                 self.view.clone(),
+                self.quorum,
+                self.backup_store_lock.clone(),
                 endpoint.clone(),
             )));
         }
@@ -223,7 +254,12 @@ impl ClusterStorage {
     pub async fn rebuild(&self, pgdata: &Path) -> anyhow::Result<String> {
         let dirs = self.dirs.clone();
         let pgdata = pgdata.to_path_buf();
-        tokio::task::spawn_blocking(move || rebuild_blocking(&dirs, &pgdata)).await?
+        let store_lock = self.backup_store_lock.clone();
+        tokio::task::spawn_blocking(move || {
+            let _reading = store_lock.lock().unwrap_or_else(|e| e.into_inner());
+            rebuild_blocking(&dirs, &pgdata)
+        })
+        .await?
     }
 }
 
@@ -259,6 +295,8 @@ async fn base_backup(
     pg_basebackup: PathBuf,
     dirs: Vec<PathBuf>,
     view: CopiesView,
+    quorum: usize,
+    store_lock: Arc<Mutex<()>>,
     endpoint: ComputeEndpoint,
 ) -> anyhow::Result<Lsn> {
     let scratch = dirs
@@ -293,15 +331,36 @@ async fn base_backup(
     let manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(scratch.join("backup_manifest")).context("reading backup_manifest")?,
     )?;
-    let start = manifest["WAL-Ranges"][0]["Start-LSN"]
-        .as_str()
-        .and_then(Lsn::parse)
-        .ok_or_else(|| anyhow!("backup_manifest has no start LSN"))?;
+    let lsn_of = |key: &str| {
+        manifest["WAL-Ranges"][0][key]
+            .as_str()
+            .and_then(Lsn::parse)
+            .ok_or_else(|| anyhow!("backup_manifest has no {key}"))
+    };
+    let start = lsn_of("Start-LSN")?;
+    let end = lsn_of("End-LSN")?;
+    // A backup is restorable only with the WAL up to its end: store it once the copies hold that.
+    let deadline = std::time::Instant::now() + BACKUP_WAL_TIMEOUT;
+    while view.durable() < end {
+        if std::time::Instant::now() > deadline {
+            bail!("the copies did not reach the backup's end {end} within {BACKUP_WAL_TIMEOUT:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
     // Copying and fsyncing a database-sized file six times is blocking work.
     let stored = tokio::task::spawn_blocking(move || {
+        let _storing = store_lock.lock().unwrap_or_else(|e| e.into_inner());
         let stored = view
             .store_backup(&scratch.join("base.tar"), start)
-            .map_err(|e| anyhow!(e));
+            .map_err(|e| anyhow!(e))
+            .and_then(|stored| {
+                // Fewer than a quorum: not a backup to count on, nor to prune for.
+                if stored < quorum {
+                    bail!("the base backup at {start} went into {stored} copies only");
+                }
+                Ok(stored)
+            });
         if stored.is_ok() {
             if let Some(kept_from) = view.prune(KEEP_BASE_BACKUPS) {
                 tracing::info!(%kept_from, "older base backups and the WAL below them pruned");
