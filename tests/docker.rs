@@ -287,6 +287,21 @@ fn with_a_pool_a_resume_takes_a_started_container_and_a_refill_follows() {
         .filter(|(k, m)| k == "resumed" && m.contains("a warm slot"))
         .count();
     assert_eq!(resumed, 2, "{:?}", pgtide.events());
+
+    // A warm container that died while waiting (removed by hand here) is not used: the resume
+    // starts cold and still works.
+    pause(&pgtide);
+    let warm = containers(&pgtide)
+        .into_iter()
+        .find(|c| c.running)
+        .expect("a warm container");
+    let removed = std::process::Command::new("docker")
+        .args(["rm", "-f", &warm.name])
+        .output()
+        .unwrap();
+    assert!(removed.status.success(), "{removed:?}");
+    assert_eq!(pgtide.sql("SELECT count(*) FROM cycles"), "2");
+    assert_ne!(compute_container(&pgtide).name, warm.name);
 }
 
 #[test]

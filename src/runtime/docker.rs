@@ -239,10 +239,15 @@ impl Runtime for DockerRuntime {
         }
 
         let (slot, in_use) = self.pool.take();
-        let warm_started = slot.is_some();
-        let slot = match slot {
-            Some(slot) => slot,
-            None => slots.make_slot(Some(&spec.cluster)).await?,
+        let (slot, warm_started) = match slot {
+            Some(slot) if slots.is_running(&slot).await => (slot, true),
+            Some(dead) => {
+                // OOM-killed, removed by hand, lost with an engine restart: start cold instead.
+                tracing::warn!(container = %dead.container, "a warm container is not running; starting cold");
+                slots.discard(dead).await;
+                (slots.make_slot(Some(&spec.cluster)).await?, false)
+            }
+            None => (slots.make_slot(Some(&spec.cluster)).await?, false),
         };
         let made_ms = started.elapsed().as_millis() as u64;
         let compute = match slots.run(&slot, spec, &cluster_dir).await {
@@ -342,6 +347,16 @@ struct Running {
 }
 
 impl DockerSlots {
+    async fn is_running(&self, slot: &DockerSlot) -> bool {
+        self.docker
+            .inspect_container(&slot.container, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.running)
+            .unwrap_or(false)
+    }
+
     fn container_name(&self, id: &str) -> String {
         format!("pgtide-{}-{id}", &self.instance[..8])
     }
@@ -797,18 +812,32 @@ async fn watch_exit(
         }
     }
     let docker = &slots.docker;
-    let code = docker
-        .inspect_exec(&exec_id)
-        .await
-        .ok()
-        .and_then(|i| i.exit_code);
-    let container_running = docker
-        .inspect_container(&slot.container, None::<InspectContainerOptions>)
-        .await
-        .ok()
-        .and_then(|c| c.state)
-        .and_then(|s| s.running)
-        .unwrap_or(false);
+    // The stream also ends when the connection to the engine breaks (an engine restart with
+    // live-restore, a remote engine's network): only an exec that no longer runs is an exit.
+    // Postgres's log after such a break is lost; the compute is not.
+    let mut code = None;
+    let give_up = Instant::now() + Duration::from_secs(300);
+    for attempt in 0u32.. {
+        match docker.inspect_exec(&exec_id).await {
+            Ok(exec) if exec.running == Some(true) => {}
+            Ok(exec) => {
+                code = exec.exit_code;
+                break;
+            }
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => break, // the container, and its exec, are gone
+            Err(e) if Instant::now() > give_up => {
+                tracing::error!(container = %slot.container, error = %e, "the engine does not answer: taking the compute for gone");
+                break;
+            }
+            Err(_) => {}
+        }
+        // The engine marks the exec ended a moment after its output ends: look again soon.
+        let pause = if attempt < 25 { 20 } else { 500 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    let container_running = slots.is_running(&slot).await;
     let mut description = match code {
         Some(code) => format!("exited with code {code}"),
         None => "exited".to_string(),

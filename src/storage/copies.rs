@@ -448,7 +448,7 @@ impl CopySet {
     }
 }
 
-/// The CRC-32 of a whole file, read in pieces.
+/// The CRC-32 of a whole file, read in pieces (a base backup is as large as the database).
 fn file_crc32(path: &Path) -> std::io::Result<u32> {
     let mut file = File::open(path)?;
     let mut hasher = crc32fast::Hasher::new();
@@ -855,8 +855,8 @@ pub mod read {
         candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
         candidates.into_iter().find_map(|(start, tar)| {
             let expected = fs::read_to_string(tar.with_extension("tar.crc32")).ok()?;
-            let bytes = fs::read(&tar).ok()?;
-            if format!("{:08x}", crc32fast::hash(&bytes)) == expected.trim() {
+            let sum = super::file_crc32(&tar).ok()?;
+            if format!("{sum:08x}") == expected.trim() {
                 Some(Backup { start, tar })
             } else {
                 tracing::warn!(tar = %tar.display(), "base backup fails its checksum; trying another");
