@@ -206,6 +206,8 @@ impl Runtime for ProcessRuntime {
                 template: None,
             },
         };
+        // Until the exit task owns the cgroup, a failed start removes it.
+        let mut unowned_cgroup = UnownedCgroup(cgroup.as_ref().ok().cloned());
         if !pgdata.exists() {
             // A new cluster. Its data directory is a template initialised ahead of need, or
             // initdb's output now; either way made aside and renamed into place, so that a
@@ -311,6 +313,7 @@ impl Runtime for ProcessRuntime {
             });
         }
         let mut child = command.spawn().context("starting postgres")?;
+        unowned_cgroup.0 = None; // the exit task below removes it once Postgres is gone
         drop(join_files);
         let pid = Pid::from_raw(
             child
@@ -491,6 +494,17 @@ impl Compute for ProcessCompute {
             "compute stopped"
         );
         Ok(())
+    }
+}
+
+/// A compute's cgroup that nothing will remove yet: removed when dropped (a start that failed).
+struct UnownedCgroup(Option<Cgroup>);
+
+impl Drop for UnownedCgroup {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.0.take() {
+            cgroup.remove();
+        }
     }
 }
 
