@@ -125,6 +125,10 @@ pub struct CopySet {
     /// The end of the last batch handed to the copies.
     sent: Lsn,
     view: CopiesView,
+    /// (peer, copy) pairs whose base backups are still to be copied after a repair: done
+    /// outside the set's lock by [`CopySet::take_base_repairs`]'s caller, because a backup is as
+    /// large as the database and commits wait while the set is held.
+    base_repairs: Vec<(PathBuf, PathBuf)>,
 }
 
 /// A read-only view of the copies' states that needs no lock on the set: status readers never
@@ -301,6 +305,7 @@ impl CopySet {
             sent: quorum.durable(),
             quorum,
             view,
+            base_repairs: Vec::new(),
         }
     }
 
@@ -426,13 +431,15 @@ impl CopySet {
         for i in returning {
             let target = self.copies[i].dir.clone();
             let source = peer_dir.clone();
-            let result = tokio::task::spawn_blocking(move || repair_from(&source, &target))
+            let result = tokio::task::spawn_blocking(move || repair_from(&source, &target, "wal"))
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()));
             let mut shared = self.copies[i].shared.lock().expect("copy lock");
             match result {
                 Ok(files) => {
-                    tracing::info!(copy = %self.copies[i].dir.display(), files, "copy repaired from a peer; it rejoins");
+                    self.base_repairs
+                        .push((peer_dir.clone(), self.copies[i].dir.clone()));
+                    tracing::info!(copy = %self.copies[i].dir.display(), files, "copy's WAL repaired from a peer; it rejoins");
                     shared.health = Health::Up;
                     shared.flushed = peer_flushed;
                 }
@@ -440,6 +447,11 @@ impl CopySet {
             }
         }
         self.quorum.recompute();
+    }
+
+    /// The base backups that repaired copies still lack, to copy without holding the set.
+    pub fn take_base_repairs(&mut self) -> Vec<(PathBuf, PathBuf)> {
+        std::mem::take(&mut self.base_repairs)
     }
 
     /// Copy directories, for reading backups and WAL.
@@ -491,7 +503,8 @@ fn usable(dir: &Path) -> bool {
 }
 
 /// Copies the WAL files that `source` has and `target` lacks or holds shorter.
-fn repair_from(source: &Path, target: &Path) -> Result<usize, String> {
+/// Copies what `target` lacks of `source`'s `sub` directory ("wal" or "base").
+pub fn repair_from(source: &Path, target: &Path, sub: &str) -> Result<usize, String> {
     let copy = |from: &Path, to: &Path| -> Result<(), String> {
         fs::copy(from, to).map_err(|e| format!("repairing {}: {e}", to.display()))?;
         File::open(to)
@@ -500,7 +513,7 @@ fn repair_from(source: &Path, target: &Path) -> Result<usize, String> {
     };
     let length = |path: &Path| fs::metadata(path).map(|m| m.len()).ok();
     let mut copied = 0;
-    for sub in ["wal", "base"] {
+    {
         let entries = fs::read_dir(source.join(sub)).map_err(|e| e.to_string())?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();

@@ -128,8 +128,30 @@ impl ClusterStorage {
     /// Repairs copies that are usable again, unless a write holds the set (a write below the
     /// quorum repairs by itself while it waits).
     pub async fn check_copies(&self) {
-        if let Ok(mut set) = self.copies.try_lock() {
-            set.repair_returning_copies().await;
+        let base_repairs = match self.copies.try_lock() {
+            Ok(mut set) => {
+                set.repair_returning_copies().await;
+                set.take_base_repairs()
+            }
+            Err(_) => Vec::new(),
+        };
+        if !base_repairs.is_empty() {
+            // The copies' base backups, without the set's lock (commits go on), and never while
+            // a backup is being stored or pruned, or a rebuild reads.
+            let store_lock = self.backup_store_lock.clone();
+            tokio::task::spawn_blocking(move || {
+                let _storing = store_lock.lock().unwrap_or_else(|e| e.into_inner());
+                for (peer, copy) in base_repairs {
+                    match copies::repair_from(&peer, &copy, "base") {
+                        Ok(files) => {
+                            tracing::info!(copy = %copy.display(), files, "base backups repaired from a peer")
+                        }
+                        Err(e) => {
+                            tracing::warn!(copy = %copy.display(), error = %e, "repairing base backups")
+                        }
+                    }
+                }
+            });
         }
     }
 
