@@ -246,6 +246,18 @@ fn old_base_backups_and_the_wal_below_them_are_pruned() {
             .filter(|n| n.ends_with(".tar"))
             .collect();
         assert_eq!(backups.len(), 2, "{zone}: {backups:?}");
+        // Each backup carries its checksum and the WAL position a restore must reach.
+        for backup in &backups {
+            let start = u64::from_str_radix(backup.trim_end_matches(".tar"), 16).unwrap();
+            let sidecar =
+                std::fs::read_to_string(copy.join("base").join(format!("{backup}.crc32"))).unwrap();
+            let end = sidecar
+                .lines()
+                .nth(1)
+                .and_then(pgtide::storage::wal::Lsn::parse)
+                .unwrap_or_else(|| panic!("{zone}: {backup}.crc32 has no end: {sidecar:?}"));
+            assert!(end.0 > start, "{zone}: {backup} ends at {end}");
+        }
         let oldest_kept = backups
             .iter()
             .map(|n| u64::from_str_radix(n.trim_end_matches(".tar"), 16).unwrap())

@@ -180,7 +180,7 @@ impl CopiesView {
     /// Copies a finished base backup (a tar file) into every copy that is up, with its checksum.
     /// Streams the file (a backup is as large as the database) and takes no lock on the set:
     /// commits go on meanwhile. Returns how many copies hold it.
-    pub fn store_backup(&self, tar: &Path, start: Lsn) -> Result<usize, String> {
+    pub fn store_backup(&self, tar: &Path, start: Lsn, end: Lsn) -> Result<usize, String> {
         let sum = file_crc32(tar).map_err(|e| format!("reading {}: {e}", tar.display()))?;
         let name = format!("{:016X}", start.0);
         let mut stored = 0;
@@ -195,9 +195,10 @@ impl CopiesView {
                 fs::copy(tar, &tmp)?;
                 File::open(&tmp)?.sync_all()?;
                 fs::rename(&tmp, dir.join(format!("{name}.tar")))?;
+                // The checksum, then the WAL position a restore must reach (the backup's end).
                 fs::write(
                     dir.join(format!("{name}.tar.crc32")),
-                    format!("{sum:08x}\n"),
+                    format!("{sum:08x}\n{end}\n"),
                 )?;
                 File::open(dir)?.sync_all()
             };
@@ -476,7 +477,12 @@ fn file_crc32(path: &Path) -> std::io::Result<u32> {
 
 /// Whether any of these copy directories holds a base backup (a cheap listing, no checksums).
 pub fn holds_backup(dirs: &[PathBuf]) -> bool {
-    dirs.iter().any(|dir| !backup_starts(dir).is_empty())
+    newest_backup_start(dirs).is_some()
+}
+
+/// The start of the newest base backup any of these copy directories lists.
+pub fn newest_backup_start(dirs: &[PathBuf]) -> Option<Lsn> {
+    dirs.iter().flat_map(|dir| backup_starts(dir)).max()
 }
 
 /// The start positions of the base backups a copy holds (`base/<start>.tar`).
@@ -836,6 +842,8 @@ pub mod read {
     #[derive(Debug, Clone)]
     pub struct Backup {
         pub start: Lsn,
+        /// The WAL position a restore must reach (not recorded by builds before it was).
+        pub end: Option<Lsn>,
         pub tar: PathBuf,
     }
 
@@ -867,10 +875,13 @@ pub mod read {
         }
         candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
         candidates.into_iter().find_map(|(start, tar)| {
-            let expected = fs::read_to_string(tar.with_extension("tar.crc32")).ok()?;
+            let sidecar = fs::read_to_string(tar.with_extension("tar.crc32")).ok()?;
+            let mut lines = sidecar.lines();
+            let expected = lines.next()?.trim().to_string();
+            let end = lines.next().and_then(|l| Lsn::parse(l.trim()));
             let sum = super::file_crc32(&tar).ok()?;
-            if format!("{sum:08x}") == expected.trim() {
-                Some(Backup { start, tar })
+            if format!("{sum:08x}") == expected {
+                Some(Backup { start, end, tar })
             } else {
                 tracing::warn!(tar = %tar.display(), "base backup fails its checksum; trying another");
                 None

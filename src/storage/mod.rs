@@ -80,8 +80,8 @@ impl ClusterStorage {
         let set = CopySet::open(copy_dirs, cluster, quorum);
         let dirs = set.dirs();
         let view = set.view();
-        let last_backup_start =
-            copies::read::newest_backup(&copies::read::readable(&dirs)).map(|b| b.start);
+        // A listing, not a checksum of database-sized files: a rebuild verifies what it uses.
+        let last_backup_start = copies::newest_backup_start(&dirs);
         let storage = ClusterStorage {
             copies: Arc::new(tokio::sync::Mutex::new(set)),
             view,
@@ -374,7 +374,7 @@ async fn base_backup(
     let stored = tokio::task::spawn_blocking(move || {
         let _storing = store_lock.lock().unwrap_or_else(|e| e.into_inner());
         let stored = view
-            .store_backup(&scratch.join("base.tar"), start)
+            .store_backup(&scratch.join("base.tar"), start, end)
             .map_err(|e| anyhow!(e))
             .and_then(|stored| {
                 // Fewer than a quorum: not a backup to count on, nor to prune for.
@@ -431,6 +431,16 @@ fn rebuild_blocking(dirs: &[PathBuf], pgdata: &Path) -> anyhow::Result<String> {
         &pg_wal,
     )
     .map_err(|e| anyhow!(e))?;
+    if let Some(needed) = backup.end.filter(|needed| end < *needed) {
+        // Postgres could not reach consistency and would refuse to start on this directory,
+        // which, once in place, would never be rebuilt again: leave pgdata missing instead.
+        let _ = std::fs::remove_dir_all(&staging);
+        bail!(
+            "the copies' WAL ends at {end}, before the end of the base backup at {} ({needed}); \
+             bring back the missing copies",
+            backup.start
+        );
+    }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))?;
     // Ownership is the runtime's business: it hands the directory to the user Postgres runs as.
