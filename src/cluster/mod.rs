@@ -637,11 +637,12 @@ impl ClusterTask {
         let size = self.initial_size();
         let mut postmaster_settings =
             acu::postmaster_settings(self.shared.config.max_acu, &self.shared.capacity);
+        // Before anyone decides that the data directory is gone: a runtime may still hold it
+        // (a docker slot whose release failed).
+        self.runtime.reclaim(&self.cluster_dir).await?;
         if let Some(storage) = &mut self.storage {
             postmaster_settings.extend(ClusterStorage::postmaster_settings());
-            // Before deciding that the data directory is gone: a runtime may still hold it (a
-            // docker slot whose release failed). A base backup of the previous compute ends here.
-            self.runtime.reclaim(&self.cluster_dir).await?;
+            // A base backup of the previous compute ends here.
             if let Some(finished) = storage.end_backup().await {
                 record_backup(&self.shared, finished);
             }

@@ -57,10 +57,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::cgroup::MemoryUse;
-use super::host::Owner;
+use super::host::{Owner, INITDB_OPTIONS};
 use super::warm::{SlotInUse, SlotMaker, WarmPool, WarmPoolStatus};
-use super::BOOTSTRAP_SUPERUSER;
-use super::{Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Runtime, Usage};
+use super::{
+    Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Runtime, Usage, COMPUTE_PORT,
+};
 use crate::acu::ComputeSize;
 use crate::config::RuntimeConfig;
 
@@ -70,7 +71,6 @@ pub const LABEL_SLOT: &str = "pgtide.slot";
 pub const LABEL_CLUSTER: &str = "pgtide.cluster";
 /// Where a slot directory appears inside its container.
 const MOUNT: &str = "/pgtide";
-const COMPUTE_PORT: u16 = 5432;
 const CPU_PERIOD: i64 = 100_000;
 /// Postgres needs more than Docker's default 64 MB of /dev/shm under load; it is a tmpfs, so
 /// only what is used counts against the memory limit.
@@ -119,7 +119,6 @@ impl DockerRuntime {
         }
         let slots = Arc::new(DockerSlots {
             docker,
-            engine,
             image,
             instance: instance_of(&data_dir),
             slots_dir,
@@ -136,7 +135,7 @@ impl DockerRuntime {
         });
         slots.clean_up_earlier_run().await?;
         let pool = WarmPool::start(slots.clone(), config.warm_pool_size, Vec::new());
-        tracing::info!(engine = %slots.engine, image = %slots.image, instance = %slots.instance, "docker runtime ready");
+        tracing::info!(engine = %engine, image = %slots.image, instance = %slots.instance, "docker runtime ready");
         Ok(DockerRuntime { slots, pool })
     }
 }
@@ -223,19 +222,10 @@ impl Runtime for DockerRuntime {
             .with_context(|| format!("creating {}", cluster_dir.display()))?;
         let cluster_dir = cluster_dir.canonicalize()?;
         let pgdata = super::pgdata_of(&cluster_dir);
-        // Data a slot still holds (a release that failed) goes back before anything else, so
-        // that a missing pgdata is never taken for a new cluster.
-        slots.reclaim(&cluster_dir).await?;
+        // Data a slot still held (a release that failed) is back already: the cluster calls
+        // `Runtime::reclaim` before every start, so a missing pgdata here is a new cluster.
         if pgdata.exists() {
-            if !pgdata.join("PG_VERSION").exists() {
-                bail!(
-                    "{} exists but is not a Postgres data directory (no PG_VERSION); \
-                     pgtide leaves it alone: move it away to start afresh",
-                    pgdata.display()
-                );
-            }
-            // A directory rebuilt from the copies (or brought from elsewhere) is handed over.
-            slots.owner.own_tree(&pgdata)?;
+            slots.owner.adopt_pgdata(&pgdata)?;
         }
 
         let (slot, in_use) = self.pool.take();
@@ -260,7 +250,6 @@ impl Runtime for DockerRuntime {
             }
         };
         let Running {
-            exec_id,
             pid,
             exited,
             stopping,
@@ -280,7 +269,6 @@ impl Runtime for DockerRuntime {
             slot,
             warm_started,
             _slot: in_use,
-            exec_id,
             pid,
             exited,
             stopping,
@@ -328,7 +316,6 @@ pub struct DockerSlot {
 /// Makes, fills and releases docker slots.
 pub struct DockerSlots {
     docker: Docker,
-    engine: String,
     image: String,
     instance: String,
     slots_dir: PathBuf,
@@ -340,7 +327,6 @@ pub struct DockerSlots {
 
 /// What `run` hands back: the postmaster's exec and its exit watch.
 struct Running {
-    exec_id: String,
     pid: Option<i32>,
     exited: watch::Receiver<Option<ExitInfo>>,
     stopping: Arc<AtomicBool>,
@@ -478,18 +464,7 @@ impl DockerSlots {
         }
 
         let mut cmd: Vec<String> = vec!["postgres".into(), "-D".into(), format!("{MOUNT}/pgdata")];
-        let fixed = [
-            ("listen_addresses", String::new()),
-            ("unix_socket_directories", format!("{MOUNT}/socket")),
-            ("unix_socket_permissions", "0700".to_string()),
-            ("port", COMPUTE_PORT.to_string()),
-            ("cluster_name", format!("pgtide-{}", spec.cluster)),
-            ("logging_collector", "off".to_string()),
-        ];
-        for (key, value) in fixed.iter().chain(spec.postmaster_settings.iter()) {
-            cmd.push("-c".into());
-            cmd.push(format!("{key}={value}"));
-        }
+        cmd.extend(super::postmaster_args(&format!("{MOUNT}/socket"), spec));
         // The size's memory limit now, no CPU limit until Postgres is ready (a throttled start
         // is ten times slower); both at once with creating the exec.
         let limit = self.update(&slot.container, None, spec.size.memory_mib);
@@ -541,7 +516,6 @@ impl DockerSlots {
             .and_then(|i| i.pid)
             .map(|p| p as i32);
         Ok(Running {
-            exec_id,
             pid,
             exited,
             stopping,
@@ -553,17 +527,8 @@ impl DockerSlots {
     async fn initdb(&self, slot: &DockerSlot, cluster_dir: &Path) -> anyhow::Result<()> {
         let started = Instant::now();
         let scratch = format!("{MOUNT}/pgdata.initdb");
-        let cmd = [
-            "initdb",
-            "-D",
-            &scratch,
-            "-U",
-            BOOTSTRAP_SUPERUSER,
-            "--encoding=UTF8",
-            "--no-locale",
-            "--auth-local=trust",
-            "--auth-host=reject",
-        ];
+        let mut cmd = vec!["initdb", "-D", &scratch];
+        cmd.extend(INITDB_OPTIONS);
         let (code, text) = self.exec_output(&slot.container, &cmd).await?;
         let _ = std::fs::write(cluster_dir.join("initdb.log"), &text);
         if code != Some(0) {
@@ -837,19 +802,15 @@ async fn watch_exit(
         let pause = if attempt < 25 { 20 } else { 500 };
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
-    let container_running = slots.is_running(&slot).await;
     let mut description = match code {
-        Some(code) => format!("exited with code {code}"),
-        None => "exited".to_string(),
+        Some(code) => format!("exited with code {code} (container {}", slot.container),
+        None => format!("exited (container {}", slot.container),
     };
-    if !container_running && !stopping.load(Ordering::Relaxed) {
-        description.push_str(&format!(
-            " (its container {} was stopped or killed)",
-            slot.container
-        ));
-    } else {
-        description.push_str(&format!(" (container {})", slot.container));
+    // Not asked to stop, and the container went with it: it was stopped or killed.
+    if !stopping.load(Ordering::Relaxed) && !slots.is_running(&slot).await {
+        description.push_str(" was stopped or killed");
     }
+    description.push(')');
     if let Err(e) = slots.release(&slot).await {
         tracing::error!(error = format!("{e:#}"), "releasing the slot");
         description.push_str(&format!(" (its data is still in {})", slot.dir.display()));
@@ -912,7 +873,6 @@ pub struct DockerCompute {
     warm_started: bool,
     /// Counts this compute's slot as in use for as long as it lives.
     _slot: SlotInUse,
-    exec_id: String,
     /// The postmaster's pid on the engine's host, when the engine reports it.
     pid: Option<i32>,
     exited: watch::Receiver<Option<ExitInfo>>,
@@ -936,12 +896,6 @@ impl DockerCompute {
         self.exited.borrow().is_some()
     }
 
-    async fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let mut exited = self.exited.clone();
-        let finished = tokio::time::timeout(timeout, exited.wait_for(|e| e.is_some())).await;
-        finished.is_ok()
-    }
-
     /// Removes the container at once; the exit watch then puts the data back.
     async fn kill_now(&mut self) {
         self.stopping.store(true, Ordering::Relaxed);
@@ -951,7 +905,7 @@ impl DockerCompute {
             .docker
             .remove_container(&self.slot.container, Some(options))
             .await;
-        if !self.wait_exit(Duration::from_secs(30)).await {
+        if !super::wait_exit(&self.exited, Duration::from_secs(30)).await {
             tracing::error!(container = %self.slot.container, "no exit seen after removing the container");
             if let Err(e) = self.slots.release(&self.slot).await {
                 tracing::error!(error = format!("{e:#}"), "releasing the slot");
@@ -1055,13 +1009,12 @@ impl Compute for DockerCompute {
             .await;
         super::checkpoint_before_stop(&self.endpoint).await;
         self.fast_shutdown().await;
-        if !self.wait_exit(FAST_SHUTDOWN_TIMEOUT).await {
+        if !super::wait_exit(&self.exited, FAST_SHUTDOWN_TIMEOUT).await {
             tracing::warn!(container = %self.slot.container, "fast shutdown timed out, removing the container");
             self.kill_now().await;
         }
         tracing::info!(
             container = %self.slot.container,
-            exec = %self.exec_id,
             ms = started.elapsed().as_millis() as u64,
             "compute stopped"
         );

@@ -25,8 +25,19 @@ struct RunAs {
 /// The machine's Postgres binaries and the user they run as.
 pub struct Host {
     pub binaries: PostgresBinaries,
-    owner: Owner,
+    pub owner: Owner,
 }
+
+/// How every runtime initialises a cluster (after `-D DIR`): pgtide's bootstrap superuser, UTF8
+/// without a locale, trust on the private unix socket only and no TCP login at all.
+pub const INITDB_OPTIONS: [&str; 6] = [
+    "-U",
+    BOOTSTRAP_SUPERUSER,
+    "--encoding=UTF8",
+    "--no-locale",
+    "--auth-local=trust",
+    "--auth-host=reject",
+];
 
 /// Who owns what Postgres reads and writes: `runtime.run_as` when pgtide is root, else pgtide's
 /// own user (nothing to hand over). The docker runtime uses it alone, without host binaries: its
@@ -36,23 +47,26 @@ pub struct Owner {
     run_as: Option<RunAs>,
 }
 
+impl Owner {
+    /// Checks that an existing `pgdata` is a Postgres data directory and hands it to the user
+    /// Postgres runs as (a directory rebuilt from the copies, or brought from elsewhere).
+    pub fn adopt_pgdata(&self, pgdata: &Path) -> anyhow::Result<()> {
+        if !pgdata.join("PG_VERSION").exists() {
+            bail!(
+                "{} exists but is not a Postgres data directory (no PG_VERSION); \
+                 pgtide leaves it alone: move it away to start afresh",
+                pgdata.display()
+            );
+        }
+        self.own_tree(pgdata)
+    }
+}
+
 impl Host {
     pub fn new(config: &RuntimeConfig) -> anyhow::Result<Host> {
         let binaries = PostgresBinaries::find(config.postgres_bin_dir.as_deref())?;
         let owner = Owner::new(config)?;
         Ok(Host { binaries, owner })
-    }
-
-    pub fn chown(&self, path: &Path) -> anyhow::Result<()> {
-        self.owner.chown(path)
-    }
-
-    pub fn own_tree(&self, path: &Path) -> anyhow::Result<()> {
-        self.owner.own_tree(path)
-    }
-
-    pub fn check_reachable(&self, dir: &Path) -> anyhow::Result<()> {
-        self.owner.check_reachable(dir)
     }
 
     pub fn command(&self, program: &Path) -> tokio::process::Command {
@@ -70,8 +84,7 @@ impl Host {
             .command(&self.binaries.initdb())
             .arg("-D")
             .arg(pgdata)
-            .args(["-U", BOOTSTRAP_SUPERUSER, "--encoding=UTF8", "--no-locale"])
-            .args(["--auth-local=trust", "--auth-host=reject"])
+            .args(INITDB_OPTIONS)
             .output()
             .await
             .context("running initdb")?;
@@ -99,7 +112,7 @@ impl Host {
         };
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        self.chown(&dir)?;
+        self.owner.chown(&dir)?;
         Ok(dir)
     }
 }

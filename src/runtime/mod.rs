@@ -84,6 +84,37 @@ pub fn pgdata_of(cluster_dir: &std::path::Path) -> PathBuf {
     cluster_dir.join("pgdata")
 }
 
+/// The port in every compute's socket name (`.s.PGSQL.5432`): Postgres listens on no TCP port.
+pub const COMPUTE_PORT: u16 = 5432;
+
+/// The postmaster's `-c key=value` arguments: the unix socket in `socket_dir` (as the compute
+/// sees it) and nothing else to listen on, pgtide's fixed settings, then the spec's.
+pub fn postmaster_args(socket_dir: &str, spec: &ComputeSpec) -> Vec<String> {
+    let fixed = [
+        ("listen_addresses", String::new()),
+        ("unix_socket_directories", socket_dir.to_string()),
+        ("unix_socket_permissions", "0700".to_string()),
+        ("port", COMPUTE_PORT.to_string()),
+        ("cluster_name", format!("pgtide-{}", spec.cluster)),
+        ("logging_collector", "off".to_string()),
+    ];
+    fixed
+        .iter()
+        .chain(spec.postmaster_settings.iter())
+        .flat_map(|(key, value)| ["-c".to_string(), format!("{key}={value}")])
+        .collect()
+}
+
+/// Waits up to `timeout` for a compute's exit; whether it came.
+pub async fn wait_exit(
+    exited: &watch::Receiver<Option<ExitInfo>>,
+    timeout: std::time::Duration,
+) -> bool {
+    let mut exited = exited.clone();
+    let finished = tokio::time::timeout(timeout, exited.wait_for(|e| e.is_some())).await;
+    finished.is_ok()
+}
+
 /// The superuser that `initdb` creates; pgtide logs in as it over the private socket.
 pub const BOOTSTRAP_SUPERUSER: &str = "postgres";
 
@@ -136,7 +167,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn shutdown(&self);
 
     /// Puts back a cluster's data directory that the runtime still holds from an earlier
-    /// compute (a docker slot whose release failed), before anyone decides it is gone.
+    /// compute (a docker slot whose release failed). The cluster calls it before every start,
+    /// before it looks at the data directory (to rebuild it, or to let `start` create it).
     async fn reclaim(&self, _cluster_dir: &std::path::Path) -> anyhow::Result<()> {
         Ok(())
     }
@@ -190,13 +222,13 @@ pub async fn wait_ready(
                 "{what} {} while starting; the end of {}:\n{}",
                 exit.description,
                 log_path.display(),
-                process::tail(log_path, 10)
+                tail(log_path, 10)
             );
         }
         if socket.exists() {
             match endpoint.admin_connect().await {
                 Ok(_) => return Ok(()),
-                Err(e) if process::is_starting_up(&e) => {}
+                Err(e) if is_starting_up(&e) => {}
                 Err(e) if e.as_db_error().is_some() => return Err(e.into()),
                 Err(_) => {} // the socket is not accepting yet
             }
@@ -208,6 +240,17 @@ pub async fn wait_ready(
         }
         tokio::time::sleep(READY_POLL).await;
     }
+}
+
+fn is_starting_up(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW)
+}
+
+/// The last `lines` lines of a log file.
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// CHECKPOINT before a fast shutdown: it makes the shutdown short and the next start skip

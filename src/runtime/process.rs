@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use async_trait::async_trait;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -33,11 +33,10 @@ use super::cgroup::{Cgroup, MemoryUse};
 use super::host::Host;
 use super::warm::{SlotInUse, SlotMaker, WarmPool, WarmPoolStatus};
 use super::Usage;
-use super::{Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Runtime};
+use super::{Compute, ComputeEndpoint, ComputeSpec, ExitInfo, Limits, Runtime, COMPUTE_PORT};
 use crate::acu::ComputeSize;
 use crate::config::RuntimeConfig;
 
-const COMPUTE_PORT: u16 = 5432;
 const FAST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct ProcessRuntime {
@@ -119,12 +118,8 @@ impl ProcessSlots {
             .push(template);
     }
 
-    fn new_cgroup(&self, name: &str) -> Result<Cgroup, String> {
-        Cgroup::create(name)
-    }
-
     fn slot_cgroup(&self, id: u64) -> Result<Cgroup, String> {
-        self.new_cgroup(&format!("{}-{id}", self.cgroup_prefix))
+        Cgroup::create(&format!("{}-{id}", self.cgroup_prefix))
     }
 
     /// A slot around a spare template, if there is one.
@@ -149,7 +144,7 @@ impl SlotMaker for ProcessSlots {
         let id = self.next_id.fetch_add(1, AtomicOrdering::Relaxed);
         let template = self.warm_dir.join(format!("template-{id}"));
         let scratch = template.with_extension("initdb");
-        self.host.chown(&self.warm_dir)?;
+        self.host.owner.chown(&self.warm_dir)?;
         self.host
             .initdb(&scratch, &self.warm_dir.join("initdb.log"))
             .await?;
@@ -188,8 +183,8 @@ impl Runtime for ProcessRuntime {
         let cluster_dir = &spec.cluster_dir;
         std::fs::create_dir_all(cluster_dir)
             .with_context(|| format!("creating {}", cluster_dir.display()))?;
-        host.chown(cluster_dir)?;
-        host.check_reachable(cluster_dir)?;
+        host.owner.chown(cluster_dir)?;
+        host.owner.check_reachable(cluster_dir)?;
         let pgdata = super::pgdata_of(cluster_dir);
         let log_path = cluster_dir.join("postgres.log");
 
@@ -200,9 +195,7 @@ impl Runtime for ProcessRuntime {
             None => ProcessSlot {
                 // One cgroup per compute, named after the cluster and its directory (several
                 // pgtides may run clusters of the same name on one machine).
-                cgroup: self
-                    .slots
-                    .new_cgroup(&cgroup_name(&spec.cluster, cluster_dir)),
+                cgroup: Cgroup::create(&cgroup_name(&spec.cluster, cluster_dir)),
                 template: None,
             },
         };
@@ -236,15 +229,7 @@ impl Runtime for ProcessRuntime {
             if let Some(template) = template {
                 self.slots.keep_spare(template);
             }
-            if !pgdata.join("PG_VERSION").exists() {
-                bail!(
-                    "{} exists but is not a Postgres data directory (no PG_VERSION); \
-                     pgtide leaves it alone: move it away to start afresh",
-                    pgdata.display()
-                );
-            }
-            // A directory rebuilt from the copies (or brought from elsewhere) is handed over.
-            host.own_tree(&pgdata)?;
+            host.owner.adopt_pgdata(&pgdata)?;
         }
         stop_leftover_postmaster(&pgdata).await?;
         let socket_dir = host.socket_dir(cluster_dir)?;
@@ -260,17 +245,10 @@ impl Runtime for ProcessRuntime {
             .with_context(|| format!("opening {}", log_path.display()))?;
         let mut command = host.command(&host.binaries.postgres());
         command.arg("-D").arg(&pgdata);
-        let fixed = [
-            ("listen_addresses", String::new()),
-            ("unix_socket_directories", socket_dir.display().to_string()),
-            ("unix_socket_permissions", "0700".to_string()),
-            ("port", COMPUTE_PORT.to_string()),
-            ("cluster_name", format!("pgtide-{}", spec.cluster)),
-            ("logging_collector", "off".to_string()),
-        ];
-        for (key, value) in fixed.iter().chain(spec.postmaster_settings.iter()) {
-            command.arg("-c").arg(format!("{key}={value}"));
-        }
+        command.args(super::postmaster_args(
+            &socket_dir.display().to_string(),
+            spec,
+        ));
         command.stdout(log.try_clone()?).stderr(log);
 
         // No CPU limit while Postgres starts: a start throttled to the smallest size takes ten
@@ -393,15 +371,9 @@ impl ProcessCompute {
         self.exited.borrow().is_some()
     }
 
-    async fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let mut exited = self.exited.clone();
-        let finished = tokio::time::timeout(timeout, exited.wait_for(|e| e.is_some())).await;
-        finished.is_ok()
-    }
-
     async fn kill_now(&mut self) -> anyhow::Result<()> {
         let _ = kill(self.pid, Signal::SIGKILL);
-        self.wait_exit(Duration::from_secs(10)).await;
+        super::wait_exit(&self.exited, Duration::from_secs(10)).await;
         Ok(())
     }
 }
@@ -478,13 +450,13 @@ impl Compute for ProcessCompute {
         }
         super::checkpoint_before_stop(&self.endpoint).await;
         let _ = kill(self.pid, Signal::SIGINT);
-        if !self.wait_exit(FAST_SHUTDOWN_TIMEOUT).await {
+        if !super::wait_exit(&self.exited, FAST_SHUTDOWN_TIMEOUT).await {
             tracing::warn!(
                 pid = self.pid.as_raw(),
                 "fast shutdown timed out, sending SIGQUIT"
             );
             let _ = kill(self.pid, Signal::SIGQUIT);
-            if !self.wait_exit(Duration::from_secs(5)).await {
+            if !super::wait_exit(&self.exited, Duration::from_secs(5)).await {
                 self.kill_now().await?;
             }
         }
@@ -573,10 +545,6 @@ fn process_group_usage(postmaster: Pid) -> Usage {
     }
 }
 
-pub(super) fn is_starting_up(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW)
-}
-
 fn describe_exit(status: std::process::ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (_, Some(signal)) => format!("exited with signal {signal}"),
@@ -630,10 +598,4 @@ pub fn is_alive(pid: Pid) -> bool {
             .unwrap_or(false),
         Err(_) => false,
     }
-}
-
-pub(super) fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

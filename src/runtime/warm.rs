@@ -129,18 +129,6 @@ impl<M: SlotMaker> WarmPool<M> {
         (slot, guard)
     }
 
-    /// Gives back a slot that was taken but not used (the start failed before it needed it).
-    pub fn give_back(&self, slot: M::Slot) {
-        let mut ready = self.shared.ready.lock().expect("warm pool lock");
-        if ready.len() < self.shared.size {
-            ready.push_back(slot);
-        } else {
-            drop(ready);
-            let maker = self.shared.maker.clone();
-            tokio::spawn(async move { maker.discard(slot).await });
-        }
-    }
-
     pub fn status(&self) -> WarmPoolStatus {
         let s = &self.shared;
         WarmPoolStatus {
@@ -286,8 +274,9 @@ mod tests {
         assert_eq!(status.ready, 1);
         assert_eq!(status.last_error.as_deref(), Some("no room"));
         assert_eq!(pool.take().0, Some(41));
-        pool.give_back(41);
-        pool.drain().await;
+        // Stopping releases the ready slots.
+        let stopping = WarmPool::start(maker.clone(), 2, vec![43]);
+        stopping.drain().await;
         assert_eq!(maker.discarded.load(Ordering::Relaxed), 1);
     }
 }

@@ -182,25 +182,22 @@ impl CopiesView {
     /// commits go on meanwhile. Returns how many copies hold it.
     pub fn store_backup(&self, tar: &Path, start: Lsn, end: Lsn) -> Result<usize, String> {
         let sum = file_crc32(tar).map_err(|e| format!("reading {}: {e}", tar.display()))?;
-        let name = format!("{:016X}", start.0);
         let mut stored = 0;
         for (dir, shared) in &self.copies {
             if shared.lock().expect("copy lock").health != Health::Up {
                 continue;
             }
-            let base = dir.join("base");
-            let tmp = base.join(format!("{name}.tar.tmp"));
+            let target = backup_tar(dir, start);
+            let tmp = target.with_extension("tar.tmp");
             let write = || -> std::io::Result<()> {
-                let dir = &base;
-                fs::copy(tar, &tmp)?;
-                File::open(&tmp)?.sync_all()?;
-                fs::rename(&tmp, dir.join(format!("{name}.tar")))?;
+                copy_synced(tar, &tmp)?;
+                fs::rename(&tmp, &target)?;
                 // The checksum, then the WAL position a restore must reach (the backup's end).
                 fs::write(
-                    dir.join(format!("{name}.tar.crc32")),
+                    target.with_extension("tar.crc32"),
                     format!("{sum:08x}\n{end}\n"),
                 )?;
-                File::open(dir)?.sync_all()
+                File::open(dir.join("base"))?.sync_all()
             };
             match write() {
                 Ok(()) => stored += 1,
@@ -219,25 +216,23 @@ impl CopiesView {
     /// ones and the WAL segments wholly below the oldest kept backup's start (a rebuild from it
     /// needs nothing older). Returns that start, if there was anything to prune below.
     pub fn prune(&self, keep: usize) -> Option<Lsn> {
-        let mut starts: Vec<Lsn> = self
+        let listed: Vec<Vec<Lsn>> = self
             .copies
             .iter()
-            .flat_map(|(dir, _)| backup_starts(dir))
+            .map(|(dir, _)| backup_starts(dir))
             .collect();
+        let mut starts: Vec<Lsn> = listed.iter().flatten().copied().collect();
         starts.sort_unstable_by(|a, b| b.cmp(a));
         starts.dedup();
         let oldest_kept = *starts.get(keep.checked_sub(1)?)?;
-        for (dir, shared) in &self.copies {
+        for ((dir, shared), backups) in self.copies.iter().zip(&listed) {
             if shared.lock().expect("copy lock").health != Health::Up {
                 continue; // pruned once it is back
             }
-            let base = dir.join("base");
-            for start in backup_starts(dir) {
-                if start < oldest_kept {
-                    let name = format!("{:016X}", start.0);
-                    let _ = fs::remove_file(base.join(format!("{name}.tar")));
-                    let _ = fs::remove_file(base.join(format!("{name}.tar.crc32")));
-                }
+            for &start in backups.iter().filter(|&&start| start < oldest_kept) {
+                let tar = backup_tar(dir, start);
+                let _ = fs::remove_file(tar.with_extension("tar.crc32"));
+                let _ = fs::remove_file(tar);
             }
             for entry in fs::read_dir(dir.join("wal"))
                 .into_iter()
@@ -475,14 +470,21 @@ fn file_crc32(path: &Path) -> std::io::Result<u32> {
     }
 }
 
-/// Whether any of these copy directories holds a base backup (a cheap listing, no checksums).
-pub fn holds_backup(dirs: &[PathBuf]) -> bool {
-    newest_backup_start(dirs).is_some()
-}
-
-/// The start of the newest base backup any of these copy directories lists.
+/// The start of the newest base backup any of these copy directories lists (a cheap listing,
+/// no checksums).
 pub fn newest_backup_start(dirs: &[PathBuf]) -> Option<Lsn> {
     dirs.iter().flat_map(|dir| backup_starts(dir)).max()
+}
+
+/// Where a copy keeps the base backup that starts at `start`.
+fn backup_tar(dir: &Path, start: Lsn) -> PathBuf {
+    dir.join("base").join(format!("{:016X}.tar", start.0))
+}
+
+/// Copies a file and makes the copy durable.
+fn copy_synced(from: &Path, to: &Path) -> std::io::Result<()> {
+    fs::copy(from, to)?;
+    File::open(to)?.sync_all()
 }
 
 /// The start positions of the base backups a copy holds (`base/<start>.tar`).
@@ -508,37 +510,32 @@ fn usable(dir: &Path) -> bool {
         && fs::remove_file(&probe).is_ok()
 }
 
-/// Copies the WAL files that `source` has and `target` lacks or holds shorter.
-/// Copies what `target` lacks of `source`'s `sub` directory ("wal" or "base").
+/// Copies the files of `source`'s `sub` directory ("wal" or "base") that `target` lacks or
+/// holds shorter.
 pub fn repair_from(source: &Path, target: &Path, sub: &str) -> Result<usize, String> {
-    let copy = |from: &Path, to: &Path| -> Result<(), String> {
-        fs::copy(from, to).map_err(|e| format!("repairing {}: {e}", to.display()))?;
-        File::open(to)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| e.to_string())
+    let copy = |from: &Path, to: &Path| {
+        copy_synced(from, to).map_err(|e| format!("repairing {}: {e}", to.display()))
     };
     let length = |path: &Path| fs::metadata(path).map(|m| m.len()).ok();
     let mut copied = 0;
-    {
-        let entries = fs::read_dir(source.join(sub)).map_err(|e| e.to_string())?;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") {
-                continue;
-            }
-            let from = entry.path();
-            let to = target.join(sub).join(&name);
-            if parse_segment_file_name(&name).is_some() {
-                // Segments are full-size from their first write: what they hold shows in their
-                // checksum records, one more with every write.
-                if !to.exists() || read_sums(&to).len() != read_sums(&from).len() {
-                    copy(&from, &to)?;
-                    copied += 1;
-                }
-            } else if length(&to) != length(&from) {
+    let entries = fs::read_dir(source.join(sub)).map_err(|e| e.to_string())?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            continue;
+        }
+        let from = entry.path();
+        let to = target.join(sub).join(&name);
+        if parse_segment_file_name(&name).is_some() {
+            // Segments are full-size from their first write: what they hold shows in their
+            // checksum records, one more with every write.
+            if !to.exists() || read_sums(&to).len() != read_sums(&from).len() {
                 copy(&from, &to)?;
                 copied += 1;
             }
+        } else if length(&to) != length(&from) {
+            copy(&from, &to)?;
+            copied += 1;
         }
     }
     Ok(copied)
@@ -858,21 +855,14 @@ pub mod read {
 
     /// The newest base backup whose checksum holds, in any copy.
     pub fn newest_backup(dirs: &[PathBuf]) -> Option<Backup> {
-        let mut candidates: Vec<(Lsn, PathBuf)> = Vec::new();
-        for dir in dirs {
-            for entry in fs::read_dir(dir.join("base"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(hex) = name.strip_suffix(".tar") {
-                    if let Ok(start) = u64::from_str_radix(hex, 16) {
-                        candidates.push((Lsn(start), entry.path()));
-                    }
-                }
-            }
-        }
+        let mut candidates: Vec<(Lsn, PathBuf)> = dirs
+            .iter()
+            .flat_map(|dir| {
+                super::backup_starts(dir)
+                    .into_iter()
+                    .map(|start| (start, super::backup_tar(dir, start)))
+            })
+            .collect();
         candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
         candidates.into_iter().find_map(|(start, tar)| {
             let sidecar = fs::read_to_string(tar.with_extension("tar.crc32")).ok()?;

@@ -188,7 +188,7 @@ impl ClusterStorage {
     /// Also looks at the copies themselves: a backup stored by a task that was cancelled before
     /// it reported counts, so that a lost data directory is rebuilt, never initialised afresh.
     pub fn has_backup(&self) -> bool {
-        self.last_backup_start.is_some() || copies::holds_backup(&self.dirs)
+        self.last_backup_start.is_some() || copies::newest_backup_start(&self.dirs).is_some()
     }
 
     /// Starts the receiver for a compute that just started; returns once it streams.
