@@ -884,6 +884,12 @@ impl ClusterTask {
             // The receiver ends once it has everything up to the shutdown checkpoint.
             storage.stop_receiver().await;
         }
+        self.no_compute_status();
+    }
+
+    /// No compute runs (stopped, or exited on its own): 0 ACU and no limits in `/status`, until
+    /// the next one is running.
+    fn no_compute_status(&self) {
         metrics::gauge!("pgtide_cluster_acu", "cluster" => self.name().to_string()).set(0.0);
         let mut status = self.shared.status.lock().expect("status lock");
         status.acu = 0.0;
@@ -973,6 +979,7 @@ impl ClusterTask {
     async fn on_compute_exit(&mut self, exit: ExitInfo) {
         self.compute = None;
         self.acu = 0.0;
+        self.no_compute_status();
         let started = Instant::now();
         let description = format!("compute {}, restarting", exit.description);
         tracing::warn!(cluster = %self.name(), "{description}");
