@@ -2,9 +2,10 @@
 # Benchmarks, side by side in one run, interleaved rounds, medians and ratios. Never run by the
 # tests: this machine is shared and noisy, so figures come from here, not from assertions.
 #
-#   scripts/bench.sh [proxy]   pgbench select-only and tpcb-like, 8 clients, through:
-#                              direct Postgres (TCP), pgtide (session mode), PgBouncer 1.18
-#                              (transaction mode) and a bare tokio relay (benches/relay.rs)
+#   scripts/bench.sh [proxy]   pgbench select-only and tpcb-like, 8 clients, against one Postgres
+#                              (pgtide's compute): straight over its unix socket, through pgtide
+#                              (session mode), PgBouncer 1.18 (transaction mode) and a bare tokio
+#                              relay (benches/relay.rs); ratios are to the compute itself
 #   scripts/bench.sh resume    20 pause → connect → first row cycles against a paused cluster, for
 #                              four targets side by side (interleaved): the process runtime cold
 #                              (warm_pool_size = 0) and with its pool (1), the docker runtime cold
@@ -21,13 +22,34 @@
 #                              reaction from each load change to the applied ACU; then a 24-hour
 #                              synthetic trace through the policy alone (benches/day_trace.rs)
 #
+#   scripts/bench.sh syscalls  per select-only transaction, for pgtide (both pool modes), PgBouncer
+#                              and the relay on one compute: CPU µs (median of interleaved rounds),
+#                              system calls and context switches (strace -c, /proc)
+#   scripts/bench.sh all       every mode above, one after the other, and then all their tables
+#
 # Knobs: ROUNDS (default 5), SECONDS_PER_ROUND (default 6), CLIENTS (default 8), SCALE (10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-prepare_machine
 
 MODE=${1:-proxy}
+if [ "$MODE" = all ]; then
+  # Every mode, one after the other (each starts and stops its own processes), then every
+  # table together. Progress goes to stderr; the tables are what each mode prints on stdout.
+  out=$(mktemp -d /tmp/pgtide-bench-all-XXXXXX)
+  for mode in proxy syscalls pool storage resume scale; do
+    log "=== scripts/bench.sh $mode"
+    "$0" "$mode" > "$out/$mode.txt" || log "bench.sh $mode failed (exit $?)"
+  done
+  for mode in proxy syscalls pool storage resume scale; do
+    printf '\n=== %s\n' "$mode"
+    grep -v '^$' "$out/$mode.txt" || true
+  done
+  rm -rf "$out"
+  exit 0
+fi
+prepare_machine
+
 ROUNDS=${ROUNDS:-5}
 SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-6}
 CLIENTS=${CLIENTS:-8}
@@ -46,6 +68,9 @@ cleanup() {
     sleep 0.1
   done
   for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  # Anything else that runs on this benchmark's files (a Postgres a wrapper started, a backend
+  # left behind): a process left running skews every later figure.
+  pkill -9 -f "$WORK" 2>/dev/null || true
   # Containers of the docker runtime a killed pgtide left (their slots are under $WORK).
   if command -v docker >/dev/null; then
     for id in $(docker ps -aq --filter label=pgtide.slot 2>/dev/null); do
@@ -54,10 +79,16 @@ cleanup() {
     done
   fi
   rm -rf "$WORK"
+  if pgrep -f "$WORK" >/dev/null; then log "warning: processes of $WORK are still running"; fi
 }
 trap cleanup EXIT INT TERM
 
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# As root, runs a command as postgres in the same process (setpriv execs; runuser would fork and
+# leave $! naming a wrapper whose child outlives a kill).
+as_pg() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
+# The same for a server started in the background: `exec` replaces the subshell that `&` makes,
+# so that $! is the server's own pid.
+bg_as_pg() { if [ "$(id -u)" = 0 ]; then exec setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else exec "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; log "port $1 never opened"; return 1; }
 
@@ -95,18 +126,22 @@ start_direct() { # a plain Postgres on TCP (and a unix socket in $WORK/sock); se
   DIRECT_PORT=$(free_port)
   mkdir -p "$WORK/direct" "$WORK/sock" && chown postgres: "$WORK/direct" "$WORK/sock" 2>/dev/null || true
   as_pg "$BIN/initdb" -D "$WORK/direct/pgdata" -U postgres --auth=trust --no-locale -E UTF8 >/dev/null
-  as_pg "$BIN/postgres" -D "$WORK/direct/pgdata" -c listen_addresses=127.0.0.1 -c port="$DIRECT_PORT" \
+  bg_as_pg "$BIN/postgres" -D "$WORK/direct/pgdata" -c listen_addresses=127.0.0.1 -c port="$DIRECT_PORT" \
     -c unix_socket_directories="$WORK/sock" -c max_connections=200 -c shared_buffers=128MB \
     > "$WORK/direct.log" 2>&1 &
   PIDS+=($!)
   wait_port "$DIRECT_PORT"
 }
 
-start_bouncer() { # PgBouncer 1.18 in transaction mode in front of the direct Postgres; sets BOUNCER_PORT
+start_bouncer() { # PgBouncer 1.18 in transaction mode; sets BOUNCER_PORT
+  # $1 = the Postgres socket dir and $2 its port (default: the direct Postgres), $3 = the OS user
+  # it runs as (default postgres; it must be able to open that socket).
   BOUNCER_PORT=$(free_port)
-  cat > "$WORK/pgbouncer.ini" <<EOF
+  local sock=${1:-$WORK/sock} port=${2:-$DIRECT_PORT} user=${3:-postgres}
+  local ini="$WORK/pgbouncer-$BOUNCER_PORT.ini"
+  cat > "$ini" <<EOF
 [databases]
-postgres = host=$WORK/sock port=$DIRECT_PORT dbname=postgres
+postgres = host=$sock port=$port dbname=postgres
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT
@@ -118,14 +153,19 @@ default_pool_size = 20
 max_client_conn = 1000
 EOF
   echo '"postgres" ""' > "$WORK/userlist.txt"
-  chown postgres: "$WORK/pgbouncer.ini" "$WORK/userlist.txt" 2>/dev/null || true
-  as_pg pgbouncer "$WORK/pgbouncer.ini" 2> "$WORK/pgbouncer.log" &
+  chmod 644 "$ini" "$WORK/userlist.txt"
+  if [ "$(id -u)" = 0 ]; then
+    (exec setpriv --reuid="$user" --regid="$user" --init-groups -- pgbouncer "$ini" 2> "$ini.log") &
+  else
+    (exec pgbouncer "$ini" 2> "$ini.log") &
+  fi
   PIDS+=($!)
   wait_port "$BOUNCER_PORT"
 }
 
 # compare "WORKLOAD…" NAME=PORT…: interleaved rounds of pgbench over every target, then the
-# median TPS of each and the median of the per-round ratios to the first target.
+# median TPS of each and the median of the per-round ratios to the first target. A target may
+# also be NAME=SOCKET_DIR:PORT, a unix socket.
 compare() {
   local workloads=$1; shift
   local results="$WORK/results.tsv"; : > "$results"
@@ -133,9 +173,10 @@ compare() {
     local flag=""; [ "$workload" = select-only ] && flag="-S"
     for round in $(seq 1 "$ROUNDS"); do
       for target in "$@"; do
-        local name=${target%%=*} port=${target#*=}
+        local name=${target%%=*} port=${target#*=} host=127.0.0.1
+        case $port in */*) host=${port%:*}; port=${port##*:} ;; esac
         local out tps failed
-        out=$(pgbench -h 127.0.0.1 -p "$port" -U postgres $flag ${PGBENCH_EXTRA:-} -c "$CLIENTS" -j 2 \
+        out=$(pgbench -h "$host" -p "$port" -U postgres $flag ${PGBENCH_EXTRA:-} -c "$CLIENTS" -j 2 \
               -T "$SECONDS_PER_ROUND" postgres 2>&1 || true)
         tps=$(printf '%s\n' "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
         failed=$(printf '%s\n' "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' | head -1)
@@ -165,18 +206,21 @@ EOF
 # ---------------------------------------------------------------------------------------------
 bench_proxy() {
   if ! command -v pgbouncer >/dev/null; then log "installing pgbouncer…"; apt_install pgbouncer; fi
-  log "starting direct Postgres, PgBouncer, the bare relay and pgtide in $WORK"
-  start_direct
-  start_bouncer
-  RELAY_PORT=$(free_port)
-  "$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "$WORK/sock/.s.PGSQL.$DIRECT_PORT" 2>/dev/null &
-  PIDS+=($!)
   # The whole machine (8 ACU = 2 cores): this measures the proxy, not the scaler.
   start_pgtide pgtide "min_acu = 8"
-  wait_port "$BOUNCER_PORT"; wait_port "$RELAY_PORT"
-  pgbench -h 127.0.0.1 -p "$DIRECT_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+  # Every proxy fronts the same Postgres, pgtide's own compute, over its private socket (as root,
+  # the compute runs as the OS user postgres-<cluster>, who alone may open it): the gap between
+  # "compute" and each proxy is that proxy's own cost, with no difference between instances.
+  local sock="$WORK/pgtide-data/clusters/bench/socket" owner=postgres
+  [ "$(id -u)" = 0 ] && owner=postgres-bench
+  log "starting PgBouncer and the bare relay in front of pgtide's compute ($sock)"
+  start_bouncer "$sock" 5432 "$owner"
+  RELAY_PORT=$(free_port)
+  "$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "$sock/.s.PGSQL.5432" 2>/dev/null &
+  PIDS+=($!)
+  wait_port "$RELAY_PORT"
   pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
-  compare "select-only tpcb-like" direct="$DIRECT_PORT" pgtide="$PGTIDE_PORT" \
+  compare "select-only tpcb-like" compute="$sock:5432" pgtide="$PGTIDE_PORT" \
     pgbouncer="$BOUNCER_PORT" relay="$RELAY_PORT"
 }
 
@@ -367,11 +411,83 @@ EOF
   cargo bench --bench day_trace --quiet 2>/dev/null | grep -v '^$'
 }
 
+# ---------------------------------------------------------------------------------------------
+# Where a proxy's time goes, per transaction: the system calls and context switches of the proxy
+# process (all its threads) while pgbench runs a fixed number of select-only transactions
+# through it. strace slows everything down; the counts, not the speed, are the result.
+bench_syscalls() {
+  if ! command -v pgbouncer >/dev/null; then log "installing pgbouncer…"; apt_install pgbouncer; fi
+  if ! command -v strace >/dev/null; then log "installing strace…"; apt_install strace; fi
+  start_pgtide pgtide "min_acu = 8"; local session_pid=${PIDS[-1]} session_port=$PGTIDE_PORT
+  start_pgtide pooled "min_acu = 8
+pool_mode = \"transaction\""; local tx_pid=${PIDS[-1]} tx_port=$PGTIDE_PORT
+  # PgBouncer and the relay front the session cluster's compute: waking a backend costs the
+  # waker more when the backend sits in a cgroup, so another Postgres would not compare.
+  local sock="$WORK/pgtide-data/clusters/bench/socket" owner=postgres
+  [ "$(id -u)" = 0 ] && owner=postgres-bench
+  start_bouncer "$sock" 5432 "$owner"; local bouncer_pid=${PIDS[-1]}
+  RELAY_PORT=$(free_port)
+  "$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "$sock/.s.PGSQL.5432" 2>/dev/null &
+  PIDS+=($!); local relay_pid=$!
+  wait_port "$RELAY_PORT"
+  for port in "$session_port" "$tx_port"; do
+    pgbench -h 127.0.0.1 -p "$port" -U postgres -i -q -s 1 postgres >/dev/null 2>&1
+  done
+  local per_client=${TRANSACTIONS:-2000}
+  # CPU time per transaction first, without strace (which slows every system call): utime +
+  # stime of the proxy's process, all threads, in clock ticks.
+  cpu_ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
+  local ticks_per_s; ticks_per_s=$(getconf CLK_TCK)
+  declare -A cpu_us
+  local targets=("pgtide-session=$session_pid=$session_port" "pgtide-transaction=$tx_pid=$tx_port"
+                 "pgbouncer=$bouncer_pid=$BOUNCER_PORT" "relay=$relay_pid=$RELAY_PORT")
+  # Interleaved rounds, the median of each: one run alone swings by a third here.
+  for round in $(seq 1 "${CPU_ROUNDS:-5}"); do
+    for target in "${targets[@]}"; do
+      IFS== read -r name pid port <<< "$target"
+      local t0 t1
+      t0=$(cpu_ticks "$pid")
+      pgbench -h 127.0.0.1 -p "$port" -U postgres -S -c 4 -j 2 -t "$((per_client * 2))" postgres >/dev/null 2>&1
+      t1=$(cpu_ticks "$pid")
+      cpu_us[$name]+="$(( (t1 - t0) * 1000000 / ticks_per_s / (per_client * 8) )) "
+    done
+  done
+  for name in "${!cpu_us[@]}"; do
+    cpu_us[$name]=$(python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.1f}')" ${cpu_us[$name]})
+  done
+  printf '\n%-20s %10s %12s %16s   %s\n' "select-only via" "cpu µs/tx" "syscalls/tx" "ctx switches/tx" "top syscalls per tx"
+  for target in "pgtide-session=$session_pid=$session_port" "pgtide-transaction=$tx_pid=$tx_port" \
+                "pgbouncer=$bouncer_pid=$BOUNCER_PORT" "relay=$relay_pid=$RELAY_PORT"; do
+    IFS== read -r name pid port <<< "$target"
+    local before after
+    before=$(cat /proc/"$pid"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}')
+    strace -c -f -p "$pid" -o "$WORK/$name.strace" 2>/dev/null &
+    local strace_pid=$!
+    sleep 0.5
+    pgbench -h 127.0.0.1 -p "$port" -U postgres -S -c 4 -j 2 -t "$per_client" postgres >/dev/null 2>&1
+    kill -INT "$strace_pid"; wait "$strace_pid" 2>/dev/null || true
+    after=$(cat /proc/"$pid"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}')
+    python3 - "$WORK/$name.strace" "$name" "$((per_client * 4))" "$((after - before))" "${cpu_us[$name]}" <<'EOF'
+import sys
+path, name, tx, switches, cpu = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+calls = {}
+for line in open(path):
+    parts = line.split()
+    if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+        calls[parts[-1]] = int(parts[3])
+total = sum(calls.values())
+top = ", ".join(f"{k} {v / tx:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1])[:4])
+print(f"{name:<20} {cpu:>10} {total / tx:>12.2f} {switches / tx:>16.2f}   {top}")
+EOF
+  done
+}
+
 case "$MODE" in
   proxy) bench_proxy ;;
+  syscalls) bench_syscalls ;;
   resume) bench_resume ;;
   scale) bench_scale ;;
   storage) bench_storage ;;
   pool) bench_pool ;;
-  *) log "unknown benchmark $MODE (proxy, pool, resume, scale, storage)"; exit 2 ;;
+  *) log "unknown benchmark $MODE (proxy, syscalls, pool, resume, scale, storage, all)"; exit 2 ;;
 esac

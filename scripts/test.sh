@@ -10,9 +10,9 @@ if ! command -v openssl >/dev/null; then apt_install openssl; fi
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then apt_install chromium; fi
 if ! command -v script >/dev/null; then apt_install bsdutils; fi
 # Transaction pooling is tested with real Python drivers too (psycopg 3 and asyncpg, from PyPI).
-if ! python3 -c 'import psycopg, asyncpg' 2>/dev/null; then
-  log "installing psycopg and asyncpg from PyPI…"
-  python3 -m pip install --quiet --disable-pip-version-check "psycopg[binary]" asyncpg >&2
+if ! python3 -c 'import psycopg, psycopg_pool, asyncpg' 2>/dev/null; then
+  log "installing psycopg, psycopg-pool and asyncpg from PyPI…"
+  python3 -m pip install --quiet --disable-pip-version-check "psycopg[binary]" psycopg-pool asyncpg >&2
 fi
 # The docker runtime's tests (tests/docker.rs) skip where Docker is not usable; where `docker info`
 # works they must run, so a broken image or engine fails the suite instead of skipping.

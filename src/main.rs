@@ -169,15 +169,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let mut clusters = Vec::new();
     for (cluster_config, (listener, tls)) in config.clusters.iter().zip(listeners) {
-        let storage = bin_dir.as_ref().map(|bin_dir| {
-            storage::ClusterStorage::open(
-                &copies,
-                &cluster_config.name,
-                config.storage.write_quorum,
-                bin_dir,
-                config.storage.base_backup_after_mib * 1024 * 1024,
-            )
-        });
+        let storage = bin_dir
+            .as_ref()
+            .map(|bin_dir| -> Box<dyn cluster::Durability> {
+                Box::new(storage::ClusterStorage::open(
+                    &copies,
+                    &cluster_config.name,
+                    config.storage.write_quorum,
+                    bin_dir,
+                    config.storage.base_backup_after_mib * 1024 * 1024,
+                ))
+            });
         let handle = cluster::spawn(
             cluster_config.clone(),
             config.capacity,
@@ -204,13 +206,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         runtime: compute_runtime.clone(),
         proxy: proxy_shared.clone(),
     });
-    let mut admin_shutdown = shutdown_rx.clone();
-    let admin_server = axum::serve(admin_listener, admin::router(admin_state))
-        .with_graceful_shutdown(async move {
-            let _ = admin_shutdown.wait_for(|stop| *stop).await;
-        });
     tracing::info!(listen = %config.admin.listen, "admin endpoint up");
-    let admin_task = tokio::spawn(async move { admin_server.await });
+    let admin_task = tokio::spawn(admin::server::serve(
+        admin_listener,
+        admin_state,
+        shutdown_rx.clone(),
+    ));
 
     wait_for_signal().await;
     tracing::info!("shutting down: stopping every compute");
@@ -248,6 +249,7 @@ mod admin_client {
 
     use anyhow::{bail, Context};
 
+    use pgtide::admin::{HistoryResponse, StatusResponse};
     use pgtide::config::{Config, DEFAULT_CONFIG};
 
     fn load(config: Option<&Path>) -> anyhow::Result<Config> {
@@ -307,13 +309,13 @@ mod admin_client {
             if json {
                 println!("{body}");
             } else {
-                print!("{}", table(&serde_json::from_str(&body)?));
+                print!("{}", table(&parse(&body)?));
             }
             return Ok(());
         }
         loop {
             let mut screen = String::from("\x1b[2J\x1b[H");
-            let status: serde_json::Value = serde_json::from_str(&get(&config, "/status")?)?;
+            let status: StatusResponse = parse(&get(&config, "/status")?)?;
             screen.push_str(&format!("pgtide status — {}\n\n", status_time()));
             screen.push_str(&table(&status));
             screen.push('\n');
@@ -321,19 +323,14 @@ mod admin_client {
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs()
                 .saturating_sub(SPARKLINE_SECONDS);
-            for cluster in status["clusters"].as_array().into_iter().flatten() {
-                let name = cluster["name"].as_str().unwrap_or("?");
-                let history: serde_json::Value = serde_json::from_str(&get(
+            for cluster in &status.clusters {
+                let name = &cluster.name;
+                let history: HistoryResponse = parse(&get(
                     &config,
                     &format!("/history?cluster={name}&since={since}"),
                 )?)?;
-                let acus: Vec<f64> = history["points"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| p["acu"].as_f64().unwrap_or(0.0))
-                    .collect();
-                let max = cluster["max_acu"].as_f64().unwrap_or(1.0);
+                let acus: Vec<f64> = history.points.iter().map(|p| p.acu).collect();
+                let max = cluster.max_acu;
                 screen.push_str(&format!(
                     "{name:<16} ACU, last {} min (max {max}): {}\n",
                     SPARKLINE_SECONDS / 60,
@@ -382,39 +379,47 @@ mod admin_client {
         Ok(body)
     }
 
-    fn table(status: &serde_json::Value) -> String {
+    /// A document of the admin endpoint, read into the structs it was written from.
+    fn parse<T: serde::de::DeserializeOwned>(body: &str) -> anyhow::Result<T> {
+        serde_json::from_str(body)
+            .context("the admin endpoint's answer is not what this pgtide expects")
+    }
+
+    fn table(status: &StatusResponse) -> String {
         let mut out = format!(
             "{:<16} {:<9} {:>5} {:>6} {:>9} {:>8} {:>7} {:<22} LAST EVENT\n",
             "CLUSTER", "STATE", "ACU", "TARGET", "MIN-MAX", "CLIENTS", "BUSY", "LISTEN"
         );
-        for cluster in status["clusters"].as_array().into_iter().flatten() {
-            let number = |key: &str| cluster[key].as_f64().unwrap_or(0.0);
+        for cluster in &status.clusters {
             out.push_str(&format!(
                 "{:<16} {:<9} {:>5.1} {:>6.1} {:>9} {:>8} {:>7} {:<22} {}\n",
-                cluster["name"].as_str().unwrap_or("?"),
-                cluster["state"].as_str().unwrap_or("?"),
-                number("acu"),
-                number("acu_target"),
-                format!("{}-{}", number("min_acu"), number("max_acu")),
-                number("clients"),
-                number("active"),
-                cluster["listen"].as_str().unwrap_or(""),
-                cluster["events"][0]["message"].as_str().unwrap_or("")
+                cluster.name,
+                cluster.state.as_str(),
+                cluster.acu,
+                cluster.acu_target,
+                format!("{}-{}", cluster.min_acu, cluster.max_acu),
+                cluster.clients,
+                cluster.active,
+                cluster.listen,
+                cluster
+                    .events
+                    .first()
+                    .map(|e| e.message.as_str())
+                    .unwrap_or("")
             ));
         }
-        let warm = &status["warm_pool"];
-        let count = |key: &str| warm[key].as_u64().unwrap_or(0);
+        let warm = &status.warm_pool;
         out.push_str(&format!(
             "\n{} runtime; warm pool: {} of {} ready, {} in use, {} hits, {} misses, {} refills{}\n",
-            status["runtime"].as_str().unwrap_or("?"),
-            count("ready"),
-            count("size"),
-            count("in_use"),
-            count("hits"),
-            count("misses"),
-            count("refills"),
-            warm["last_error"]
-                .as_str()
+            status.runtime,
+            warm.ready,
+            warm.size,
+            warm.in_use,
+            warm.hits,
+            warm.misses,
+            warm.refills,
+            warm.last_error
+                .as_deref()
                 .map(|e| format!(" (refill failing: {e})"))
                 .unwrap_or_default()
         ));

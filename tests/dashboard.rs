@@ -44,6 +44,15 @@ fn attribute(dom: &str, name: &str) -> Option<String> {
     Some(dom[start..].split('"').next()?.to_string())
 }
 
+/// How many points `/history` holds for the cluster.
+fn history_points(pgtide: &Pgtide) -> usize {
+    let (_, body) = get(&pgtide.admin_url("/history?cluster=main&since=0"), None);
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|h| h["points"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
 fn get(url: &str, token: Option<&str>) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -76,7 +85,9 @@ fn the_dashboard_shows_the_cluster_live_in_a_real_browser() {
     assert!(ok, "{out}");
     let (ok, out) = pgbench(pgtide.port, &["-S", "-c", "8", "-j", "2", "-T", "6"]);
     assert!(ok, "{out}");
-    std::thread::sleep(Duration::from_secs(2));
+    assert!(wait_until(Duration::from_secs(30), || history_points(
+        &pgtide
+    ) >= 8));
 
     let url = pgtide.admin_url("/dashboard");
     let dom = browser(&["--dump-dom"], &url);
@@ -110,7 +121,9 @@ fn the_dashboard_shows_the_cluster_live_in_a_real_browser() {
 #[test]
 fn history_checks_its_parameters() {
     let pgtide = Pgtide::start();
-    std::thread::sleep(Duration::from_secs(2));
+    assert!(wait_until(Duration::from_secs(30), || history_points(
+        &pgtide
+    ) >= 1));
     let (code, body) = get(&pgtide.admin_url("/history?cluster=main&since=0"), None);
     assert_eq!(code, 200, "{body}");
     let history: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -188,7 +201,9 @@ fn status_watch_draws_in_a_pseudo_terminal() {
         cluster: "min_acu = 1".into(),
         ..Default::default()
     });
-    std::thread::sleep(Duration::from_secs(3));
+    assert!(wait_until(Duration::from_secs(30), || history_points(
+        &pgtide
+    ) >= 3));
     let command = format!(
         "{} status --watch --config {}",
         env!("CARGO_BIN_EXE_pgtide"),

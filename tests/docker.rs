@@ -14,27 +14,7 @@ use common::*;
 /// Docker is usable and the image is there, or why not.
 fn docker_ready() -> bool {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    let ready = READY.get_or_init(|| {
-        match Command::new("docker").arg("info").output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                return Err(format!(
-                    "docker info failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-            }
-            Err(e) => return Err(format!("no docker command: {e}")),
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-image.sh");
-        let out = Command::new(script).output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "scripts/build-image.sh failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(())
-    });
+    let ready = READY.get_or_init(docker_usable);
     match ready {
         Ok(()) => true,
         Err(why) if std::env::var("PGTIDE_REQUIRE_DOCKER").as_deref() == Ok("1") => {
@@ -340,6 +320,72 @@ fn a_killed_container_is_restarted_and_acknowledged_rows_survive() {
     );
 }
 
+/// A lost disk under a running container: its data directory deleted while Postgres runs.
+/// The loss is noticed, the container is removed (not left serving the sessions it holds), and
+/// the cluster is rebuilt from the copies with every acknowledged row.
+#[test]
+fn a_data_directory_deleted_under_a_running_container_is_rebuilt_and_the_container_removed() {
+    if !docker_ready() {
+        return;
+    }
+    let pgtide = Pgtide::start_with(Options {
+        copies: true,
+        ..docker_options("", "auto_pause_after = \"1h\"")
+    });
+    pgtide.sql("CREATE TABLE acked (n int); INSERT INTO acked SELECT generate_series(1, 5000)");
+    let victim = compute_container(&pgtide);
+    let slot = victim.inspect["HostConfig"]["Binds"][0]
+        .as_str()
+        .and_then(|bind| bind.split(':').next())
+        .expect("the slot's bind mount")
+        .to_string();
+    let pgdata = std::path::Path::new(&slot).join("pgdata");
+    // What Postgres cannot run without goes first; the rest may race with files it creates.
+    std::fs::remove_file(pgdata.join("global/pg_control")).unwrap();
+    std::fs::remove_file(pgdata.join("PG_VERSION")).unwrap();
+    for _ in 0..5 {
+        if std::fs::remove_dir_all(&pgdata).is_ok() || !pgdata.exists() {
+            break;
+        }
+    }
+    pgtide.wait_for_data_directory_lost();
+    // The next commit waits for the rebuild, and lands.
+    pgtide.sql("INSERT INTO acked VALUES (5001)");
+    assert_eq!(
+        pgtide.sql("SELECT count(*), max(n) FROM acked"),
+        "5001|5001"
+    );
+    pgtide.assert_rebuilt_from_a_backup();
+    assert!(
+        containers(&pgtide).iter().all(|c| c.name != victim.name),
+        "the lost container is removed: {:?}",
+        containers(&pgtide)
+            .iter()
+            .map(|c| &c.name)
+            .collect::<Vec<_>>()
+    );
+    assert_ne!(compute_container(&pgtide).name, victim.name);
+}
+
+/// A killed container leaves its postmaster.pid behind, naming a pid of that container's pid
+/// namespace; in the next container that pid may be alive (here: 1, the container's init), and
+/// Postgres would refuse to start ("lock file already exists") restart after restart.
+#[test]
+fn a_stale_postmaster_pid_from_another_container_does_not_block_the_start() {
+    if !docker_ready() {
+        return;
+    }
+    let pgtide = Pgtide::start_with(docker_options("", "auto_pause_after = \"1h\""));
+    pgtide.sql("CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)");
+    pause(&pgtide);
+    std::fs::write(
+        pgtide.pgdata().join("postmaster.pid"),
+        "1\n/pgtide/pgdata\n1764700000\n5432\n/pgtide/socket\n\n  5432001     0\nready   \n",
+    )
+    .unwrap();
+    assert_eq!(pgtide.sql("SELECT n FROM kept"), "7");
+}
+
 #[test]
 fn leftovers_of_a_killed_pgtide_are_removed_and_their_data_put_back() {
     if !docker_ready() {
@@ -357,8 +403,9 @@ fn leftovers_of_a_killed_pgtide_are_removed_and_their_data_put_back() {
     let before: Vec<String> = containers(&pgtide).into_iter().map(|c| c.name).collect();
     assert_eq!(before.len(), 2, "the compute and a warm one: {before:?}");
 
-    send_signal(pgtide.pid() as i32, Signal::SIGKILL);
-    std::thread::sleep(Duration::from_millis(300));
+    let pid = pgtide.pid() as i32;
+    send_signal(pid, Signal::SIGKILL);
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(pid)));
     // The containers outlive it, and the data is still in the compute's slot.
     assert_eq!(containers(&pgtide).len(), 2);
     assert!(!pgtide.pgdata().exists());

@@ -174,11 +174,16 @@ async fn a_resume_slower_than_resume_timeout_answers_57p03() {
     });
     assert!(pgtide.cli(&["pause", "main"]).status.success());
     // A stuck old postmaster (it ignores SIGINT) holds the data directory: the resume waits for it.
+    // It runs in the data directory, as a real postmaster does (pgtide checks that).
     let mut stuck = Command::new("bash")
         .args(["-c", "trap '' INT; exec -a postgres-stuck sleep 120"])
+        .current_dir(pgtide.pgdata())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{}/cmdline", stuck.id()))
+            .is_ok_and(|cmdline| cmdline.starts_with("postgres-stuck"))
+    }));
     std::fs::write(
         pgtide.pgdata().join("postmaster.pid"),
         format!("{}\n", stuck.id()),
@@ -227,7 +232,7 @@ async fn kill_9_of_the_compute_mid_query_is_noticed_and_recovered() {
     }
     let sleeper = pgtide.connect().await;
     let in_flight = tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(60)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_query(&writer, "SELECT pg_sleep(60)").await;
 
     let postmaster = pgtide.postmaster_pid().unwrap();
     send_signal(postmaster, Signal::SIGKILL);

@@ -65,6 +65,7 @@ fn load_moves_the_acus_without_a_failed_transaction() {
             "{out}"
         );
         peak = peak.max(pgtide.cluster_status()["acu"].as_f64().unwrap());
+        // The load's shape (bursts and gaps), not a wait for a condition.
         std::thread::sleep(Duration::from_secs(6));
     }
     let steady = steady.wait_with_output().unwrap();
@@ -145,6 +146,13 @@ fn load_moves_the_acus_without_a_failed_transaction() {
     );
     assert!(metrics.contains("pgtide_cluster_acu_target{cluster=\"main\"}"));
     assert!(metrics.contains("pgtide_cluster_acu_seconds_total{cluster=\"main\"}"));
+    // Every resize reloads the configuration: none of them finds a setting it cannot apply.
+    let log = std::fs::read_to_string(pgtide.data_dir().join("clusters/main/postgres.log"))
+        .unwrap_or_default();
+    for noise in ["cannot be changed without restarting", "contains errors"] {
+        let found: Vec<&str> = log.lines().filter(|l| l.contains(noise)).collect();
+        assert!(found.is_empty(), "{found:#?}");
+    }
 }
 
 #[test]

@@ -139,7 +139,7 @@ async fn cancel_reaches_the_running_query() {
     let client = pgtide.connect().await;
     let token = client.cancel_token();
     let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_query(&pgtide.connect().await, "SELECT pg_sleep(30)").await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let result = tokio::time::timeout(Duration::from_secs(10), sleeper)
         .await

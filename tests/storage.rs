@@ -111,7 +111,16 @@ async fn writes_go_on_with_four_copies_and_wait_below_the_quorum() {
             .await
             .map(|_| client)
     });
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Once the commit waits for the copies (its backend says so), it must not have returned.
+    let watcher = pgtide.connect().await;
+    assert_eq!(
+        commits_waiting_for_the_copies(&watcher).await,
+        1,
+        "the commit waits for the copies"
+    );
+    assert!(wait_until(Duration::from_secs(10), || pgtide
+        .cluster_status()["storage"]["copies_up"]
+        == 3));
     assert!(
         !pending.is_finished(),
         "a commit was acknowledged by only 3 copies"
@@ -158,7 +167,7 @@ fn a_corrupted_copy_is_read_around_by_its_checksums() {
         if name.len() != 24 {
             continue;
         }
-        let written = pgtide::storage::copies::written_end(&entry.path()) as usize;
+        let written = pgtide::storage::segment::written_end(&entry.path()) as usize;
         if written < 8192 {
             continue;
         }
@@ -190,6 +199,16 @@ fn pause_and_resume_keep_working_with_copies() {
     assert_eq!(pgtide.sql("SELECT sum(n) FROM p"), "6");
     let storage = pgtide.cluster_status()["storage"].clone();
     assert_eq!(storage["copies_up"], 6, "{storage}");
+    // A pause ends the stream cleanly: that is no loss of the receiver.
+    let events = pgtide.events();
+    assert!(
+        events.iter().filter(|(k, _)| k == "paused").count() >= 3,
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|(k, _)| k.starts_with("receiver_")),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -278,4 +297,733 @@ fn old_base_backups_and_the_wal_below_them_are_pruned() {
     // What is kept still rebuilds the compute with every row.
     kill_compute_and_delete_its_data(&pgtide);
     assert_eq!(pgtide.sql("SELECT count(*) FROM w"), "120000");
+}
+
+/// pgtide processes started from this test process honour the test-only hooks (a copy throttled
+/// by a `test-throttle` file in its directory).
+fn enable_test_hooks() {
+    std::env::set_var("PGTIDE_TEST_HOOKS", "1");
+}
+
+fn storage_of(pgtide: &Pgtide) -> serde_json::Value {
+    pgtide.cluster_status()["storage"].clone()
+}
+
+/// The state of one copy in `/status` (by its zone directory's name).
+fn copy_state(storage: &serde_json::Value, zone: &str) -> serde_json::Value {
+    storage["copy_states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["dir"].as_str().unwrap().ends_with(&format!("/{zone}")))
+        .cloned()
+        .unwrap_or_else(|| panic!("no copy {zone} in {storage}"))
+}
+
+fn has_event(pgtide: &Pgtide, kind: &str, needle: &str) -> bool {
+    pgtide
+        .events()
+        .iter()
+        .any(|(k, m)| k == kind && m.contains(needle))
+}
+
+/// (segment file name, where its recorded WAL ends) for every segment of a copy.
+fn wal_extents(copy: &std::path::Path) -> Vec<(String, u64)> {
+    let mut extents: Vec<(String, u64)> = std::fs::read_dir(copy.join("wal"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            pgtide::storage::wal::parse_segment_file_name(&name)?;
+            Some((name, pgtide::storage::segment::written_end(&e.path())))
+        })
+        .collect();
+    extents.sort();
+    extents
+}
+
+fn pgdata_swap(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::rename(from, to).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_walsender_is_streamed_again_and_commits_wait_for_it() {
+    let pgtide = with_copies();
+    let client = pgtide.connect().await;
+    client
+        .batch_execute("CREATE TABLE r (n int)")
+        .await
+        .unwrap();
+    let terminate = "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE backend_type = 'walsender'";
+
+    // Terminated: the receiver connects again at once and the next commit completes.
+    let terminated: bool = client.query_one(terminate, &[]).await.unwrap().get(0);
+    assert!(terminated);
+    if tokio::time::timeout(
+        Duration::from_secs(10),
+        client.execute("INSERT INTO r VALUES (1)", &[]),
+    )
+    .await
+    .is_err()
+    {
+        let other = pgtide.connect().await;
+        let rows = other
+            .simple_query("SELECT pid, state, sent_lsn, write_lsn, flush_lsn, sync_state, pg_current_wal_lsn() FROM pg_stat_replication")
+            .await
+            .unwrap();
+        for row in rows {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = row {
+                eprintln!(
+                    "{:?}",
+                    (0..7)
+                        .map(|i| row.get(i).map(str::to_string))
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+        panic!(
+            "a commit after the walsender was terminated did not complete: {}",
+            storage_of(&pgtide)
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || has_event(
+            &pgtide,
+            "receiver_back",
+            "streams again"
+        )),
+        "{:?}",
+        pgtide.events()
+    );
+    assert!(has_event(
+        &pgtide,
+        "receiver_lost",
+        "terminating connection"
+    ));
+    assert!(wait_until(Duration::from_secs(5), || storage_of(&pgtide)
+        ["receiver"]["reconnects"]
+        .as_u64()
+        .unwrap()
+        >= 1));
+    let receiver = storage_of(&pgtide)["receiver"].clone();
+    assert_eq!(receiver["state"], "streaming", "{receiver}");
+
+    // Kept from connecting again (the compute refuses replication for a while): the status
+    // says why, and a commit waits until the receiver is back.
+    let hba = pgtide.pgdata().join("pg_hba.conf");
+    let original = std::fs::read_to_string(&hba).unwrap();
+    let refusing: String = original
+        .lines()
+        .map(|l| {
+            if l.starts_with("local") && l.contains("replication") {
+                "local replication all reject".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(refusing, original);
+    std::fs::write(&hba, refusing).unwrap();
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let terminated: bool = client.query_one(terminate, &[]).await.unwrap().get(0);
+    assert!(terminated);
+    let pending = tokio::spawn(async move {
+        client
+            .execute("INSERT INTO r VALUES (2)", &[])
+            .await
+            .map(|_| client)
+    });
+    let watcher = pgtide.connect().await;
+    assert_eq!(
+        commits_waiting_for_the_copies(&watcher).await,
+        1,
+        "the commit waits for the copies"
+    );
+    assert!(wait_until(Duration::from_secs(10), || storage_of(&pgtide)
+        ["receiver"]["state"]
+        == "reconnecting"));
+    let storage = storage_of(&pgtide);
+    assert!(
+        storage["receiver"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pg_hba.conf"),
+        "{storage}"
+    );
+    assert!(
+        storage["degraded"]
+            .as_str()
+            .unwrap()
+            .contains("reconnecting"),
+        "{storage}"
+    );
+    assert!(
+        !pending.is_finished(),
+        "a commit was acknowledged with no receiver"
+    );
+
+    // Replication allowed again: the receiver is back within a second, the commit completes.
+    std::fs::write(&hba, original).unwrap();
+    watcher
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let client = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the commit completes once the receiver is back")
+        .unwrap()
+        .unwrap();
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM r", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2);
+    // (The status is published once a tick.)
+    assert!(wait_until(Duration::from_secs(5), || storage_of(&pgtide)
+        ["degraded"]
+        .is_null()));
+    let storage = storage_of(&pgtide);
+    assert_eq!(storage["receiver"]["state"], "streaming", "{storage}");
+    assert!(storage["receiver"]["reconnects"].as_u64().unwrap() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_backend_restarts_the_compute_processes_and_the_receiver_streams_again() {
+    let pgtide = with_copies();
+    let client = pgtide.connect().await;
+    client
+        .batch_execute("CREATE TABLE k (n int); INSERT INTO k VALUES (1)")
+        .await
+        .unwrap();
+    let backend: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let postmaster = pgtide.postmaster_pid().unwrap();
+    // Postgres restarts all its processes after a backend dies this way (the walsender too).
+    send_signal(backend, Signal::SIGKILL);
+    let mut inserted = false;
+    for _ in 0..300 {
+        if let Ok(client) = pgtide.connect_as("postgres", PASSWORD, "postgres").await {
+            let insert = client.execute("INSERT INTO k VALUES (2)", &[]);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(10), insert).await {
+                inserted = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        inserted,
+        "no commit after the compute's processes restarted"
+    );
+    assert_eq!(
+        pgtide.postmaster_pid(),
+        Some(postmaster),
+        "the same compute"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || has_event(
+            &pgtide,
+            "receiver_back",
+            "streams again"
+        )),
+        "{:?}",
+        pgtide.events()
+    );
+    assert!(has_event(&pgtide, "receiver_lost", ""));
+    assert_eq!(pgtide.sql("SELECT count(*) FROM k"), "2");
+}
+
+#[test]
+fn an_emptied_copy_is_not_counted_until_it_is_backfilled() {
+    enable_test_hooks();
+    let mut pgtide = with_copies();
+    pgtide.sql(
+        "CREATE TABLE e AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 60000) g",
+    );
+    pgtide.stop();
+    // The disk of copy a1 is replaced by an empty one (slow, to watch it being backfilled).
+    let a1 = copy_dir(&pgtide, "a1").join("main");
+    std::fs::remove_dir_all(&a1).unwrap();
+    std::fs::create_dir_all(&a1).unwrap();
+    let throttle = a1.join("test-throttle");
+    std::fs::write(&throttle, (4u64 << 20).to_string()).unwrap();
+    pgtide.restart();
+
+    let storage = storage_of(&pgtide);
+    let state = copy_state(&storage, "a1");
+    assert_eq!(state["state"], "backfilling", "{storage}");
+    assert!(
+        state["reason"].as_str().unwrap().contains("empty"),
+        "{state}"
+    );
+    assert_eq!(storage["copies_up"], 5, "an empty copy counts: {storage}");
+    assert!(
+        storage["degraded"]
+            .as_str()
+            .unwrap()
+            .contains("catching up"),
+        "{storage}"
+    );
+    // Commits go on with the other five meanwhile.
+    pgtide.sql("INSERT INTO e VALUES (0, 'during')");
+    assert_eq!(
+        copy_state(&storage_of(&pgtide), "a1")["state"],
+        "backfilling"
+    );
+
+    std::fs::remove_file(&throttle).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || storage_of(&pgtide)["copies_up"]
+            == 6),
+        "{}",
+        storage_of(&pgtide)
+    );
+    assert!(wait_until(Duration::from_secs(10), || has_event(
+        &pgtide,
+        "copy_back",
+        "a1"
+    )));
+    assert!(has_event(&pgtide, "copy_backfilling", "empty"));
+    // It holds the same WAL as its peers, and whose it is.
+    let a2 = copy_dir(&pgtide, "a2").join("main");
+    assert!(wait_until(Duration::from_secs(10), || wal_extents(&a1)
+        == wal_extents(&a2)));
+    assert!(wal_extents(&a1).len() >= 2, "{:?}", wal_extents(&a1));
+    assert_eq!(
+        std::fs::read_to_string(a1.join("identity"))
+            .unwrap()
+            .lines()
+            .next(),
+        std::fs::read_to_string(a2.join("identity"))
+            .unwrap()
+            .lines()
+            .next()
+    );
+    assert_eq!(pgtide.sql("SELECT count(*) FROM e"), "60001");
+}
+
+#[test]
+fn a_copy_directory_from_another_cluster_is_refused() {
+    let mut pgtide = with_copies();
+    pgtide.sql("CREATE TABLE mine (n int); INSERT INTO mine VALUES (1)");
+    let mut other = with_copies();
+    other.sql("CREATE TABLE theirs AS SELECT generate_series(1, 10000) n");
+    other.stop();
+    pgtide.stop();
+    // Another cluster's copy directory (a disk swapped between machines) where b1 was.
+    let b1 = copy_dir(&pgtide, "b1").join("main");
+    std::fs::remove_dir_all(&b1).unwrap();
+    pgdata_swap(&copy_dir(&other, "b1").join("main"), &b1);
+    let before = wal_extents(&b1);
+    assert!(!before.is_empty());
+    pgtide.restart();
+
+    let storage = storage_of(&pgtide);
+    let state = copy_state(&storage, "b1");
+    assert_eq!(state["state"], "refused", "{storage}");
+    assert!(
+        state["reason"]
+            .as_str()
+            .unwrap()
+            .contains("database system"),
+        "{state}"
+    );
+    assert_eq!(storage["copies_up"], 5, "{storage}");
+    pgtide.sql("INSERT INTO mine SELECT generate_series(2, 5000)");
+    assert_eq!(pgtide.sql("SELECT count(*) FROM mine"), "5000");
+    assert!(wait_until(Duration::from_secs(10), || has_event(
+        &pgtide,
+        "copy_refused",
+        "b1"
+    )));
+    // Never written: its WAL is the other cluster's still.
+    assert_eq!(wal_extents(&b1), before);
+    assert_eq!(copy_state(&storage_of(&pgtide), "b1")["state"], "refused");
+}
+
+#[test]
+fn a_compute_that_is_not_the_one_the_copies_hold_is_refused() {
+    let pgtide = with_copies();
+    pgtide.sql("CREATE TABLE t AS SELECT generate_series(1, 100) n");
+    let pause = |pgtide: &Pgtide| {
+        let out = pgtide.cli(&["pause", "main"]);
+        assert!(out.status.success(), "{out:?}");
+        pgtide.wait_state("paused", Duration::from_secs(60));
+    };
+    pause(&pgtide);
+    let pgdata = pgtide.pgdata();
+    let old = pgdata.with_extension("old");
+    let newer = pgdata.with_extension("newer");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&pgdata)
+        .arg(&old)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    pgtide.sql("INSERT INTO t SELECT generate_series(101, 200)");
+    pause(&pgtide);
+
+    // An older copy of the data directory comes back: the copies hold WAL it never wrote.
+    pgdata_swap(&pgdata, &newer);
+    pgdata_swap(&old, &pgdata);
+    let out = pgtide.psql(&["-tA", "-c", "SELECT count(*) FROM t"]);
+    assert!(!out.status.success(), "{out:?}");
+    pgtide.wait_state("failed", Duration::from_secs(30));
+    let failure = pgtide.cluster_status()["failure"].to_string();
+    assert!(failure.contains("older than the copies"), "{failure}");
+
+    // Its own data directory back: nothing was lost or overwritten.
+    std::fs::remove_dir_all(&pgdata).unwrap();
+    pgdata_swap(&newer, &pgdata);
+    assert_eq!(pgtide.sql("SELECT count(*) FROM t"), "200");
+    pause(&pgtide);
+
+    // A data directory of another database system (initdb'd afresh): refused too.
+    pgdata_swap(&pgdata, &newer);
+    // The cluster's directory is pgtide's (0711): the new data directory is made for initdb.
+    std::fs::create_dir(&pgdata).unwrap();
+    let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    nix::unistd::chown(&pgdata, Some(postgres.uid), Some(postgres.gid)).unwrap();
+    let initdb = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg("/usr/lib/postgresql/15/bin/initdb")
+        .arg("-D")
+        .arg(&pgdata)
+        .args(pgtide::runtime::host::INITDB_OPTIONS)
+        .output()
+        .unwrap();
+    assert!(initdb.status.success(), "{initdb:?}");
+    let out = pgtide.psql(&["-tA", "-c", "SELECT 1"]);
+    assert!(!out.status.success(), "{out:?}");
+    pgtide.wait_state("failed", Duration::from_secs(30));
+    let failure = pgtide.cluster_status()["failure"].to_string();
+    assert!(failure.contains("database system"), "{failure}");
+    std::fs::remove_dir_all(&pgdata).unwrap();
+    pgdata_swap(&newer, &pgdata);
+    assert_eq!(pgtide.sql("SELECT count(*) FROM t"), "200");
+}
+
+/// pgtide's resident memory now and at its peak, in MiB.
+fn rss_mib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[test]
+fn a_slow_copy_leaves_the_quorum_with_memory_bounded_and_catches_up() {
+    enable_test_hooks();
+    let pgtide = with_copies();
+    let throttle = copy_dir(&pgtide, "b2").join("main/test-throttle");
+    std::fs::write(&throttle, (512u64 << 10).to_string()).unwrap();
+    let (_, rss_before) = rss_mib(pgtide.pid());
+    // Watch the copies while a bulk load goes through.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        let url = pgtide.admin_url("/status");
+        std::thread::spawn(move || {
+            let mut max_queued = 0u64;
+            let mut lagging_seen = false;
+            let mut min_up = 6u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(status) = ureq::get(&url)
+                    .call()
+                    .ok()
+                    .and_then(|r| r.into_body().read_to_string().ok())
+                    .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                {
+                    let storage = &status["clusters"][0]["storage"];
+                    for copy in storage["copy_states"].as_array().into_iter().flatten() {
+                        max_queued = max_queued.max(copy["queued_bytes"].as_u64().unwrap_or(0));
+                        if copy["dir"].as_str().unwrap_or("").ends_with("/b2")
+                            && copy["state"] == "lagging"
+                        {
+                            lagging_seen = true;
+                        }
+                    }
+                    min_up = min_up.min(storage["copies_up"].as_u64().unwrap_or(6));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (max_queued, lagging_seen, min_up)
+        })
+    };
+    let started = std::time::Instant::now();
+    pgtide.sql(
+        "CREATE TABLE bulk AS SELECT g, repeat(md5(g::text), 16) AS pad \
+         FROM generate_series(1, 150000) g",
+    );
+    let took = started.elapsed();
+    let wal: u64 = pgtide
+        .sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+        .parse()
+        .unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (max_queued, lagging_seen, min_up) = watcher.join().unwrap();
+    let (_, rss_peak) = rss_mib(pgtide.pid());
+    eprintln!(
+        "bulk load of {} MiB of WAL in {took:?}; most WAL queued for a copy {} MiB; pgtide RSS \
+         peak {rss_peak} MiB (before {rss_before} MiB)",
+        wal >> 20,
+        max_queued >> 20
+    );
+    assert!(wal > 96 << 20, "the load wrote {wal} bytes of WAL only");
+    // (`/status` is published once a tick: the watcher may have missed it during the load.)
+    assert!(
+        lagging_seen
+            || wait_until(Duration::from_secs(5), || copy_state(
+                &storage_of(&pgtide),
+                "b2"
+            )["state"]
+                == "lagging"),
+        "b2 never left the quorum: {}",
+        storage_of(&pgtide)
+    );
+    assert!(min_up == 5 || storage_of(&pgtide)["copies_up"] == 5);
+    assert!(wait_until(Duration::from_secs(5), || has_event(
+        &pgtide,
+        "copy_lagging",
+        "b2"
+    )));
+    // A member's queue stays within the lag limit (plus one batch).
+    assert!(max_queued <= 72 << 20, "{max_queued} bytes queued");
+    // The load did not go at the slow copy's pace (512 KiB/s would take minutes).
+    assert!(took < Duration::from_secs(90), "{took:?}");
+    assert!(rss_peak < 200, "pgtide's RSS peaked at {rss_peak} MiB");
+
+    // Fast again: it catches up from its peers and counts again.
+    std::fs::remove_file(&throttle).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || storage_of(&pgtide)["copies_up"]
+            == 6),
+        "{}",
+        storage_of(&pgtide)
+    );
+    assert!(wait_until(Duration::from_secs(10), || has_event(
+        &pgtide,
+        "copy_back",
+        "b2"
+    )));
+    let b2 = copy_dir(&pgtide, "b2").join("main");
+    let c1 = copy_dir(&pgtide, "c1").join("main");
+    assert!(wait_until(Duration::from_secs(10), || wal_extents(&b2)
+        == wal_extents(&c1)));
+    assert_eq!(pgtide.sql("SELECT count(*) FROM bulk"), "150000");
+}
+
+/// A tmpfs mounted for a test, unmounted at the end.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &std::path::Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_down_disk_full_and_left_alone_until_space_is_free() {
+    let copies = test_dir();
+    let zones = ["a1", "a2", "b1", "b2", "c1", "c2"];
+    let Some(small) = Mount::tmpfs(&copies.path().join("b1"), "8m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let list: Vec<String> = zones
+        .iter()
+        .map(|z| format!("{:?}", copies.path().join(z).display().to_string()))
+        .collect();
+    let pgtide = Pgtide::start_with(Options {
+        cluster: "min_acu = 1\nauto_pause_after = \"1h\"".into(),
+        copies: true,
+        storage: format!("copies = [{}]", list.join(", ")),
+        ..Default::default()
+    });
+    let b1 = copies.path().join("b1/main");
+    // More WAL than the 8 MiB disk holds.
+    pgtide.sql(
+        "CREATE TABLE f AS SELECT g, repeat('y', 300) AS pad FROM generate_series(1, 40000) g",
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || copy_state(
+            &storage_of(&pgtide),
+            "b1"
+        )["state"]
+            == "down"),
+        "{}",
+        storage_of(&pgtide)
+    );
+    let state = copy_state(&storage_of(&pgtide), "b1");
+    assert!(
+        state["reason"].as_str().unwrap().starts_with("disk full"),
+        "{state}"
+    );
+    assert_eq!(storage_of(&pgtide)["copies_up"], 5);
+    // Left alone while full: its files are not touched again, tick after tick.
+    let held = wal_extents(&b1);
+    let sizes = || -> Vec<u64> {
+        std::fs::read_dir(b1.join("wal"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .collect()
+    };
+    let before = sizes();
+    pgtide.sql("INSERT INTO f SELECT g, 'z' FROM generate_series(1, 1000) g");
+    // Longer than the pause after a full disk: its writer has looked at it again meanwhile.
+    let acu_seconds = || pgtide.cluster_status()["acu_seconds"].as_f64().unwrap();
+    let since = acu_seconds();
+    assert!(wait_until(Duration::from_secs(30), || acu_seconds() >= since + 7.0));
+    assert_eq!(wal_extents(&b1), held);
+    assert_eq!(sizes(), before);
+    let downs = pgtide
+        .events()
+        .iter()
+        .filter(|(k, m)| k == "copy_down" && m.contains("b1"))
+        .count();
+    assert_eq!(downs, 1, "{:?}", pgtide.events());
+    assert!(!has_event(&pgtide, "copy_backfilling", "b1"));
+
+    // Room again: it is backfilled and counts again.
+    small.resize("256m");
+    assert!(
+        wait_until(Duration::from_secs(60), || storage_of(&pgtide)["copies_up"]
+            == 6),
+        "{}",
+        storage_of(&pgtide)
+    );
+    // The event is drained from the storage on the cluster's next tick.
+    assert!(wait_until(Duration::from_secs(10), || has_event(
+        &pgtide,
+        "copy_back",
+        "b1"
+    )));
+    drop(pgtide);
+}
+
+/// A measurement, not a check (run it with `--ignored --nocapture`): pgtide's resident memory
+/// while a 500 MB COPY (`PGTIDE_COPY_MB`) goes through with one copy throttled to 4 MiB/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_rss_during_a_500_mb_copy_with_one_copy_throttled() {
+    use futures_util::SinkExt;
+    enable_test_hooks();
+    let pgtide = with_copies();
+    let throttle = copy_dir(&pgtide, "b2").join("main/test-throttle");
+    std::fs::write(&throttle, (4u64 << 20).to_string()).unwrap();
+    let client = pgtide.connect().await;
+    client
+        .batch_execute("CREATE TABLE big (id bigint, pad text)")
+        .await
+        .unwrap();
+    let pid = pgtide.pid();
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_mib(pid).0);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        })
+    };
+    let (rss_before, _) = rss_mib(pid);
+    let started = std::time::Instant::now();
+    let sink = client.copy_in("COPY big FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    let pad = "p".repeat(1000);
+    let mut sent = 0u64;
+    let mut id = 0u64;
+    // PGTIDE_COPY_MB sets the size (500 MB unless told).
+    let target: u64 = std::env::var("PGTIDE_COPY_MB")
+        .ok()
+        .and_then(|mb| mb.parse().ok())
+        .unwrap_or(500)
+        * 1_000_000;
+    while sent < target {
+        let mut chunk = String::with_capacity(1 << 20);
+        while chunk.len() < (1 << 20) - 1100 {
+            id += 1;
+            chunk.push_str(&format!("{id}\t{pad}\n"));
+        }
+        sent += chunk.len() as u64;
+        sink.send(bytes::Bytes::from(chunk)).await.unwrap();
+    }
+    let rows = sink.finish().await.unwrap();
+    let took = started.elapsed();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let (_, hwm) = rss_mib(pid);
+    let storage = storage_of(&pgtide);
+    eprintln!(
+        "COPY of {} MB ({rows} rows) in {took:?}; pgtide RSS before {rss_before} MiB, peak sampled \
+         {peak} MiB, high-water mark {hwm} MiB; b2 {}",
+        sent / 1_000_000,
+        copy_state(&storage, "b2")
+    );
+    assert_eq!(rows, id);
+}
+
+/// How many commits wait for the copies (their backends say `SyncRep`), once one does or after
+/// 10 s.
+async fn commits_waiting_for_the_copies(watcher: &tokio_postgres::Client) -> i64 {
+    let mut waiting = 0i64;
+    for _ in 0..500 {
+        waiting = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    waiting
 }

@@ -59,6 +59,55 @@ fn python_clients_with_prepared_statements_and_pipelines() {
     );
 }
 
+/// The drivers' own pools on top of pgtide's, with their statement caches on: asyncpg's and
+/// psycopg 3's, and node-postgres's where Node finds the `pg` module (Debian's node-pg; set
+/// `PGTIDE_NODE_PATH` to where it is unpacked when it is not installed system-wide).
+#[test]
+fn driver_pools_with_statement_caches() {
+    let pgtide = pooled("");
+    let clients = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    let out = std::process::Command::new("python3")
+        .arg(clients.join("client_pools.py"))
+        .arg(pgtide.port.to_string())
+        .arg(PASSWORD)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n(psycopg, psycopg-pool and asyncpg come from PyPI)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok asyncpg pool") && stdout.contains("ok psycopg pool"),
+        "{stdout}"
+    );
+    let node_path =
+        std::env::var("PGTIDE_NODE_PATH").unwrap_or_else(|_| "/usr/share/nodejs".into());
+    let has_pg = std::process::Command::new("node")
+        .args(["-e", "require('pg')"])
+        .env("NODE_PATH", &node_path)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_pg {
+        eprintln!("node-postgres not found (NODE_PATH={node_path}): its part is not run");
+        return;
+    }
+    let out = std::process::Command::new("node")
+        .arg(clients.join("node_pool.js"))
+        .arg(pgtide.port.to_string())
+        .arg(PASSWORD)
+        .env("NODE_PATH", &node_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok node-postgres pool"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_and_out_through_the_pool() {
     let pgtide = pooled("");
@@ -85,7 +134,7 @@ async fn cancel_hits_the_right_query_under_load() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_query(&pgtide.connect().await, "SELECT pg_sleep(30)").await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let cancelled = tokio::time::timeout(Duration::from_secs(10), sleeping)
         .await
@@ -102,33 +151,42 @@ async fn session_state_does_not_leak_between_clients() {
     let pgtide = pooled("");
     let a = pgtide.connect().await;
     let b = pgtide.connect().await;
-    let err = a.simple_query("SET work_mem = '77MB'").await.unwrap_err();
-    let db = err.as_db_error().unwrap();
-    assert_eq!(db.code().code(), "0A000");
-    assert!(
-        db.message().contains("pool_mode = \"session\""),
-        "{}",
-        db.message()
-    );
-    // The session goes on; SET LOCAL inside a transaction is fine and stays there.
-    let rows = a
-        .simple_query("BEGIN; SET LOCAL work_mem = '77MB'; SHOW work_mem; COMMIT")
+    // A session-level SET follows its client and only its client, over many transactions
+    // on whichever connections they get (two here, for two clients).
+    a.simple_query("SET work_mem = '77MB'").await.unwrap();
+    for _ in 0..10 {
+        let mine: String = a.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+        assert_eq!(mine, "77MB");
+        let other: String = b.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+        assert_ne!(other, "77MB");
+    }
+    // SET LOCAL inside a transaction stays there.
+    let rows = b
+        .simple_query("BEGIN; SET LOCAL work_mem = '55MB'; SHOW work_mem; COMMIT")
         .await
         .unwrap();
     let shown = rows.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
         _ => None,
     });
-    assert_eq!(shown.as_deref(), Some("77MB"));
-    let other: String = b.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
-    assert_ne!(other, "77MB");
+    assert_eq!(shown.as_deref(), Some("55MB"));
+    let after: String = b.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_ne!(after, "55MB");
+    // What cannot follow a client is refused, naming the way out.
     for refused in [
         "LISTEN events",
         "PREPARE p AS SELECT 1",
         "CREATE TEMP TABLE t (a int)",
+        "SET ROLE postgres",
     ] {
         let err = a.simple_query(refused).await.unwrap_err();
-        assert_eq!(err.code().unwrap().code(), "0A000", "{refused}");
+        let db = err.as_db_error().unwrap();
+        assert_eq!(db.code().code(), "0A000", "{refused}");
+        assert!(
+            db.message().contains("pool_mode = \"session\""),
+            "{}",
+            db.message()
+        );
     }
 }
 
@@ -172,4 +230,37 @@ async fn a_cluster_pauses_with_idle_clients_and_resumes_for_their_next_query() {
         102
     );
     assert_eq!(pgtide.cluster_status()["state"], "running");
+}
+
+/// The startup answer a login gets is kept for a few seconds and reused by the next logins
+/// with the same startup settings (no compute round trip): each still gets its own settings,
+/// and a setting the compute refuses is refused every time (never kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_startup_answers_give_each_login_its_settings() {
+    let pgtide = pooled("");
+    let login = |work_mem: &'static str| {
+        pgtide.connect_configured(move |config| {
+            config
+                .options(format!("-c work_mem={work_mem}"))
+                .application_name("kept");
+        })
+    };
+    for _ in 0..3 {
+        let client = login("3MB").await.unwrap();
+        let shown: String = client.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+        assert_eq!(shown, "3MB");
+        let name: String = client
+            .query_one("SHOW application_name", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(name, "kept");
+        let other = login("5MB").await.unwrap();
+        let shown: String = other.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+        assert_eq!(shown, "5MB");
+    }
+    for _ in 0..2 {
+        let refused = login("lots").await.unwrap_err();
+        assert_eq!(refused.code().map(|c| c.code()), Some("22023"), "{refused}");
+    }
 }

@@ -73,10 +73,10 @@ fn resumes_and_new_clusters_draw_from_the_pool_and_it_refills() {
         );
     }
 
-    // A new cluster (its data directory gone, no copies to rebuild from) gets the template that
-    // the last run left ready: no initdb for it.
+    // A new cluster (its whole directory gone: a lost data directory alone is refused, see
+    // the next test) gets the template that the last run left ready: no initdb for it.
     pgtide.stop();
-    std::fs::remove_dir_all(pgtide.pgdata()).unwrap();
+    std::fs::remove_dir_all(pgtide.pgdata().parent().unwrap()).unwrap();
     let log_before = pgtide.log().len();
     pgtide.restart();
     let pool = warm_pool(&pgtide);

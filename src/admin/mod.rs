@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -19,14 +18,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Serialize;
 
-use crate::cluster::events::Event;
-use crate::cluster::history::HistoryPoint;
 use crate::cluster::{ClusterHandle, ClusterState};
-use crate::runtime::warm::WarmPoolStatus;
-use crate::runtime::Limits;
 use crate::storage::StorageStatus;
+
+pub mod server;
+pub mod status;
+
+pub use status::{ClusterStatus, HistoryResponse, MeteringStatus, PoolStatus, StatusResponse};
 
 pub struct AdminState {
     pub clusters: Vec<ClusterHandle>,
@@ -36,80 +35,6 @@ pub struct AdminState {
     pub runtime: Arc<dyn crate::runtime::Runtime>,
     /// The proxy's shared state, for the transaction pools' figures.
     pub proxy: Arc<crate::proxy::ProxyShared>,
-}
-
-#[derive(Serialize)]
-pub struct StatusResponse {
-    /// Where computes run: "process" or "docker".
-    pub runtime: &'static str,
-    /// Compute slots made ready ahead of need (`runtime.warm_pool_size`).
-    pub warm_pool: WarmPoolStatus,
-    pub clusters: Vec<ClusterStatus>,
-}
-
-#[derive(Serialize)]
-pub struct ClusterStatus {
-    pub name: String,
-    pub state: &'static str,
-    pub acu: f64,
-    pub acu_target: f64,
-    pub acu_seconds: f64,
-    pub cpu_used_cores: f64,
-    pub memory_used_mib: f64,
-    pub min_acu: f64,
-    pub max_acu: f64,
-    pub clients: usize,
-    pub active: usize,
-    pub transactions: u64,
-    pub listen: String,
-    pub pool_mode: crate::config::PoolMode,
-    pub since: String,
-    pub failure: Option<String>,
-    pub storage: StorageStatus,
-    pub pool: PoolStatus,
-    pub metering: MeteringStatus,
-    pub limits: Option<Limits>,
-    pub events: Vec<Event>,
-}
-
-/// Compute connections and the transaction-mode queue.
-#[derive(Serialize)]
-pub struct PoolStatus {
-    /// Compute connections in use and idle (session mode: one per client, all in use).
-    pub server_connections_busy: usize,
-    pub server_connections_idle: usize,
-    /// Transaction mode: clients waiting for a compute connection now, and their total wait.
-    pub waiting: usize,
-    pub wait_seconds_total: f64,
-    pub prepared_hits: u64,
-    pub prepared_misses: u64,
-}
-
-/// ACU-hours used, beside what running at `max_acu` all the time would have used.
-#[derive(Serialize)]
-pub struct MeteringStatus {
-    pub acu_hours_today: f64,
-    pub acu_hours_month: f64,
-    pub max_acu_hours_today: f64,
-    pub max_acu_hours_month: f64,
-}
-
-impl MeteringStatus {
-    fn new(today: f64, month: f64, max_acu: f64) -> MeteringStatus {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let since_midnight = (now % 86_400) as f64;
-        let day_of_month: f64 = crate::cluster::now_rfc3339()[8..10].parse().unwrap_or(1.0);
-        let since_month_start = (day_of_month - 1.0) * 86_400.0 + since_midnight;
-        MeteringStatus {
-            acu_hours_today: today,
-            acu_hours_month: month,
-            max_acu_hours_today: max_acu * since_midnight / 3600.0,
-            max_acu_hours_month: max_acu * since_month_start / 3600.0,
-        }
-    }
 }
 
 pub fn status(state: &AdminState) -> StatusResponse {
@@ -131,9 +56,9 @@ pub fn status(state: &AdminState) -> StatusResponse {
                 memory_used_mib: compute.memory_used_mib,
                 min_acu: config.min_acu,
                 max_acu: config.max_acu,
-                clients: counters.clients.load(Ordering::Relaxed),
-                active: counters.active.load(Ordering::Relaxed),
-                transactions: counters.transactions.load(Ordering::Relaxed),
+                clients: counters.clients(),
+                active: counters.active(),
+                transactions: counters.transactions(),
                 listen: config.listen.to_string(),
                 pool_mode: config.pool_mode,
                 since: compute.since,
@@ -142,7 +67,7 @@ pub fn status(state: &AdminState) -> StatusResponse {
                     _ => None,
                 },
                 storage: cluster.storage_status().unwrap_or_else(|| StorageStatus {
-                    mode: "local",
+                    mode: "local".into(),
                     ..Default::default()
                 }),
                 pool: pool_status(state, cluster),
@@ -157,7 +82,7 @@ pub fn status(state: &AdminState) -> StatusResponse {
         })
         .collect();
     StatusResponse {
-        runtime: state.runtime.kind(),
+        runtime: state.runtime.kind().to_string(),
         warm_pool: state.runtime.warm_pool(),
         clusters,
     }
@@ -168,17 +93,17 @@ fn pool_status(state: &AdminState, cluster: &ClusterHandle) -> PoolStatus {
     let (busy, idle) = match cluster.config().pool_mode {
         crate::config::PoolMode::Transaction => state.proxy.pools_of(cluster.name()).connections(),
         crate::config::PoolMode::Session => match cluster.state() {
-            ClusterState::Running(_) => (counters.clients.load(Ordering::Relaxed), 0),
+            ClusterState::Running(_) => (counters.clients(), 0),
             _ => (0, 0),
         },
     };
     PoolStatus {
         server_connections_busy: busy,
         server_connections_idle: idle,
-        waiting: counters.waiting.load(Ordering::Relaxed),
-        wait_seconds_total: counters.wait_micros.load(Ordering::Relaxed) as f64 / 1e6,
-        prepared_hits: counters.prepared_hits.load(Ordering::Relaxed),
-        prepared_misses: counters.prepared_misses.load(Ordering::Relaxed),
+        waiting: counters.waiting(),
+        wait_seconds_total: counters.wait_time().as_secs_f64(),
+        prepared_hits: counters.prepared_hits(),
+        prepared_misses: counters.prepared_misses(),
     }
 }
 
@@ -205,7 +130,7 @@ fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), Denied> {
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.as_str()) {
+    if given.is_some_and(|given| token_matches(given, token)) {
         Ok(())
     } else {
         Err((
@@ -222,19 +147,54 @@ fn authorized_by_query(
     query: &HashMap<String, String>,
 ) -> Result<(), Denied> {
     match (&state.token, query.get("token")) {
-        (Some(token), Some(given)) if constant_time_eq(given.as_bytes(), token.as_bytes()) => {
-            Ok(())
-        }
+        (Some(token), Some(given)) if token_matches(given, token) => Ok(()),
         _ => authorized(state, headers),
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares in constant time (for a given length), so that response times tell nothing of how
+/// much of a guess was right.
+fn token_matches(given: &str, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+/// State-changing calls made by a web page of another origin are refused: without it, any page
+/// open in a local browser could POST pause or resume to a loopback endpoint without a token.
+/// Browsers say where a request comes from (`Origin`, `Sec-Fetch-Site`); tools such as curl and
+/// `pgtide` send neither.
+fn same_origin(headers: &HeaderMap) -> Result<(), Denied> {
+    let refused = |why: String| Err((StatusCode::FORBIDDEN, format!("{why}\n")));
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if !matches!(site, "same-origin" | "none") {
+            return refused(format!(
+                "cross-site requests may not change a cluster (Sec-Fetch-Site: {site})"
+            ));
+        }
+    }
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("");
+    if host.is_empty() || origin_host != host {
+        return refused(format!(
+            "requests from another origin ({origin}) may not change a cluster"
+        ));
+    }
+    Ok(())
 }
 
 fn actions_allowed(state: &AdminState, headers: &HeaderMap) -> Result<(), Denied> {
     authorized(state, headers)?;
+    same_origin(headers)?;
     if state.token.is_none() && !state.listen.ip().is_loopback() {
         return Err((
             StatusCode::FORBIDDEN,
@@ -250,14 +210,6 @@ async fn get_status(State(state): State<Arc<AdminState>>, headers: HeaderMap) ->
         return denied.into_response();
     }
     Json(status(&state)).into_response()
-}
-
-#[derive(Serialize)]
-struct HistoryResponse {
-    cluster: String,
-    /// The points kept per cluster (an hour, one a second).
-    capacity: usize,
-    points: Vec<HistoryPoint>,
 }
 
 async fn get_history(
@@ -349,18 +301,18 @@ async fn get_metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -
         let name = cluster.name().to_string();
         let counters = cluster.counters();
         metrics::gauge!("pgtide_cluster_clients", "cluster" => name.clone())
-            .set(counters.clients.load(Ordering::Relaxed) as f64);
+            .set(counters.clients() as f64);
         metrics::gauge!("pgtide_cluster_active_sessions", "cluster" => name.clone())
-            .set(counters.active.load(Ordering::Relaxed) as f64);
+            .set(counters.active() as f64);
         metrics::counter!("pgtide_cluster_transactions_total", "cluster" => name.clone())
-            .absolute(counters.transactions.load(Ordering::Relaxed));
+            .absolute(counters.transactions());
         metrics::counter!("pgtide_cluster_client_bytes_received_total", "cluster" => name.clone())
-            .absolute(counters.bytes_from_clients.load(Ordering::Relaxed));
+            .absolute(counters.bytes_from_clients());
         metrics::counter!("pgtide_cluster_client_bytes_sent_total", "cluster" => name.clone())
-            .absolute(counters.bytes_to_clients.load(Ordering::Relaxed));
+            .absolute(counters.bytes_to_clients());
         let server_connections = match cluster.state() {
             // Session mode: one compute connection per attached client.
-            ClusterState::Running(_) => counters.clients.load(Ordering::Relaxed),
+            ClusterState::Running(_) => counters.clients(),
             _ => 0,
         };
         metrics::gauge!("pgtide_cluster_server_connections", "cluster" => name.clone())

@@ -1,20 +1,117 @@
 //! A cluster's recent decisions and transitions, with their reasons: kept in a bounded ring for
 //! `/status`, written to the log, and counted in `/metrics`.
+//!
+//! An event is a kind (an enum: the stable word machines match on, serialised in snake case as
+//! `/status` has always shown it) and a message for people that says why.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::notices::StorageNotice;
 
 /// How many events `/status` keeps per cluster.
 const KEEP: usize = 200;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// What happened. The serialised names are part of the `/status` contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A compute started for waiting clients (or at pgtide's start) and clients were let in.
+    Resumed,
+    /// A start failed; the cluster is `failed` until the next client retries.
+    ResumeFailed,
+    /// A start was given up because the cluster was paused or pgtide stopped meanwhile.
+    StartCancelled,
+    Paused,
+    /// The compute stopped without being asked to.
+    ComputeExited,
+    /// A compute started again after a crash.
+    Restarted,
+    /// The compute's data directory is gone from under it: it is treated as lost.
+    DataDirectoryLost,
+    /// A missing data directory is being put back from the copies.
+    Rebuilding,
+    Rebuilt,
+    ScaledUp,
+    ScaledDown,
+    /// The scaler wanted less, but the memory the compute cannot give back forbids it.
+    DownRefused,
+    /// The scaler wanted more than `max_acu`.
+    AtMax,
+    ResizeFailed,
+    BaseBackup,
+    BaseBackupFailed,
+    /// The WAL receiver's connection to the compute ended; it reconnects, commits wait.
+    ReceiverLost,
+    ReceiverBack,
+    /// A copy's write failed: it left the write quorum.
+    CopyDown,
+    /// A live copy fell too far behind and left the write quorum.
+    CopyLagging,
+    /// A copy that came back is being filled from its peers before it counts.
+    CopyBackfilling,
+    /// A copy holds another cluster's WAL and is never written.
+    CopyRefused,
+    CopyBack,
+}
+
+impl From<&StorageNotice> for EventKind {
+    fn from(notice: &StorageNotice) -> EventKind {
+        match notice {
+            StorageNotice::ReceiverLost { .. } => EventKind::ReceiverLost,
+            StorageNotice::ReceiverBack { .. } => EventKind::ReceiverBack,
+            StorageNotice::CopyDown { .. } => EventKind::CopyDown,
+            StorageNotice::CopyLagging { .. } => EventKind::CopyLagging,
+            StorageNotice::CopyBackfilling { .. } => EventKind::CopyBackfilling,
+            StorageNotice::CopyRefused { .. } => EventKind::CopyRefused,
+            StorageNotice::CopyBack { .. } => EventKind::CopyBack,
+        }
+    }
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Resumed => "resumed",
+            EventKind::ResumeFailed => "resume_failed",
+            EventKind::StartCancelled => "start_cancelled",
+            EventKind::Paused => "paused",
+            EventKind::ComputeExited => "compute_exited",
+            EventKind::Restarted => "restarted",
+            EventKind::DataDirectoryLost => "data_directory_lost",
+            EventKind::Rebuilding => "rebuilding",
+            EventKind::Rebuilt => "rebuilt",
+            EventKind::ScaledUp => "scaled_up",
+            EventKind::ScaledDown => "scaled_down",
+            EventKind::DownRefused => "down_refused",
+            EventKind::AtMax => "at_max",
+            EventKind::ResizeFailed => "resize_failed",
+            EventKind::BaseBackup => "base_backup",
+            EventKind::BaseBackupFailed => "base_backup_failed",
+            EventKind::ReceiverLost => "receiver_lost",
+            EventKind::ReceiverBack => "receiver_back",
+            EventKind::CopyDown => "copy_down",
+            EventKind::CopyLagging => "copy_lagging",
+            EventKind::CopyBackfilling => "copy_backfilling",
+            EventKind::CopyRefused => "copy_refused",
+            EventKind::CopyBack => "copy_back",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event {
     /// RFC 3339, UTC.
     pub at: String,
-    /// A stable word for machines: `resumed`, `paused`, `compute_exited`, `scaled_up`, …
-    pub kind: String,
+    pub kind: EventKind,
     /// The reason, for people.
     pub message: String,
 }
@@ -33,9 +130,9 @@ impl EventLog {
         }
     }
 
-    pub fn record(&self, kind: &str, message: String) {
-        tracing::info!(cluster = %self.cluster, event = kind, "{message}");
-        metrics::counter!("pgtide_cluster_events_total", "cluster" => self.cluster.clone(), "kind" => kind.to_string())
+    pub fn record(&self, kind: EventKind, message: String) {
+        tracing::info!(cluster = %self.cluster, event = kind.as_str(), "{message}");
+        metrics::counter!("pgtide_cluster_events_total", "cluster" => self.cluster.clone(), "kind" => kind.as_str())
             .increment(1);
         let mut ring = self.ring.lock().expect("event lock");
         if ring.len() == KEEP {
@@ -43,7 +140,7 @@ impl EventLog {
         }
         ring.push_back(Event {
             at: super::now_rfc3339(),
-            kind: kind.to_string(),
+            kind,
             message,
         });
     }
@@ -58,5 +155,62 @@ impl EventLog {
             .take(limit)
             .cloned()
             .collect()
+    }
+
+    /// Whether an event of `kind` was recorded (among those still kept).
+    pub fn contains(&self, kind: EventKind) -> bool {
+        self.ring
+            .lock()
+            .expect("event lock")
+            .iter()
+            .any(|e| e.kind == kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_serialise_as_their_stable_words() {
+        for kind in [
+            EventKind::Resumed,
+            EventKind::ResumeFailed,
+            EventKind::ScaledUp,
+            EventKind::DataDirectoryLost,
+            EventKind::BaseBackupFailed,
+            EventKind::ReceiverLost,
+            EventKind::CopyBackfilling,
+        ] {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
+        }
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest() {
+        let log = EventLog::new("t");
+        for i in 0..(KEEP + 5) {
+            log.record(EventKind::Paused, format!("{i}"));
+        }
+        let recent = log.recent(KEEP + 10);
+        assert_eq!(recent.len(), KEEP);
+        assert_eq!(recent[0].message, format!("{}", KEEP + 4));
+        assert_eq!(recent[KEEP - 1].message, "5");
+    }
+
+    #[test]
+    fn storage_notices_keep_their_words() {
+        let notices = [
+            StorageNotice::ReceiverLost { reason: "x".into() },
+            StorageNotice::CopyBack {
+                copy: "a1".into(),
+                after_ms: 1,
+            },
+        ];
+        for notice in &notices {
+            assert_eq!(EventKind::from(notice).as_str(), notice.kind());
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! (which win on a name clash) and the cluster's own login roles, whose SCRAM verifiers pgtide
 //! reads from `pg_authid`. The store is saved beside the cluster's data, so that pgtide can
 //! authenticate clients while the compute is paused and answer a wrong password without
-//! waking it.
+//! waking it. A role's VALID UNTIL is kept with its verifier and checked at every login, so an
+//! expiry holds even while the compute is paused or between two reads of `pg_authid`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,17 +23,27 @@ pub enum RoleSecret {
     Trust,
 }
 
+/// A login role of the compute, as `pg_authid` has it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComputeRole {
+    pub verifier: ScramVerifier,
+    /// VALID UNTIL, in seconds since the Unix epoch; `None` for no limit.
+    pub valid_until: Option<f64>,
+}
+
 #[derive(Debug)]
 pub struct RoleStore {
     config_roles: HashMap<String, RoleSecret>,
-    compute_roles: HashMap<String, ScramVerifier>,
+    compute_roles: HashMap<String, ComputeRole>,
     path: PathBuf,
 }
 
-/// The saved form: role name → verifier text.
+/// The saved form: role name → verifier text, and the roles' VALID UNTIL.
 #[derive(Serialize, Deserialize, Default)]
 struct SavedRoles {
     roles: HashMap<String, String>,
+    #[serde(default)]
+    valid_until: HashMap<String, f64>,
 }
 
 impl RoleStore {
@@ -55,7 +66,13 @@ impl RoleStore {
         let compute_roles = saved
             .roles
             .iter()
-            .filter_map(|(name, text)| Some((name.clone(), ScramVerifier::parse(text)?)))
+            .filter_map(|(name, text)| {
+                let role = ComputeRole {
+                    verifier: ScramVerifier::parse(text)?,
+                    valid_until: saved.valid_until.get(name).copied(),
+                };
+                Some((name.clone(), role))
+            })
             .collect();
         RoleStore {
             config_roles,
@@ -64,15 +81,41 @@ impl RoleStore {
         }
     }
 
+    /// Who `user` is now: a role past its VALID UNTIL is unknown.
     pub fn lookup(&self, user: &str) -> Option<RoleSecret> {
-        self.config_roles
-            .get(user)
-            .cloned()
-            .or_else(|| self.compute_roles.get(user).cloned().map(RoleSecret::Scram))
+        if let Some(secret) = self.config_roles.get(user) {
+            return Some(secret.clone());
+        }
+        let role = self.compute_roles.get(user)?;
+        if let Some(until) = role.valid_until {
+            if unix_now() >= until {
+                return None;
+            }
+        }
+        Some(RoleSecret::Scram(role.verifier.clone()))
+    }
+
+    /// The iteration count most verifiers use, so that the made-up verifier of an unknown user
+    /// looks like a real one.
+    pub fn typical_iterations(&self) -> u32 {
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        let config = self.config_roles.values().filter_map(|s| match s {
+            RoleSecret::Scram(v) => Some(v.iterations),
+            RoleSecret::Trust => None,
+        });
+        let compute = self.compute_roles.values().map(|r| r.verifier.iterations);
+        for iterations in config.chain(compute) {
+            *counts.entry(iterations).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(iterations, n)| (*n, *iterations))
+            .map(|(iterations, _)| iterations)
+            .unwrap_or(4096)
     }
 
     /// Replaces the compute's roles with a fresh read of `pg_authid` and saves them.
-    pub fn replace_compute_roles(&mut self, roles: HashMap<String, ScramVerifier>) {
+    pub fn replace_compute_roles(&mut self, roles: HashMap<String, ComputeRole>) {
         if roles == self.compute_roles {
             return;
         }
@@ -81,33 +124,37 @@ impl RoleStore {
             roles: self
                 .compute_roles
                 .iter()
-                .map(|(name, verifier)| (name.clone(), verifier.to_text()))
+                .map(|(name, role)| (name.clone(), role.verifier.to_text()))
+                .collect(),
+            valid_until: self
+                .compute_roles
+                .iter()
+                .filter_map(|(name, role)| Some((name.clone(), role.valid_until?)))
                 .collect(),
         };
-        let write = || -> std::io::Result<()> {
-            let tmp = self.path.with_extension("json.tmp");
-            std::fs::write(
-                &tmp,
-                serde_json::to_vec_pretty(&saved).expect("serializable"),
-            )?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        if let Err(e) = write() {
+        let bytes = serde_json::to_vec_pretty(&saved).expect("serializable");
+        if let Err(e) = crate::files::write_private(&self.path, &bytes) {
             tracing::warn!(path = %self.path.display(), error = %e, "could not save the role verifiers");
         }
     }
 }
 
-/// Reads the login roles' SCRAM verifiers (roles with an MD5 or no password cannot log in
-/// through pgtide's SCRAM and are left out).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Reads the login roles' SCRAM verifiers and VALID UNTIL (roles with an MD5 or no password
+/// cannot log in through pgtide's SCRAM and are left out).
 pub async fn read_compute_roles(
     client: &tokio_postgres::Client,
-) -> Result<HashMap<String, ScramVerifier>, tokio_postgres::Error> {
+) -> Result<HashMap<String, ComputeRole>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT rolname, rolpassword FROM pg_authid \
-             WHERE rolcanlogin AND rolpassword IS NOT NULL \
-               AND (rolvaliduntil IS NULL OR rolvaliduntil > now())",
+            "SELECT rolname, rolpassword, extract(epoch FROM rolvaliduntil)::float8 \
+             FROM pg_catalog.pg_authid WHERE rolcanlogin AND rolpassword IS NOT NULL",
             &[],
         )
         .await?;
@@ -116,9 +163,35 @@ pub async fn read_compute_roles(
         .filter_map(|row| {
             let name: String = row.get(0);
             let password: String = row.get(1);
-            Some((name, ScramVerifier::parse(&password)?))
+            let valid_until: Option<f64> = row.get(2);
+            let role = ComputeRole {
+                verifier: ScramVerifier::parse(&password)?,
+                // 'infinity' is no limit.
+                valid_until: valid_until.filter(|t| t.is_finite()),
+            };
+            Some((name, role))
         })
         .collect())
+}
+
+impl super::ClusterHandle {
+    /// Stores a fresh read of the compute's roles (the proxy's verifier refresher calls this).
+    pub fn set_compute_roles(&self, roles: HashMap<String, ComputeRole>) {
+        self.shared
+            .roles
+            .lock()
+            .expect("roles lock")
+            .replace_compute_roles(roles);
+    }
+
+    /// The iteration count an unknown user's made-up verifier announces.
+    pub fn typical_iterations(&self) -> u32 {
+        self.shared
+            .roles
+            .lock()
+            .expect("roles lock")
+            .typical_iterations()
+    }
 }
 
 /// Makes the config's users exist in the compute with their flags and verifiers, so that the
@@ -192,10 +265,19 @@ mod tests {
         assert!(store.lookup("app").is_none());
         let app = ScramVerifier::from_password("app-pw");
         let admin_in_compute = ScramVerifier::from_password("other");
+        let role = |verifier: &ScramVerifier, valid_until| ComputeRole {
+            verifier: verifier.clone(),
+            valid_until,
+        };
         store.replace_compute_roles(HashMap::from([
-            ("app".to_string(), app.clone()),
-            ("admin".to_string(), admin_in_compute.clone()),
+            ("app".to_string(), role(&app, None)),
+            ("admin".to_string(), role(&admin_in_compute, None)),
+            ("expired".to_string(), role(&app, Some(unix_now() - 1.0))),
+            ("later".to_string(), role(&app, Some(unix_now() + 3600.0))),
         ]));
+        assert!(store.lookup("expired").is_none());
+        assert!(store.lookup("later").is_some());
+        assert_eq!(store.typical_iterations(), 4096);
         assert_eq!(store.lookup("app"), Some(RoleSecret::Scram(app.clone())));
         assert_ne!(
             store.lookup("admin"),
@@ -203,6 +285,11 @@ mod tests {
         );
         let reloaded = RoleStore::load(&users, path);
         assert_eq!(reloaded.lookup("app"), Some(RoleSecret::Scram(app)));
+        assert!(
+            reloaded.lookup("expired").is_none(),
+            "VALID UNTIL is saved too"
+        );
+        assert!(reloaded.lookup("later").is_some());
     }
 
     #[test]

@@ -12,8 +12,6 @@ use std::sync::{Arc, Mutex};
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 
-const CANCEL_REQUEST_CODE: i32 = 80877102;
-
 #[derive(Debug, Clone)]
 struct CancelTarget {
     socket_path: PathBuf,
@@ -137,11 +135,7 @@ impl CancelRegistry {
             tracing::debug!(pid, "cancel request with an unknown key ignored");
             return;
         };
-        let mut packet = Vec::with_capacity(16);
-        packet.extend_from_slice(&16i32.to_be_bytes());
-        packet.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
-        packet.extend_from_slice(&target.pid.to_be_bytes());
-        packet.extend_from_slice(&target.secret.to_be_bytes());
+        let packet = crate::wire::cancel_request(target.pid, target.secret);
         match tokio::net::UnixStream::connect(&target.socket_path).await {
             Ok(mut stream) => {
                 let _ = stream.write_all(&packet).await;

@@ -1,20 +1,45 @@
 //! The Postgres-wire proxy: one listener per cluster.
 //!
-//! A client connection goes through phases, one module each:
-//! accept (here) → handshake and authentication ([`client`]: SSLRequest/TLS, StartupMessage,
-//! SCRAM against pgtide's own verifiers) → attach to the cluster (resuming it if paused) →
-//! compute startup → relay ([`relay`]: plain byte copying with a framing tap). Cancel requests
-//! are matched to the right compute connection by [`cancel`].
+//! The life of one client connection, phase by phase, one module each; each phase depends only
+//! on the ones after it, never back:
+//!
+//! 1. **Accept** (here). A socket is not a client yet: it costs a handshake slot (at most
+//!    [`MAX_HANDSHAKES`] per cluster) and nothing else. It is not counted in `clients`, does not
+//!    reset the idle timer and cannot keep a cluster awake or fill `max_client_connections`; a
+//!    load balancer's TCP probe or `pg_isready` leave no trace.
+//! 2. **Handshake** ([`handshake`]): SSLRequest (TLS if the cluster has a certificate),
+//!    GSSENCRequest (refused), CancelRequest (forwarded, in clear or inside TLS), the
+//!    StartupMessage. Together with authentication, within [`handshake::STARTUP_TIMEOUT`].
+//! 3. **Authentication** ([`auth`]): SCRAM-SHA-256, or SCRAM-SHA-256-PLUS over TLS, against the
+//!    verifiers pgtide keeps. Known and unknown users take the same steps, and nothing reaches
+//!    the compute before a client proved its password: a paused cluster stays paused, no backend
+//!    starts. [`verifiers`] keeps the verifiers current while the compute runs.
+//! 4. **Lease** ([`client`]): only now the connection counts as a client (`max_client_connections`
+//!    is checked here, 53300 past it).
+//! 5. **Attach** ([`attach`]): wait for the compute to run, resuming the cluster if needed.
+//! 6. **Relay**, by the cluster's pool mode: [`session`] (one compute connection for the client's
+//!    life, bytes copied by [`relay`]) or [`transaction`] (compute connections from [`pool`],
+//!    held while a transaction is open, with [`exchange`] following what each one still owes).
+//!
+//! Errors that end a connection are written once, in [`errors`]. Framing is [`crate::wire`].
 
+pub mod attach;
+pub mod auth;
 pub mod cancel;
 pub mod client;
 pub mod compute;
+pub mod compute_socket;
+pub mod errors;
+pub mod exchange;
+pub mod handshake;
 pub mod pool;
-pub mod protocol;
 pub mod relay;
 pub mod scram;
+pub mod session;
+pub mod sql;
 pub mod tls;
 pub mod transaction;
+pub mod verifiers;
 
 use std::io;
 use std::pin::Pin;
@@ -23,9 +48,13 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::cluster::ClusterHandle;
+
+/// Connections of one cluster that may be in their handshake or authentication at once.
+/// More are answered 53300 at once and closed.
+pub const MAX_HANDSHAKES: usize = 512;
 
 /// What every connection of every cluster shares.
 #[derive(Default)]
@@ -50,22 +79,28 @@ impl ProxyShared {
 pub async fn serve(
     listener: TcpListener,
     cluster: ClusterHandle,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<tls::TlsServer>,
     shared: Arc<ProxyShared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    tokio::spawn(verifiers::keep_fresh(cluster.clone(), shutdown.clone()));
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let Ok(slot) = handshakes.clone().try_acquire_owned() else {
+                        tokio::spawn(handshake::refuse_busy(stream));
+                        continue;
+                    };
                     let connection = client::ClientConnection {
                         cluster: cluster.clone(),
                         tls: tls.clone(),
                         shared: shared.clone(),
                         peer,
                     };
-                    tokio::spawn(connection.serve(stream));
+                    tokio::spawn(connection.serve(stream, slot));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off a little instead of spinning.
@@ -111,6 +146,24 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
         }
     }
 

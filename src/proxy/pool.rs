@@ -8,15 +8,15 @@
 //! cluster's `resume_timeout`. Connections belong to one start of the compute: after a pause or a
 //! crash the idle ones are dropped and new ones made on demand.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::net::UnixStream;
+use super::compute_socket::ComputeSocket;
 use tokio::sync::Notify;
 
 use super::compute::{self, ComputeHello, ComputeStartupError};
+use super::exchange::{ConnState, Settings};
 use crate::cluster::ClusterHandle;
 use crate::runtime::ComputeEndpoint;
 
@@ -30,14 +30,14 @@ pub fn pool_size(acu: f64) -> usize {
 
 /// One login session on the compute, shared by clients one transaction at a time.
 pub struct ServerConn {
-    pub stream: UnixStream,
+    pub stream: ComputeSocket,
     pub pid: i32,
     pub secret: i32,
     pub endpoint: ComputeEndpoint,
     /// ParameterStatus messages from its startup, for clients that join.
     pub parameter_status: bytes::BytesMut,
-    /// Pool-wide names of the statements prepared on this connection.
-    pub prepared: HashSet<String>,
+    /// Its prepared statements and session settings.
+    pub state: ConnState,
 }
 
 #[derive(Default)]
@@ -51,7 +51,28 @@ pub struct Pool {
     database: String,
     state: Mutex<PoolState>,
     released: Notify,
+    /// The startup answers given lately, by the startup settings a client sent.
+    welcomes: Mutex<HashMap<Vec<(String, String)>, Welcome>>,
 }
+
+/// What a client that logs in with some startup settings is told, and starts with: the session
+/// settings the compute made of them, and the ParameterStatus messages. Asking the compute
+/// costs a round trip on a pooled connection per login, which is most of a new connection's
+/// cost (`pgbench -C`). The answer is what the pool's connections say, and they only change
+/// with the compute (they are made anew for each one), so it is kept for that compute, and
+/// for [`WELCOME_TTL`] at most. Only answers the compute accepted are kept.
+#[derive(Clone)]
+pub struct Welcome {
+    pub settings: Settings,
+    pub parameter_status: bytes::Bytes,
+    endpoint: ComputeEndpoint,
+    at: Instant,
+}
+
+/// How long a startup answer is reused at most.
+pub const WELCOME_TTL: Duration = Duration::from_secs(5);
+/// Distinct startup settings kept per pool (clients choose them: `application_name`).
+const WELCOMES_KEPT: usize = 256;
 
 /// All pools of one cluster.
 #[derive(Default)]
@@ -69,7 +90,7 @@ pub enum AcquireError {
         waited: Duration,
     },
     #[error("the compute refused the session")]
-    Refused(bytes::BytesMut),
+    Refused(bytes::Bytes),
     #[error("{0}")]
     Failed(String),
 }
@@ -86,6 +107,7 @@ impl ClusterPools {
                     database: database.to_string(),
                     state: Mutex::new(PoolState::default()),
                     released: Notify::new(),
+                    welcomes: Mutex::new(HashMap::new()),
                 })
             })
             .clone()
@@ -102,6 +124,45 @@ impl ClusterPools {
 }
 
 impl Pool {
+    /// The startup answer for `startup` given lately by the compute at `endpoint`, if any.
+    pub fn welcome(
+        &self,
+        startup: &[(String, String)],
+        endpoint: &ComputeEndpoint,
+    ) -> Option<Welcome> {
+        let welcomes = self.welcomes.lock().expect("welcomes lock");
+        welcomes
+            .get(startup)
+            .filter(|w| w.endpoint == *endpoint && w.at.elapsed() < WELCOME_TTL)
+            .cloned()
+    }
+
+    /// Keeps the compute's answer to a login with `startup` (a successful one).
+    pub fn keep_welcome(
+        &self,
+        startup: &[(String, String)],
+        endpoint: &ComputeEndpoint,
+        settings: Settings,
+        parameter_status: bytes::Bytes,
+    ) {
+        let mut welcomes = self.welcomes.lock().expect("welcomes lock");
+        if welcomes.len() >= WELCOMES_KEPT {
+            welcomes.retain(|_, w| w.at.elapsed() < WELCOME_TTL);
+            if welcomes.len() >= WELCOMES_KEPT {
+                welcomes.clear();
+            }
+        }
+        welcomes.insert(
+            startup.to_vec(),
+            Welcome {
+                settings,
+                parameter_status,
+                endpoint: endpoint.clone(),
+                at: Instant::now(),
+            },
+        );
+    }
+
     /// A connection to the compute at `endpoint`: an idle one, a new one while the pool is below
     /// its size, or the next one released.
     pub async fn acquire(
@@ -112,8 +173,8 @@ impl Pool {
     ) -> Result<ServerConn, AcquireError> {
         let started = Instant::now();
         let counters = cluster.counters();
-        let mut waiting = false;
-        let result = loop {
+        let mut waiting = None;
+        loop {
             let size = pool_size(cluster.compute_status().acu);
             // Registered before the state is looked at, so that a release in between is not
             // lost (a Notify keeps at most one permit for waiters not yet registered).
@@ -139,22 +200,22 @@ impl Pool {
                 }
             };
             match reuse_or_create {
-                Some(Ok(conn)) => break Ok(conn),
-                Some(Err(())) => match self.connect(endpoint).await {
-                    Ok(conn) => break Ok(conn),
-                    Err(e) => {
-                        self.state.lock().expect("pool lock").in_use -= 1;
-                        break Err(e);
+                Some(Ok(conn)) => return Ok(conn),
+                Some(Err(())) => {
+                    return match self.connect(endpoint).await {
+                        Ok(conn) => Ok(conn),
+                        Err(e) => {
+                            self.state.lock().expect("pool lock").in_use -= 1;
+                            Err(e)
+                        }
                     }
-                },
+                }
                 None => {
-                    if !waiting {
-                        waiting = true;
-                        counters.waiting.fetch_add(1, Ordering::Relaxed);
-                    }
+                    // Counted as waiting (a load signal for the scaler) until this returns.
+                    waiting.get_or_insert_with(|| counters.waiting_guard());
                     let left = timeout.saturating_sub(started.elapsed());
                     if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
-                        break Err(AcquireError::Busy {
+                        return Err(AcquireError::Busy {
                             size,
                             user: self.user.clone(),
                             database: self.database.clone(),
@@ -163,14 +224,7 @@ impl Pool {
                     }
                 }
             }
-        };
-        if waiting {
-            counters.waiting.fetch_sub(1, Ordering::Relaxed);
-            counters
-                .wait_micros
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
-        result
     }
 
     /// Gives a connection back: to the idle list if it is reusable, else it is closed (Postgres
@@ -187,7 +241,7 @@ impl Pool {
     }
 
     async fn connect(&self, endpoint: &ComputeEndpoint) -> Result<ServerConn, AcquireError> {
-        let mut stream = UnixStream::connect(endpoint.socket_path())
+        let mut stream = ComputeSocket::connect(endpoint.socket_path())
             .await
             .map_err(|e| AcquireError::Failed(format!("could not reach the compute: {e}")))?;
         let params = [
@@ -212,7 +266,7 @@ impl Pool {
             secret,
             endpoint: endpoint.clone(),
             parameter_status: messages,
-            prepared: HashSet::new(),
+            state: ConnState::default(),
         })
     }
 }

@@ -14,11 +14,11 @@
 use std::future::poll_fn;
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::cluster::load::ActiveGuard;
 use crate::cluster::LoadCounters;
 
 const CLIENT_TO_COMPUTE_BUFFER: usize = 16 * 1024;
@@ -257,39 +257,36 @@ where
     end
 }
 
-/// Whether this session has a request in flight or a transaction open, kept in step with the
-/// cluster's `active` counter (changed on transitions only, not per message).
+/// Whether this session has a request in flight or a transaction open: it holds an active
+/// guard then (taken and dropped on transitions only, not per message).
 struct SessionActivity<'a> {
     counters: &'a LoadCounters,
-    active: bool,
+    active: Option<ActiveGuard<'a>>,
+    /// A role DDL completed; it counts once its transaction ended (ReadyForQuery idle).
+    role_changed: bool,
 }
 
 impl<'a> SessionActivity<'a> {
     fn new(counters: &'a LoadCounters) -> Self {
         SessionActivity {
             counters,
-            active: false,
+            active: None,
+            role_changed: false,
         }
     }
 
     fn client_sent(&mut self, bytes: usize) {
-        self.counters
-            .bytes_from_clients
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.counters.add_bytes_from_clients(bytes);
         self.set_active(true);
     }
 
     fn compute_sent(&mut self, bytes: usize, events: &TapEvents) {
-        self.counters
-            .bytes_to_clients
-            .fetch_add(bytes as u64, Ordering::Relaxed);
-        if events.idle_ready > 0 {
-            self.counters
-                .transactions
-                .fetch_add(events.idle_ready, Ordering::Relaxed);
-        }
-        if events.role_changed {
-            self.counters.roles_changed.store(true, Ordering::Relaxed);
+        self.counters.add_bytes_to_clients(bytes);
+        self.counters.add_transactions(events.idle_ready);
+        self.role_changed |= events.role_changed;
+        if self.role_changed && events.idle_ready > 0 {
+            self.role_changed = false;
+            self.counters.mark_roles_changed();
         }
         if let Some(status) = events.last_ready_status {
             self.set_active(status != b'I');
@@ -297,21 +294,11 @@ impl<'a> SessionActivity<'a> {
     }
 
     fn set_active(&mut self, active: bool) {
-        if self.active != active {
-            self.active = active;
-            if active {
-                self.counters.active.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.counters.active.fetch_sub(1, Ordering::Relaxed);
-            }
-            self.counters.touch();
+        if active && self.active.is_none() {
+            self.active = Some(self.counters.active_guard());
+        } else if !active {
+            self.active = None;
         }
-    }
-}
-
-impl Drop for SessionActivity<'_> {
-    fn drop(&mut self) {
-        self.set_active(false);
     }
 }
 
@@ -359,7 +346,9 @@ mod tests {
     }
 
     #[test]
-    fn tap_survives_garbage_lengths() {
+    fn tap_reads_nothing_into_garbage_and_bodies() {
+        // Lengths below 4 and negative ones are empty bodies: no ReadyForQuery status is read
+        // from the bytes after them.
         let mut tap = BackendTap::default();
         let mut events = TapEvents::default();
         tap.scan(
@@ -367,5 +356,52 @@ mod tests {
             &mut events,
         );
         tap.scan(&[0u8; 1000], &mut events);
+        assert_eq!(events, TapEvents::default());
+        // Bytes inside a long body that look like ReadyForQuery are body, not messages.
+        let mut tap = BackendTap::default();
+        let mut events = TapEvents::default();
+        let mut data = message(b'D', &[0; 100]);
+        data[5..11].copy_from_slice(&message(b'Z', b"I"));
+        tap.scan(&data, &mut events);
+        assert_eq!(events, TapEvents::default());
+        tap.scan(&message(b'Z', b"T"), &mut events);
+        assert_eq!(events.last_ready_status, Some(b'T'));
+        assert_eq!(events.idle_ready, 0);
+    }
+
+    /// A relay over in-memory pipes: a transaction's bytes reach the compute unchanged and its
+    /// answer reaches the client, and the counters follow ReadyForQuery.
+    #[tokio::test]
+    async fn relay_copies_both_ways_and_counts() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let counters = crate::cluster::load::tests::counters();
+        let (mut client, mut client_side) = tokio::io::duplex(64);
+        let (mut compute, mut compute_side) = tokio::io::duplex(64);
+        let relay = async {
+            relay(&mut client_side, &mut compute_side, &counters).await;
+        };
+        let peers = async {
+            let query = message(b'Q', b"BEGIN\0");
+            client.write_all(&query).await.unwrap();
+            let mut seen = vec![0u8; query.len()];
+            compute.read_exact(&mut seen).await.unwrap();
+            assert_eq!(seen, query);
+            let mut answer = message(b'C', b"BEGIN\0");
+            answer.extend(message(b'Z', b"T"));
+            compute.write_all(&answer).await.unwrap();
+            let mut got = vec![0u8; answer.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, answer);
+            assert_eq!(counters.active(), 1, "a transaction is open");
+            compute.write_all(&message(b'Z', b"I")).await.unwrap();
+            let mut got = [0u8; 6];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(counters.transactions(), 1);
+            assert_eq!(counters.active(), 0);
+            drop(client);
+        };
+        tokio::join!(relay, peers);
+        assert_eq!(counters.active(), 0);
+        assert!(counters.bytes_from_clients() > 0 && counters.bytes_to_clients() > 0);
     }
 }

@@ -1,15 +1,16 @@
-//! SCRAM-SHA-256 (RFC 5802/7677), server side, against stored verifiers.
+//! SCRAM-SHA-256 and SCRAM-SHA-256-PLUS (RFC 5802/7677, `tls-server-end-point` binding),
+//! server side, against stored verifiers.
 //!
-//! Written here rather than taken from pgwire: pgwire's SCRAM lives inside its server framework
-//! (its handler traits own the connection), while pgtide must check a password against a
-//! verifier it keeps itself, before and without waking the cluster's compute. The cryptography
-//! is the `hmac`/`sha2` crates; verifiers are made by `postgres-protocol`, as Postgres makes them.
+//! pgtide checks a password against a verifier it keeps itself, before and without waking the
+//! cluster's compute. The cryptography is the `hmac`/`sha2` crates, comparisons in constant time
+//! with `subtle`; verifiers are made by `postgres-protocol`, as Postgres makes them.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -63,10 +64,39 @@ impl ScramVerifier {
 pub enum ScramError {
     #[error("malformed SCRAM message: {0}")]
     Malformed(&'static str),
-    #[error("channel binding is not supported by this server")]
-    ChannelBinding,
+    #[error("SCRAM channel binding negotiation error: {0}")]
+    ChannelBinding(&'static str),
     #[error("password does not match")]
     WrongPassword,
+}
+
+/// The SCRAM mechanisms, as announced.
+pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// What the connection offers for channel binding.
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// No TLS (or a certificate without a binding): only SCRAM-SHA-256 is offered.
+    Unavailable,
+    /// TLS: SCRAM-SHA-256-PLUS is offered with this `tls-server-end-point` data.
+    Offered(&'a [u8]),
+}
+
+impl Binding<'_> {
+    /// The mechanisms to announce, best first.
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        match self {
+            Binding::Unavailable => &[SCRAM_SHA_256],
+            Binding::Offered(_) => &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256],
+        }
+    }
+}
+
+/// Who the exchange is for, when the user is unknown: a made-up verifier that looks real.
+pub struct Mock<'a> {
+    pub seed: &'a str,
+    pub iterations: u32,
 }
 
 /// One exchange, between the client-first and the client-final message.
@@ -75,24 +105,56 @@ pub struct ScramExchange {
     /// An unknown user gets a made-up verifier and always fails at the end, after the same
     /// messages as a known one, so that user names cannot be probed.
     mock: bool,
-    gs2_header: String,
+    /// What the client-final's `c=` must hold: the GS2 header, then the binding data if used.
+    channel_binding: Vec<u8>,
     client_first_bare: String,
     server_first: String,
     nonce: String,
 }
 
 impl ScramExchange {
-    /// Reads the client-first message and returns the exchange with the server-first message.
+    /// Reads the client-first message (for `mechanism`, one of those `binding` offered) and
+    /// returns the exchange with the server-first message. Known and unknown users take the
+    /// same steps; an unknown one fails at [`ScramExchange::finish`].
     pub fn start(
         verifier: Option<&ScramVerifier>,
-        mock_seed: &str,
+        mock: Mock<'_>,
+        mechanism: &str,
+        binding: Binding<'_>,
         client_first: &[u8],
     ) -> Result<Self, ScramError> {
         let client_first =
             std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (gs2_header, client_first_bare) = split_gs2_header(client_first)?;
-        if gs2_header.starts_with('p') {
-            return Err(ScramError::ChannelBinding);
+        let mut channel_binding = gs2_header.as_bytes().to_vec();
+        match (mechanism, binding, gs2_header.as_bytes().first()) {
+            (SCRAM_SHA_256_PLUS, Binding::Offered(data), Some(b'p')) => {
+                if !gs2_header.starts_with("p=tls-server-end-point,") {
+                    return Err(ScramError::ChannelBinding(
+                        "only tls-server-end-point is supported",
+                    ));
+                }
+                channel_binding.extend_from_slice(data);
+            }
+            (SCRAM_SHA_256_PLUS, Binding::Offered(_), _) => {
+                return Err(ScramError::ChannelBinding(
+                    "SCRAM-SHA-256-PLUS was chosen without channel binding data",
+                ))
+            }
+            (SCRAM_SHA_256, _, Some(b'p')) => {
+                return Err(ScramError::ChannelBinding(
+                    "channel binding was asked for with SCRAM-SHA-256",
+                ))
+            }
+            // "y": the client could bind but thinks the server cannot. Over TLS with PLUS
+            // offered, that means someone removed it from the offer.
+            (SCRAM_SHA_256, Binding::Offered(_), Some(b'y')) => {
+                return Err(ScramError::ChannelBinding(
+                    "the client saw no SCRAM-SHA-256-PLUS in the offer",
+                ))
+            }
+            (SCRAM_SHA_256, _, Some(b'n' | b'y')) => {}
+            _ => return Err(ScramError::Malformed("unknown mechanism or GS2 header")),
         }
         let client_nonce =
             attribute(client_first_bare, 'r').ok_or(ScramError::Malformed("no client nonce"))?;
@@ -108,7 +170,7 @@ impl ScramExchange {
         let nonce = format!("{client_nonce}{}", B64.encode(server_nonce));
         let (verifier, mock) = match verifier {
             Some(v) => (v.clone(), false),
-            None => (mock_verifier(mock_seed), true),
+            None => (mock_verifier(mock.seed, mock.iterations), true),
         };
         let server_first = format!(
             "r={nonce},s={},i={}",
@@ -118,7 +180,7 @@ impl ScramExchange {
         Ok(ScramExchange {
             verifier,
             mock,
-            gs2_header: gs2_header.to_string(),
+            channel_binding,
             client_first_bare: client_first_bare.to_string(),
             server_first,
             nonce,
@@ -138,8 +200,13 @@ impl ScramExchange {
             .ok_or(ScramError::Malformed("no proof"))?;
         let binding =
             attribute(without_proof, 'c').ok_or(ScramError::Malformed("no channel binding"))?;
-        if B64.decode(binding).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
-            return Err(ScramError::Malformed("channel binding does not match"));
+        let binding = B64
+            .decode(binding)
+            .map_err(|_| ScramError::Malformed("channel binding is not base64"))?;
+        if !bool::from(binding.ct_eq(&self.channel_binding)) {
+            return Err(ScramError::ChannelBinding(
+                "the channel binding does not match",
+            ));
         }
         if attribute(without_proof, 'r') != Some(self.nonce.as_str()) {
             return Err(ScramError::Malformed("nonce does not match"));
@@ -161,7 +228,10 @@ impl ScramExchange {
             .map(|(p, s)| p ^ s)
             .collect();
         let stored_key = Sha256::digest(&client_key);
-        let matches = constant_time_eq(stored_key.as_slice(), &self.verifier.stored_key);
+        let matches: bool = stored_key
+            .as_slice()
+            .ct_eq(&self.verifier.stored_key)
+            .into();
         if self.mock || !matches {
             return Err(ScramError::WrongPassword);
         }
@@ -194,12 +264,8 @@ fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// A stable fake verifier per user name: the same unknown name always gets the same salt.
-fn mock_verifier(seed: &str) -> ScramVerifier {
+fn mock_verifier(seed: &str, iterations: u32) -> ScramVerifier {
     static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
     let secret = SECRET.get_or_init(|| {
         let mut bytes = [0u8; 32];
@@ -208,7 +274,7 @@ fn mock_verifier(seed: &str) -> ScramVerifier {
     });
     let salt = hmac(secret, seed.as_bytes())[..16].to_vec();
     ScramVerifier {
-        iterations: 4096,
+        iterations,
         salt,
         stored_key: hmac(secret, b"stored"),
         server_key: hmac(secret, b"server"),
@@ -219,11 +285,33 @@ fn mock_verifier(seed: &str) -> ScramVerifier {
 mod tests {
     use super::*;
 
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    const MOCK: Mock<'static> = Mock {
+        seed: "someone",
+        iterations: 4096,
+    };
+
     /// Runs the client side of SCRAM with postgres-protocol (the code tokio-postgres uses).
     fn login(verifier: Option<&ScramVerifier>, password: &str) -> Result<(), ScramError> {
-        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-        let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-        let exchange = ScramExchange::start(verifier, "someone", client.message())?;
+        login_with(
+            verifier,
+            password,
+            ChannelBinding::unsupported(),
+            SCRAM_SHA_256,
+            Binding::Unavailable,
+        )
+    }
+
+    fn login_with(
+        verifier: Option<&ScramVerifier>,
+        password: &str,
+        client_binding: ChannelBinding,
+        mechanism: &str,
+        binding: Binding<'_>,
+    ) -> Result<(), ScramError> {
+        let mut client = ScramSha256::new(password.as_bytes(), client_binding);
+        let exchange = ScramExchange::start(verifier, MOCK, mechanism, binding, client.message())?;
         client
             .update(exchange.server_first().as_bytes())
             .expect("client accepts server-first");
@@ -272,10 +360,108 @@ mod tests {
             b"n,,n=,r=",
             b"\xff\xfe",
             b"p=tls-server-end-point,,n=,r=abc",
+            b"x,,n=,r=abc",
         ] {
-            assert!(ScramExchange::start(Some(&verifier), "u", garbage).is_err());
+            let start = |g| {
+                ScramExchange::start(
+                    Some(&verifier),
+                    MOCK,
+                    SCRAM_SHA_256,
+                    Binding::Unavailable,
+                    g,
+                )
+            };
+            assert!(start(garbage).is_err());
         }
-        let exchange = ScramExchange::start(Some(&verifier), "u", b"n,,n=,r=abc").unwrap();
+        let exchange = ScramExchange::start(
+            Some(&verifier),
+            MOCK,
+            SCRAM_SHA_256,
+            Binding::Unavailable,
+            b"n,,n=,r=abc",
+        )
+        .unwrap();
         assert!(exchange.finish(b"c=biws,r=wrong,p=AAAA").is_err());
+    }
+
+    #[test]
+    fn channel_binding_is_checked_and_downgrades_refused() {
+        let verifier = ScramVerifier::from_password("pw");
+        let data = b"certificate hash".to_vec();
+        // SCRAM-SHA-256-PLUS with the right data logs in.
+        assert_eq!(
+            login_with(
+                Some(&verifier),
+                "pw",
+                ChannelBinding::tls_server_end_point(data.clone()),
+                SCRAM_SHA_256_PLUS,
+                Binding::Offered(&data),
+            ),
+            Ok(())
+        );
+        // Another certificate (a man in the middle terminating TLS) fails.
+        assert!(matches!(
+            login_with(
+                Some(&verifier),
+                "pw",
+                ChannelBinding::tls_server_end_point(b"other".to_vec()),
+                SCRAM_SHA_256_PLUS,
+                Binding::Offered(&data),
+            ),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        // A client that could bind but saw no PLUS offered, while it was offered: a downgrade.
+        assert!(matches!(
+            login_with(
+                Some(&verifier),
+                "pw",
+                ChannelBinding::unrequested(),
+                SCRAM_SHA_256,
+                Binding::Offered(&data),
+            ),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        // Without TLS, "y" is fine, and plain SCRAM over TLS too.
+        for binding in [Binding::Unavailable, Binding::Offered(&data)] {
+            assert_eq!(
+                login_with(
+                    Some(&verifier),
+                    "pw",
+                    ChannelBinding::unsupported(),
+                    SCRAM_SHA_256,
+                    binding,
+                ),
+                Ok(())
+            );
+        }
+        assert_eq!(
+            login_with(
+                Some(&verifier),
+                "pw",
+                ChannelBinding::unrequested(),
+                SCRAM_SHA_256,
+                Binding::Unavailable,
+            ),
+            Ok(())
+        );
+        assert_eq!(Binding::Offered(&data).mechanisms()[0], SCRAM_SHA_256_PLUS);
+    }
+
+    #[test]
+    fn an_unknown_user_gets_the_typical_iteration_count() {
+        let client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
+        let mock = Mock {
+            seed: "nobody",
+            iterations: 10000,
+        };
+        let exchange = ScramExchange::start(
+            None,
+            mock,
+            SCRAM_SHA_256,
+            Binding::Unavailable,
+            client.message(),
+        )
+        .unwrap();
+        assert!(exchange.server_first().ends_with(",i=10000"));
     }
 }

@@ -1,539 +1,236 @@
-//! Transaction mode: a client holds a compute connection only while it has a transaction open or
-//! an unfinished exchange, so many clients share a few compute connections, and idle clients
+//! Transaction mode: a client holds a compute connection only while it has a transaction open
+//! or an unfinished exchange, so many clients share a few compute connections, and idle clients
 //! keep nothing busy (nor the cluster awake).
 //!
 //! The life of a transaction-mode client, in prose:
-//! 1. After authentication it gets the compute's ParameterStatus (from a pooled connection), a
-//!    BackendKeyData of pgtide's own and ReadyForQuery — no compute connection is kept.
+//! 1. After authentication it gets its startup answer from a pooled connection, which first
+//!    takes the client's startup settings (a bad one fails the login as Postgres would): the
+//!    ParameterStatus it sends, a BackendKeyData of pgtide's own and ReadyForQuery. The
+//!    connection goes straight back to the pool.
 //! 2. Its messages are framed. The first one that needs the compute takes a connection from the
-//!    pool (resuming a paused cluster first), waiting in line if all are busy.
-//! 3. Messages are forwarded, rewritten where a client's statement names must become pool-wide
-//!    (see below); every Query and Sync forwarded adds one to `pending`; each ReadyForQuery from
-//!    the compute takes one away. When nothing is pending and ReadyForQuery says idle, the
-//!    connection goes back to the pool.
-//! 4. A client that leaves mid-transaction has its connection closed, not reused: Postgres rolls
-//!    the transaction back.
-//!
-//! Named prepared statements (Parse/Bind/Describe/Close, as pgbench `-M prepared`, JDBC,
-//! psycopg, asyncpg use them) get a pool-wide name derived from their text and parameter types
-//! and are prepared, on whichever connection the client gets, when that connection lacks them:
-//! pgtide slips a Parse in front and swallows its ParseComplete. A client's own Parse of a
-//! statement the connection already has becomes Close + Parse, whose CloseComplete is swallowed,
-//! so every reply the client sees is one it asked for, in order.
-//!
-//! Session state cannot follow a client across connections: session-level SET, LISTEN, temporary
-//! tables, session advisory locks and SQL-level PREPARE/EXECUTE/DEALLOCATE are refused with an
-//! error that names `pool_mode = "session"`.
+//!    pool (resuming a paused cluster first), waiting in line if all are busy; the connection
+//!    first gets the client's settings if it has others.
+//! 3. Both directions are relayed at once by one future in the client's task, as in session
+//!    mode: what each side sends is forwarded while the other side is read, through bounded
+//!    outboxes (a full one stops reading the side that fills it), so a slow reader of a large
+//!    result holds a few hundred KiB, and a large pipelined batch flows as it would to Postgres.
+//!    Messages are zero-copy views of the read buffers, written with vectored writes; only the
+//!    few that name prepared statements are rewritten. [`exchange`](super::exchange) decides
+//!    what each message means and when the connection owes nothing more.
+//! 4. Then the connection goes back to the pool. A client that leaves (Terminate, or closing
+//!    its socket) has everything it sent before delivered and answered first (a COMMIT sent
+//!    together with Terminate commits); a connection left mid-transaction is closed, not
+//!    reused: Postgres rolls the transaction back.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::Ordering;
+use std::future::{poll_fn, Future};
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use pgwire::messages::startup::{BackendKeyData, SecretKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::client::{flush, Fatal};
+use super::attach;
+use super::auth::flush;
+use super::cancel::PooledCancelKey;
+use super::compute::simple_query;
+use super::errors::Fatal;
+use super::exchange::{ClientState, Exchange, Outbox, Settings, Step};
+use super::handshake::Startup;
 use super::pool::{AcquireError, Pool, ServerConn};
-use super::protocol;
-use super::{ClientStream, ProxyShared};
-use crate::cluster::{AttachError, ClusterHandle};
-
-/// Statements kept prepared on one compute connection, at most.
-const MAX_PREPARED_PER_CONNECTION: usize = 500;
+use super::{sql, ClientStream, ProxyShared};
+use crate::cluster::load::ActiveGuard;
+use crate::cluster::ClusterHandle;
+use crate::wire::{self, Message};
 
 /// The largest message a client may send (Postgres allows 1 GB; a pooler has to buffer it).
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024 * 1024;
+/// An outbox this full stops reading the side that fills it.
+const OUTBOX_HIGH: usize = 256 * 1024;
+/// Bytes asked for per read.
+const READ_CHUNK: usize = 32 * 1024;
+/// Chunks per vectored write.
+const IOVECS: usize = 64;
+/// How long a connection stays with a client whose extended-protocol exchange is answered but
+/// has no Sync yet (asyncpg prepares with Flush); then pgtide ends it with a Sync of its own.
+const UNSYNCED_HOLD: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// A client statement, as the pool knows it.
-struct Statement {
-    /// The name on compute connections: the same text and types give the same name.
-    pool_name: String,
-    /// The Parse body with the pool-wide name, to prepare it on a connection that lacks it.
-    parse_body: Bytes,
-}
-
-/// A reply the compute owes for an extended-protocol message.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Expect {
-    /// ParseComplete; `ours`: pgtide slipped the Parse in, the client must not see the reply.
-    Parse {
-        ours: bool,
-    },
-    Bind,
-    /// CloseComplete; `ours` as for Parse.
-    Close {
-        ours: bool,
-    },
-    /// RowDescription or NoData (after ParameterDescription for a statement).
-    Describe,
-    /// CommandComplete, EmptyQueryResponse or PortalSuspended.
-    Execute,
-}
-
-/// A compute connection held for the current transaction.
-struct Held {
-    conn: ServerConn,
-    /// Queries and Syncs sent whose ReadyForQuery has not come back.
-    pending: usize,
-    status: u8,
-    /// The replies still expected for extended-protocol messages, in order, each tagged with the
-    /// number of Syncs sent before it (an error skips every reply up to the next Sync). While it
-    /// is not empty — a Parse/Describe/Flush exchange without a Sync, say — the connection
-    /// stays with this client.
-    expected: VecDeque<(Expect, u64)>,
-    syncs_sent: u64,
-    syncs_done: u64,
-    read: BytesMut,
-}
-
-pub(super) async fn serve(
+pub async fn serve(
     client: &mut ClientStream,
     cluster: &ClusterHandle,
     shared: &ProxyShared,
-    user: &str,
-    database: &str,
+    startup: &Startup,
     who: &str,
     mut out: BytesMut,
 ) -> Result<(), Fatal> {
-    let pool = shared.pools_of(cluster.name()).pool(user, database);
-    // The startup answer comes from a pooled connection, which goes straight back.
-    let hello = acquire(cluster, &pool, who).await?;
-    out.extend_from_slice(&hello.parameter_status);
-    pool.release(hello, true);
+    let pool = shared
+        .pools_of(cluster.name())
+        .pool(&startup.user, &startup.database);
+    let startup_settings = startup.settings();
+    let endpoint = attach::attach(cluster, who).await?;
+    let (state, parameter_status) = match pool.welcome(&startup_settings, &endpoint) {
+        Some(kept) => (
+            ClientState::starting_with(kept.settings),
+            kept.parameter_status,
+        ),
+        None => {
+            let mut hello = acquire_at(cluster, &pool, &endpoint).await?;
+            let welcome = welcome(&mut hello, &startup_settings, cluster.name()).await;
+            let reusable = matches!(welcome, Ok(Ok(_)));
+            let endpoint = hello.endpoint.clone();
+            pool.release(hello, reusable);
+            match welcome {
+                Ok(Ok((state, parameter_status))) => {
+                    let parameter_status = parameter_status.freeze();
+                    pool.keep_welcome(
+                        &startup_settings,
+                        &endpoint,
+                        state.settings.clone(),
+                        parameter_status.clone(),
+                    );
+                    (state, parameter_status)
+                }
+                Ok(Err(error)) => {
+                    // A startup setting the compute refused: the login fails, with Postgres's
+                    // error.
+                    out.extend_from_slice(&fatal_from_error(&error));
+                    let _ = flush(client, &mut out).await;
+                    return Err(Fatal::already_sent());
+                }
+                Err(fatal) => return Err(fatal),
+            }
+        }
+    };
+    out.extend_from_slice(&parameter_status);
     let cancel = shared.cancels.register_pooled();
-    protocol::encode(
-        BackendKeyData::new(cancel.pid, SecretKey::I32(cancel.secret)),
-        &mut out,
-    );
-    protocol::put_message(&mut out, b'Z', b"I");
+    wire::backend_key_data(&mut out, cancel.pid, cancel.secret);
+    wire::ready_for_query(&mut out, b'I');
     flush(client, &mut out).await?;
 
-    let mut session = Session {
+    let mut relay = Relay {
         cluster,
         pool: &pool,
         who,
-        statements: HashMap::new(),
-        held: None,
-        client_buf: BytesMut::with_capacity(1024),
-        to_client: BytesMut::new(),
-        to_server: BytesMut::new(),
         cancel: &cancel,
+        state,
+        client_in: BytesMut::with_capacity(READ_CHUNK),
+        to_client: Outbox::default(),
+        held: None,
+        waiting: None,
+        client_done: false,
+        client_broken: false,
+        unsynced_hold: None,
     };
-    let result = session.run(client).await;
-    if let Some(held) = session.held.take() {
+    let result = relay.run(client).await;
+    if let Some(held) = relay.held.take() {
         // Mid-transaction or mid-exchange: the connection is closed, never reused.
-        let reusable = held.is_done();
-        session.end_transaction(held, reusable);
+        let reusable = held.exchange.reusable() && held.to_server.is_empty();
+        relay.release(held, reusable);
     }
     result
 }
 
-struct Session<'a> {
-    cluster: &'a ClusterHandle,
-    pool: &'a Pool,
-    who: &'a str,
-    statements: HashMap<String, Statement>,
-    held: Option<Held>,
-    client_buf: BytesMut,
-    to_client: BytesMut,
-    to_server: BytesMut,
-    cancel: &'a super::cancel::PooledCancelKey,
+/// Gives the hello connection the client's startup settings and reads back how the compute
+/// spells them. Returns the client's state and the ParameterStatus messages it should get, or
+/// the compute's ErrorResponse for a setting it refused.
+async fn welcome(
+    conn: &mut ServerConn,
+    settings: &[(String, String)],
+    cluster: &str,
+) -> Result<Result<(ClientState, BytesMut), bytes::Bytes>, Fatal> {
+    let mut state = ClientState::default();
+    let mut status = parameter_map(&conn.parameter_status);
+    if !settings.is_empty() || !conn.state.settings.is_empty() {
+        let mut sql = String::from("RESET ALL");
+        if !settings.is_empty() {
+            let calls: Vec<String> = settings
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "pg_catalog.set_config({}, {}, false)",
+                        sql::literal(k),
+                        sql::literal(v)
+                    )
+                })
+                .collect();
+            sql.push_str("; SELECT ");
+            sql.push_str(&calls.join(", "));
+        }
+        sql.push_str("; SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'");
+        let outcome = simple_query(&mut conn.stream, &sql)
+            .await
+            .map_err(|e| Fatal::unreachable(cluster, e))?;
+        if let Some(error) = outcome.error {
+            return Ok(Err(error));
+        }
+        let settings: Settings = outcome
+            .rows
+            .into_iter()
+            .filter_map(|row| match &row[..] {
+                [Some(name), Some(value)] => Some((name.clone(), value.clone())),
+                _ => None,
+            })
+            .collect();
+        conn.state.settings = settings.clone();
+        state = ClientState::starting_with(settings);
+        status.extend(parameter_map(&outcome.parameter_status));
+    }
+    let mut out = BytesMut::new();
+    for (name, value) in status {
+        let start = wire::begin_message(&mut out, b'S');
+        wire::put_cstr(&mut out, name.as_bytes());
+        wire::put_cstr(&mut out, value.as_bytes());
+        wire::end_message(&mut out, start);
+    }
+    Ok(Ok((state, out)))
 }
 
-impl Session<'_> {
-    async fn run(&mut self, client: &mut ClientStream) -> Result<(), Fatal> {
-        loop {
-            // Read from the client, and from the compute while a connection is held.
-            let client_read = match self.held.as_mut() {
-                None => Some(client.read_buf(&mut self.client_buf).await),
-                Some(held) => tokio::select! {
-                    read = client.read_buf(&mut self.client_buf) => Some(read),
-                    read = held.conn.stream.read_buf(&mut held.read) => {
-                        match read {
-                            Ok(0) | Err(_) => return Err(lost(self.cluster)),
-                            Ok(_) => None,
-                        }
-                    }
-                },
-            };
-            if let Some(read) = client_read {
-                match read {
-                    Ok(0) | Err(_) => return Ok(()), // the client left
-                    Ok(_) => {
-                        if self.take_client_messages().await? {
-                            return Ok(()); // Terminate
-                        }
-                    }
-                }
-            }
-            self.take_server_messages()?;
-            if !self.to_client.is_empty() {
-                flush(client, &mut self.to_client).await?;
-            }
-            if let Some(held) = &self.held {
-                if held.is_done() {
-                    let held = self.held.take().expect("held");
-                    self.end_transaction(held, true);
-                }
-            }
+/// ParameterStatus messages as (name, value), in order, later ones winning.
+fn parameter_map(messages: &[u8]) -> Vec<(String, String)> {
+    let mut buf = BytesMut::from(messages);
+    let mut map: Vec<(String, String)> = Vec::new();
+    while let Ok(Some(message)) = wire::next_message(&mut buf, usize::MAX) {
+        if message.kind != b'S' {
+            continue;
         }
-    }
-
-    fn end_transaction(&mut self, held: Held, reusable: bool) {
-        self.cancel.set_target(None);
-        let counters = self.cluster.counters();
-        counters.active.fetch_sub(1, Ordering::Relaxed);
-        counters.touch();
-        self.pool.release(held.conn, reusable);
-    }
-
-    /// Handles every complete client message; returns true on Terminate.
-    async fn take_client_messages(&mut self) -> Result<bool, Fatal> {
-        while let Some((kind, body)) = next_message(&mut self.client_buf, MAX_CLIENT_MESSAGE)? {
-            if kind == b'X' {
-                return Ok(true);
-            }
-            if kind == b'Q' {
-                if let Some(refusal) = refuse_session_state(&body) {
-                    // Answer as Postgres would answer a failing query: an error, then ready.
-                    protocol::error_fields(&mut self.to_client, b'E', "ERROR", "0A000", &refusal);
-                    let status = self.held.as_ref().map(|h| h.status).unwrap_or(b'I');
-                    protocol::put_message(&mut self.to_client, b'Z', &[status]);
-                    continue;
-                }
-            }
-            if self.held.is_none() {
-                let conn = acquire(self.cluster, self.pool, self.who).await?;
-                self.cancel
-                    .set_target(Some((conn.endpoint.socket_path(), conn.pid, conn.secret)));
-                let counters = self.cluster.counters();
-                counters.active.fetch_add(1, Ordering::Relaxed);
-                counters.touch();
-                self.held = Some(Held {
-                    conn,
-                    pending: 0,
-                    status: b'I',
-                    expected: VecDeque::new(),
-                    syncs_sent: 0,
-                    syncs_done: 0,
-                    read: BytesMut::with_capacity(8192),
-                });
-            }
-            self.forward(kind, body);
-        }
-        if !self.to_server.is_empty() {
-            let held = self
-                .held
-                .as_mut()
-                .expect("a connection is held while sending");
-            if held.conn.stream.write_all(&self.to_server).await.is_err() {
-                return Err(lost(self.cluster));
-            }
-            self.to_server.clear();
-        }
-        Ok(false)
-    }
-
-    /// Forwards one client message, rewriting statement names to pool-wide ones.
-    fn forward(&mut self, kind: u8, body: Bytes) {
-        let held = self.held.as_mut().expect("held");
-        let counters = self.cluster.counters();
-        match kind {
-            b'P' => {
-                let Some((name, rest)) = split_cstr(&body) else {
-                    return protocol::put_message(&mut self.to_server, kind, &body);
-                };
-                if name.is_empty() {
-                    held.expect(Expect::Parse { ours: false });
-                    return protocol::put_message(&mut self.to_server, kind, &body);
-                }
-                let pool_name = pool_statement_name(rest);
-                let mut parse_body = BytesMut::with_capacity(body.len() + 24);
-                parse_body.put_slice(pool_name.as_bytes());
-                parse_body.put_u8(0);
-                parse_body.put_slice(rest);
-                let parse_body = parse_body.freeze();
-                if held.conn.prepared.contains(&pool_name) {
-                    // Already there: close it first so that the client's Parse succeeds and its
-                    // ParseComplete is a real one, in order.
-                    put_close_statement(&mut self.to_server, &pool_name);
-                    held.expect(Expect::Close { ours: true });
-                }
-                if !held.conn.prepared.contains(&pool_name) {
-                    held.make_room(&mut self.to_server);
-                }
-                protocol::put_message(&mut self.to_server, b'P', &parse_body);
-                held.expect(Expect::Parse { ours: false });
-                held.conn.prepared.insert(pool_name.clone());
-                self.statements.insert(
-                    String::from_utf8_lossy(name).into_owned(),
-                    Statement {
-                        pool_name,
-                        parse_body,
-                    },
-                );
-            }
-            b'B' => {
-                // Bind: portal name, then statement name.
-                let rewritten = split_cstr(&body).and_then(|(portal, rest)| {
-                    let (statement, tail) = split_cstr(rest)?;
-                    let known = self.statements.get(std::str::from_utf8(statement).ok()?)?;
-                    Some((portal.to_vec(), known, tail.to_vec()))
-                });
-                match rewritten {
-                    Some((portal, statement, tail)) => {
-                        ensure_prepared(held, statement, &mut self.to_server, counters);
-                        let mut new_body = BytesMut::with_capacity(body.len() + 24);
-                        new_body.put_slice(&portal);
-                        new_body.put_u8(0);
-                        new_body.put_slice(statement.pool_name.as_bytes());
-                        new_body.put_u8(0);
-                        new_body.put_slice(&tail);
-                        protocol::put_message(&mut self.to_server, kind, &new_body);
-                    }
-                    None => protocol::put_message(&mut self.to_server, kind, &body),
-                }
-            }
-            b'D' | b'C' if body.first() == Some(&b'S') => {
-                let name =
-                    split_cstr(&body[1..]).map(|(n, _)| String::from_utf8_lossy(n).into_owned());
-                let statement = name.as_deref().and_then(|n| self.statements.get(n));
-                match statement {
-                    Some(statement) => {
-                        if kind == b'D' {
-                            ensure_prepared(held, statement, &mut self.to_server, counters);
-                        } else {
-                            held.conn.prepared.remove(&statement.pool_name);
-                            held.expect(Expect::Close { ours: false });
-                        }
-                        let mut new_body = BytesMut::with_capacity(statement.pool_name.len() + 2);
-                        new_body.put_u8(b'S');
-                        new_body.put_slice(statement.pool_name.as_bytes());
-                        new_body.put_u8(0);
-                        protocol::put_message(&mut self.to_server, kind, &new_body);
-                        if kind == b'C' {
-                            self.statements.remove(name.as_deref().unwrap_or_default());
-                        }
-                    }
-                    None => {
-                        if kind == b'C' {
-                            held.expect(Expect::Close { ours: false });
-                        }
-                        protocol::put_message(&mut self.to_server, kind, &body);
-                    }
-                }
-            }
-            b'C' => {
-                held.expect(Expect::Close { ours: false });
-                protocol::put_message(&mut self.to_server, kind, &body);
-            }
-            b'Q' | b'S' => {
-                held.pending += 1;
-                held.syncs_sent += 1;
-                protocol::put_message(&mut self.to_server, kind, &body);
-            }
-            _ => protocol::put_message(&mut self.to_server, kind, &body),
-        }
-        // Their replies come after those of any Parse slipped in front of them.
-        let held = self.held.as_mut().expect("held");
-        match kind {
-            b'B' => held.expect(Expect::Bind),
-            b'D' => held.expect(Expect::Describe),
-            b'E' => held.expect(Expect::Execute),
-            _ => {}
-        }
-    }
-
-    /// Passes the compute's replies on, minus the ones to pgtide's own Parse and Close.
-    fn take_server_messages(&mut self) -> Result<(), Fatal> {
-        let Some(held) = self.held.as_mut() else {
-            return Ok(());
+        let Some((name, rest)) = wire::split_cstr(message.body()) else {
+            continue;
         };
-        while let Some((kind, body)) =
-            next_message(&mut held.read, usize::MAX).map_err(|_| lost(self.cluster))?
-        {
-            let swallow = match kind {
-                b'1' => {
-                    held.reply(|e| matches!(e, Expect::Parse { .. }))
-                        == Some(Expect::Parse { ours: true })
-                }
-                b'3' => {
-                    held.reply(|e| matches!(e, Expect::Close { .. }))
-                        == Some(Expect::Close { ours: true })
-                }
-                b'2' => {
-                    held.reply(|e| *e == Expect::Bind);
-                    false
-                }
-                b'T' | b'n' => {
-                    held.reply(|e| *e == Expect::Describe);
-                    false
-                }
-                b'C' | b'I' | b's' => {
-                    held.reply(|e| *e == Expect::Execute);
-                    false
-                }
-                b'E' => {
-                    // The compute skips everything up to the next Sync: those replies never come.
-                    let batch = held.syncs_done;
-                    held.expected.retain(|(_, tag)| *tag > batch);
-                    false
-                }
-                b'Z' => {
-                    held.pending = held.pending.saturating_sub(1);
-                    held.status = body.first().copied().unwrap_or(b'I');
-                    held.syncs_done += 1;
-                    let done = held.syncs_done;
-                    held.expected.retain(|(_, tag)| *tag >= done);
-                    if held.status == b'I' {
-                        self.cluster
-                            .counters()
-                            .transactions
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    false
-                }
-                _ => false,
-            };
-            if !swallow {
-                protocol::put_message(&mut self.to_client, kind, &body);
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Held {
-    fn expect(&mut self, reply: Expect) {
-        self.expected.push_back((reply, self.syncs_sent));
-    }
-
-    /// Takes the reply at the head of the queue if it is the kind that just arrived.
-    fn reply(&mut self, is: impl Fn(&Expect) -> bool) -> Option<Expect> {
-        match self.expected.front() {
-            Some((expect, _)) if is(expect) => self.expected.pop_front().map(|(e, _)| e),
-            _ => None,
+        let value = wire::split_cstr(rest).map(|(v, _)| v).unwrap_or(rest);
+        let name = String::from_utf8_lossy(name).into_owned();
+        let value = String::from_utf8_lossy(value).into_owned();
+        match map.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 = value,
+            None => map.push((name, value)),
         }
     }
-
-    /// Keeps the statements prepared on a connection under [`MAX_PREPARED_PER_CONNECTION`]: one
-    /// is closed (its CloseComplete swallowed) before another is prepared.
-    fn make_room(&mut self, to_server: &mut BytesMut) {
-        if self.conn.prepared.len() < MAX_PREPARED_PER_CONNECTION {
-            return;
-        }
-        if let Some(victim) = self.conn.prepared.iter().next().cloned() {
-            put_close_statement(to_server, &victim);
-            self.expect(Expect::Close { ours: true });
-            self.conn.prepared.remove(&victim);
-        }
-    }
-
-    /// Nothing owed, no transaction open: the connection can serve another client.
-    fn is_done(&self) -> bool {
-        self.pending == 0 && self.expected.is_empty() && self.status == b'I'
-    }
+    map
 }
 
-/// Slips a Parse in front when the held connection lacks the statement.
-fn ensure_prepared(
-    held: &mut Held,
-    statement: &Statement,
-    to_server: &mut BytesMut,
-    counters: &crate::cluster::LoadCounters,
-) {
-    if held.conn.prepared.contains(&statement.pool_name) {
-        counters.prepared_hits.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    counters.prepared_misses.fetch_add(1, Ordering::Relaxed);
-    held.make_room(to_server);
-    protocol::put_message(to_server, b'P', &statement.parse_body);
-    held.expect(Expect::Parse { ours: true });
-    held.conn.prepared.insert(statement.pool_name.clone());
-}
-
-fn put_close_statement(out: &mut BytesMut, name: &str) {
-    let mut body = BytesMut::with_capacity(name.len() + 2);
-    body.put_u8(b'S');
-    body.put_slice(name.as_bytes());
-    body.put_u8(0);
-    protocol::put_message(out, b'C', &body);
-}
-
-/// The same statement text and parameter types give the same name on every connection.
-fn pool_statement_name(text_and_types: &[u8]) -> String {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text_and_types.hash(&mut hasher);
-    format!("pgtide_{:016x}", hasher.finish())
-}
-
-fn split_cstr(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = bytes.iter().position(|b| *b == 0)?;
-    Some((&bytes[..nul], &bytes[nul + 1..]))
-}
-
-/// The next complete message (type, body) in `buf`, if any.
-fn next_message(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, Bytes)>, Fatal> {
-    if buf.len() < 5 {
-        return Ok(None);
-    }
-    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    if len < 4 || len as usize > max {
-        return Err(Fatal::new("08P01", format!("invalid message length {len}")));
-    }
-    let total = 1 + len as usize;
-    if buf.len() < total {
-        buf.reserve(total - buf.len());
-        return Ok(None);
-    }
-    let mut message = buf.split_to(total);
-    let kind = message[0];
-    message.advance(5);
-    Ok(Some((kind, message.freeze())))
-}
-
-/// Statements whose effect would outlive the transaction on a shared connection.
-fn refuse_session_state(query: &[u8]) -> Option<String> {
-    let text =
-        String::from_utf8_lossy(query.strip_suffix(&[0]).unwrap_or(query)).to_ascii_lowercase();
-    let words: Vec<&str> = text.split_whitespace().take(4).collect();
-    let first = words.first().copied().unwrap_or("");
-    let what = match first {
-        "set"
-            if !matches!(
-                words.get(1).copied(),
-                Some("local") | Some("transaction") | Some("constraints")
-            ) =>
-        {
-            "session-level SET (use SET LOCAL inside a transaction)"
-        }
-        "reset" | "listen" => "LISTEN and session-level settings",
-        "prepare" | "execute" | "deallocate" => {
-            "SQL-level PREPARE/EXECUTE/DEALLOCATE (protocol-level prepared statements work)"
-        }
-        "create" if words.iter().any(|w| *w == "temp" || *w == "temporary") => "temporary tables",
-        _ if text.contains("pg_advisory_lock") || text.contains("pg_try_advisory_lock") => {
-            "session advisory locks (pg_advisory_xact_lock works)"
-        }
-        _ => return None,
-    };
-    Some(format!(
-        "{what} cannot be used through a transaction-mode pool, where the next transaction may run on another connection; use pool_mode = \"session\" for this client"
-    ))
+/// An ERROR from the compute, as the FATAL that ends a login.
+fn fatal_from_error(error: &[u8]) -> BytesMut {
+    let body = &error[wire::HEADER_LEN.min(error.len())..];
+    let code = wire::error_field(body, b'C')
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .unwrap_or_else(|| "08P01".to_string());
+    let mut out = BytesMut::new();
+    wire::error_response(&mut out, b'E', "FATAL", &code, &wire::error_text(body));
+    out
 }
 
 async fn acquire(cluster: &ClusterHandle, pool: &Pool, who: &str) -> Result<ServerConn, Fatal> {
-    let endpoint = cluster.attach(who).await.map_err(|e| match e {
-        AttachError::ShuttingDown => Fatal::new(
-            "57P01",
-            "terminating connection due to administrator command",
-        ),
-        other => Fatal::new("57P03", other.to_string()),
-    })?;
+    let endpoint = attach::attach(cluster, who).await?;
+    acquire_at(cluster, pool, &endpoint).await
+}
+
+/// A pooled connection to the compute at `endpoint` (the cluster attached already).
+async fn acquire_at(
+    cluster: &ClusterHandle,
+    pool: &Pool,
+    endpoint: &crate::runtime::ComputeEndpoint,
+) -> Result<ServerConn, Fatal> {
     let timeout = cluster.config().resume_timeout;
-    pool.acquire(cluster, &endpoint, timeout)
+    pool.acquire(cluster, endpoint, timeout)
         .await
         .map_err(|e| match e {
             AcquireError::Busy { .. } => {
@@ -546,60 +243,290 @@ async fn acquire(cluster: &ClusterHandle, pool: &Pool, who: &str) -> Result<Serv
         })
 }
 
-fn lost(cluster: &ClusterHandle) -> Fatal {
-    Fatal::new(
-        "08006",
-        format!(
-            "the connection to the compute of cluster \"{}\" was lost; reconnect to continue",
-            cluster.name()
-        ),
-    )
+/// A compute connection held by the client now.
+struct Held<'a> {
+    conn: ServerConn,
+    exchange: Exchange,
+    server_in: BytesMut,
+    to_server: Outbox,
+    _active: ActiveGuard<'a>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+struct Relay<'a> {
+    cluster: &'a ClusterHandle,
+    pool: &'a Pool,
+    who: &'a str,
+    cancel: &'a PooledCancelKey,
+    state: ClientState,
+    client_in: BytesMut,
+    to_client: Outbox,
+    held: Option<Held<'a>>,
+    /// A client message waiting for a connection, or for the held one to owe nothing.
+    waiting: Option<Message>,
+    /// The client sent Terminate or closed its side: nothing more is read from it.
+    client_done: bool,
+    /// Writing to the client failed: nothing more is written to it.
+    client_broken: bool,
+    /// Runs while the held connection is answered but unsynced.
+    unsynced_hold: Option<Pin<Box<tokio::time::Sleep>>>,
+}
 
-    #[test]
-    fn session_state_is_refused_and_the_rest_passes() {
-        for refused in [
-            "SET search_path = x",
-            "set work_mem='1GB'",
-            "LISTEN events",
-            "PREPARE p AS SELECT 1",
-            "EXECUTE p",
-            "CREATE TEMP TABLE t (a int)",
-            "create temporary table t (a int)",
-            "SELECT pg_advisory_lock(1)",
-        ] {
-            let message = refuse_session_state(refused.as_bytes());
-            assert!(message.is_some(), "{refused}");
-            assert!(message.unwrap().contains("pool_mode = \"session\""));
+enum Event {
+    NeedConnection,
+    Finished,
+}
+
+impl<'a> Relay<'a> {
+    async fn run(&mut self, client: &mut ClientStream) -> Result<(), Fatal> {
+        loop {
+            match poll_fn(|cx| self.poll(cx, client)).await? {
+                Event::Finished => return Ok(()),
+                Event::NeedConnection => {
+                    let conn = acquire(self.cluster, self.pool, self.who).await?;
+                    self.cancel.set_target(Some((
+                        conn.endpoint.socket_path(),
+                        conn.pid,
+                        conn.secret,
+                    )));
+                    let mut held = Held {
+                        conn,
+                        exchange: Exchange::default(),
+                        server_in: BytesMut::with_capacity(READ_CHUNK),
+                        to_server: Outbox::default(),
+                        _active: self.cluster.counters().active_guard(),
+                    };
+                    held.exchange
+                        .begin(&self.state, &mut held.conn.state, &mut held.to_server);
+                    self.held = Some(held);
+                }
+            }
         }
-        for allowed in [
-            "SELECT 1",
-            "SET LOCAL work_mem = '64MB'",
-            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
-            "BEGIN",
-            "SELECT pg_advisory_xact_lock(1)",
-            "CREATE TABLE t (a int)",
-        ] {
-            assert!(
-                refuse_session_state(allowed.as_bytes()).is_none(),
-                "{allowed}"
+    }
+
+    fn release(&mut self, held: Held<'a>, reusable: bool) {
+        self.cancel.set_target(None);
+        self.pool.release(held.conn, reusable);
+    }
+
+    /// Moves bytes every way it can; returns when a connection is needed or all is done.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut ClientStream,
+    ) -> Poll<Result<Event, Fatal>> {
+        let counters = self.cluster.counters();
+        loop {
+            let mut progress = false;
+
+            // Client messages already read.
+            if let Some(event) = self.take_client_messages(&mut progress)? {
+                return Poll::Ready(Ok(event));
+            }
+            // More from the client, unless the compute side is full.
+            let to_server_full = self
+                .held
+                .as_ref()
+                .is_some_and(|h| h.to_server.len() >= OUTBOX_HIGH);
+            if !self.client_done && self.waiting.is_none() && !to_server_full {
+                match poll_read(client, cx, &mut self.client_in) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        self.client_done = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        counters.add_bytes_from_clients(n);
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            if let Some(held) = self.held.as_mut() {
+                let server = &mut held.conn.stream;
+                match poll_write_outbox(server, cx, &mut held.to_server) {
+                    Poll::Ready(Ok(true)) => progress = true,
+                    Poll::Ready(Ok(false)) | Poll::Pending => {}
+                    Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Err(Fatal::compute_lost(self.cluster.name())))
+                    }
+                }
+                if self.to_client.len() < OUTBOX_HIGH || self.client_broken {
+                    match poll_read(server, cx, &mut held.server_in) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            return Poll::Ready(Err(Fatal::compute_lost(self.cluster.name())))
+                        }
+                        Poll::Ready(Ok(_)) => {
+                            held.exchange.server_bytes(
+                                &mut held.server_in,
+                                &mut self.state,
+                                &mut held.conn.state,
+                                &mut held.to_server,
+                                &mut self.to_client,
+                                counters,
+                            )?;
+                            if self.client_broken {
+                                self.to_client.clear();
+                            }
+                            progress = true;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+            }
+
+            if !self.client_broken {
+                let before = self.to_client.len();
+                match poll_write_outbox(client, cx, &mut self.to_client) {
+                    Poll::Ready(Ok(wrote)) => {
+                        if wrote {
+                            counters.add_bytes_to_clients(before - self.to_client.len());
+                            progress = true;
+                        }
+                    }
+                    Poll::Pending => {}
+                    Poll::Ready(Err(_)) => {
+                        self.client_broken = true;
+                        self.client_done = true;
+                        self.to_client.clear();
+                        progress = true;
+                    }
+                }
+            }
+
+            // Answered but unsynced for a while: pgtide's own Sync ends it.
+            match self.held.as_mut() {
+                Some(held) if held.exchange.idle_unsynced() && held.to_server.is_empty() => {
+                    let hold = self
+                        .unsynced_hold
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(UNSYNCED_HOLD)));
+                    if hold.as_mut().poll(cx).is_ready() {
+                        self.unsynced_hold = None;
+                        held.exchange.sync_now(&mut held.to_server);
+                        progress = true;
+                    }
+                }
+                _ => self.unsynced_hold = None,
+            }
+
+            // The connection goes back once it owes nothing; a client that left in the middle
+            // of a transaction leaves it to be closed.
+            if let Some(held) = &self.held {
+                let sent = held.to_server.is_empty();
+                let idle = sent && held.exchange.is_done();
+                // A client gone leaves what it sent to be answered (a COMMIT sent with
+                // Terminate commits), but nothing that would wait for it, and nothing at all
+                // once its socket broke.
+                let abandoned = self.client_broken
+                    || self.client_done
+                        && sent
+                        && (held.exchange.owes_nothing() || held.exchange.in_copy_in());
+                if idle || abandoned {
+                    let reusable = held.exchange.reusable();
+                    let held = self.held.take().expect("held");
+                    self.release(held, reusable);
+                    progress = true;
+                }
+            }
+            if self.client_done
+                && self.held.is_none()
+                && self.waiting.is_none()
+                && (self.to_client.is_empty() || self.client_broken)
+            {
+                return Poll::Ready(Ok(Event::Finished));
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Hands complete client messages to the exchange, as far as they can go now.
+    fn take_client_messages(&mut self, progress: &mut bool) -> Result<Option<Event>, Fatal> {
+        let counters = self.cluster.counters();
+        loop {
+            let message = match self.waiting.take() {
+                Some(message) => message,
+                None if self.client_done => return Ok(None),
+                None => match wire::next_message(&mut self.client_in, MAX_CLIENT_MESSAGE)? {
+                    Some(message) => message,
+                    None => return Ok(None),
+                },
+            };
+            let Some(held) = self.held.as_mut() else {
+                if message.kind == b'X' {
+                    self.client_done = true;
+                    return Ok(None);
+                }
+                if let Some(answer) = self.state.answer_without_server(&message) {
+                    self.to_client.push(answer);
+                    *progress = true;
+                    continue;
+                }
+                self.waiting = Some(message);
+                return Ok(Some(Event::NeedConnection));
+            };
+            if held.to_server.len() >= OUTBOX_HIGH {
+                self.waiting = Some(message);
+                return Ok(None);
+            }
+            let step = held.exchange.client_message(
+                &mut self.state,
+                &mut held.conn.state,
+                message,
+                &mut held.to_server,
+                &mut self.to_client,
+                counters,
             );
+            match step {
+                Step::Taken => *progress = true,
+                Step::Wait(message) => {
+                    self.waiting = Some(message);
+                    return Ok(None);
+                }
+                Step::Terminate => {
+                    self.client_done = true;
+                    *progress = true;
+                    return Ok(None);
+                }
+            }
         }
     }
+}
 
-    #[test]
-    fn statement_names_depend_on_text_and_types() {
-        assert_eq!(
-            pool_statement_name(b"SELECT 1\0\0\0"),
-            pool_statement_name(b"SELECT 1\0\0\0")
-        );
-        assert_ne!(
-            pool_statement_name(b"SELECT 1\0\0\0"),
-            pool_statement_name(b"SELECT 2\0\0\0")
-        );
+/// Reads what the stream has into `buf`; 0 at EOF.
+fn poll_read<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    buf.reserve(READ_CHUNK);
+    tokio_util::io::poll_read_buf(Pin::new(reader), cx, buf)
+}
+
+/// Writes as much of the outbox as the stream takes; `true` if anything was written.
+fn poll_write_outbox<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    cx: &mut Context<'_>,
+    outbox: &mut Outbox,
+) -> Poll<std::io::Result<bool>> {
+    let mut wrote = false;
+    while !outbox.is_empty() {
+        let mut slices = [IoSlice::new(&[]); IOVECS];
+        let n = outbox.slices(&mut slices);
+        let written = match Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..n]) {
+            Poll::Ready(result) => result?,
+            Poll::Pending => return Poll::Ready(Ok(wrote)),
+        };
+        if written == 0 {
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+        }
+        outbox.advance(written);
+        wrote = true;
     }
+    // Plain sockets flush as a no-op; TLS needs it to push its records out (a pending flush
+    // wakes this task when it can go on).
+    if let Poll::Ready(Err(e)) = Pin::new(&mut *writer).poll_flush(cx) {
+        return Poll::Ready(Err(e));
+    }
+    Poll::Ready(Ok(wrote))
 }

@@ -447,7 +447,7 @@ impl DockerSlots {
     ) -> anyhow::Result<Running> {
         // The marker first: whatever happens next, a slot holding data says whose it is.
         let marker = slot.dir.join("cluster");
-        std::fs::write(&marker, cluster_dir.as_os_str().as_encoded_bytes())
+        crate::files::write_private(&marker, cluster_dir.as_os_str().as_encoded_bytes())
             .with_context(|| format!("writing {}", marker.display()))?;
         let pgdata = super::pgdata_of(cluster_dir);
         let slot_pgdata = slot.dir.join("pgdata");
@@ -459,10 +459,21 @@ impl DockerSlots {
                     slot.dir.display()
                 )
             })?;
+            // A postmaster.pid here is stale: data reaches a slot only from the cluster's home,
+            // and it gets home only once the container that ran on it is gone. Its pid is from
+            // that container's pid namespace and may name a live process in this one (Postgres
+            // would then refuse to start: "lock file \"postmaster.pid\" already exists").
+            match std::fs::remove_file(slot_pgdata.join("postmaster.pid")) {
+                Ok(()) => tracing::debug!(slot = %slot.id, "removed a stale postmaster.pid"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(anyhow!(e).context("removing a stale postmaster.pid")),
+            }
         } else {
             self.initdb(slot, cluster_dir).await?;
         }
 
+        super::quiet_postmaster_settings(&slot_pgdata, spec)
+            .with_context(|| format!("editing {}/postgresql.conf", slot_pgdata.display()))?;
         let mut cmd: Vec<String> = vec!["postgres".into(), "-D".into(), format!("{MOUNT}/pgdata")];
         cmd.extend(super::postmaster_args(&format!("{MOUNT}/socket"), spec));
         // The size's memory limit now, no CPU limit until Postgres is ready (a throttled start
@@ -514,6 +525,8 @@ impl DockerSlots {
             .await
             .ok()
             .and_then(|i| i.pid)
+            // 0 while the exec has not started yet: unknown, not a pid.
+            .filter(|p| *p > 0)
             .map(|p| p as i32);
         Ok(Running {
             pid,
@@ -729,6 +742,24 @@ fn put_back(slot_dir: &Path) -> anyhow::Result<()> {
                     marker.display()
                 )
             })?;
+        // Only a cluster directory of this data directory: a marker that names anything else
+        // (damaged, or written by something other than pgtide) must not move data there.
+        let clusters = slot_dir
+            .parent()
+            .and_then(Path::parent)
+            .map(|data_dir| data_dir.join("clusters"));
+        let plausible = cluster_dir.is_absolute()
+            && cluster_dir.parent() == clusters.as_deref()
+            && cluster_dir
+                .file_name()
+                .is_some_and(|name| name != ".." && name != ".");
+        if !plausible {
+            anyhow::bail!(
+                "{} names {}, which is not a cluster directory of this pgtide: its data directory is left in place",
+                marker.display(),
+                cluster_dir.display()
+            );
+        }
         let target = super::pgdata_of(&cluster_dir);
         let target = if target.exists() {
             let aside = cluster_dir.join(format!(
@@ -948,6 +979,10 @@ impl Compute for DockerCompute {
         &self.endpoint
     }
 
+    fn data_dir(&self) -> PathBuf {
+        self.slot.dir.join("pgdata")
+    }
+
     fn exited(&self) -> watch::Receiver<Option<ExitInfo>> {
         self.exited.clone()
     }
@@ -1020,6 +1055,16 @@ impl Compute for DockerCompute {
         );
         Ok(())
     }
+
+    async fn kill(&mut self) {
+        if self.has_exited() {
+            return;
+        }
+        // Removing the container ends every process in it; the exit watch puts back what is
+        // left of the data.
+        self.kill_now().await;
+        tracing::info!(container = %self.slot.container, "lost compute removed");
+    }
 }
 
 #[cfg(test)]
@@ -1056,6 +1101,22 @@ mod tests {
 
         // Data that names no cluster stays where it is.
         std::fs::create_dir_all(slot.join("pgdata")).unwrap();
+        assert!(put_back(&slot).is_err());
+        assert!(slot.join("pgdata").exists());
+
+        // Nor does data whose marker names a place that is not one of this pgtide's clusters.
+        for bogus in ["/etc", "relative/dir"] {
+            std::fs::write(slot.join("cluster"), bogus).unwrap();
+            let error = put_back(&slot).unwrap_err().to_string();
+            assert!(error.contains("not a cluster directory"), "{error}");
+            assert!(slot.join("pgdata").exists());
+        }
+        let traversal = dir.path().join("clusters/..");
+        std::fs::write(
+            slot.join("cluster"),
+            traversal.as_os_str().as_encoded_bytes(),
+        )
+        .unwrap();
         assert!(put_back(&slot).is_err());
         assert!(slot.join("pgdata").exists());
     }

@@ -70,18 +70,34 @@ impl Host {
     }
 
     pub fn command(&self, program: &Path) -> tokio::process::Command {
+        self.command_as(program, &self.owner)
+    }
+
+    /// A command of the machine's Postgres binaries, run as `owner`.
+    pub fn command_as(&self, program: &Path, owner: &Owner) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(program);
         command.stdin(Stdio::null()).process_group(0);
-        if let Some(run_as) = &self.owner.run_as {
+        if let Some(run_as) = &owner.run_as {
+            // std drops root's supplementary groups when it switches the uid.
             command.uid(run_as.uid.as_raw()).gid(run_as.gid.as_raw());
         }
         command
     }
 
     pub async fn initdb(&self, pgdata: &Path, log: &Path) -> anyhow::Result<()> {
+        self.initdb_as(pgdata, log, &self.owner).await
+    }
+
+    /// `initdb` of `pgdata` as `owner`. The directory is made here, owned by `owner`, so that
+    /// its parent need not be writable by `owner`.
+    pub async fn initdb_as(&self, pgdata: &Path, log: &Path, owner: &Owner) -> anyhow::Result<()> {
         let started = Instant::now();
+        std::fs::create_dir_all(pgdata)
+            .with_context(|| format!("creating {}", pgdata.display()))?;
+        std::fs::set_permissions(pgdata, std::fs::Permissions::from_mode(0o700))?;
+        owner.chown(pgdata)?;
         let output = self
-            .command(&self.binaries.initdb())
+            .command_as(&self.binaries.initdb(), owner)
             .arg("-D")
             .arg(pgdata)
             .args(INITDB_OPTIONS)
@@ -101,6 +117,11 @@ impl Host {
     /// The private socket directory. Unix socket paths are limited to 107 bytes, so a deep data
     /// directory falls back to a short one under /tmp named after it.
     pub fn socket_dir(&self, cluster_dir: &Path) -> anyhow::Result<PathBuf> {
+        self.socket_dir_for(cluster_dir, &self.owner)
+    }
+
+    /// [`Self::socket_dir`], owned by `owner`.
+    pub fn socket_dir_for(&self, cluster_dir: &Path, owner: &Owner) -> anyhow::Result<PathBuf> {
         let preferred = cluster_dir.join("socket");
         let dir = if preferred.as_os_str().len() + 16 < 100 {
             preferred
@@ -112,7 +133,7 @@ impl Host {
         };
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        self.owner.chown(&dir)?;
+        owner.chown(&dir)?;
         Ok(dir)
     }
 }
@@ -145,6 +166,39 @@ impl Owner {
             None
         };
         Ok(Owner { run_as })
+    }
+
+    /// The owner of one cluster's Postgres. As root, each cluster runs as an OS user of its own,
+    /// `<run_as>-<cluster>` (created on first use, without a home or a login shell): its data
+    /// directory and socket directory are 0700 and its, so the superuser of one cluster —
+    /// who can run programs as that OS user (`COPY … TO PROGRAM`) — can neither open another
+    /// cluster's socket nor read its files. Not root: every cluster runs as pgtide's own user
+    /// and cannot be kept apart this way ([`Self::isolated`] says so).
+    pub fn for_cluster(&self, cluster: &str) -> anyhow::Result<Owner> {
+        let Some(base) = &self.run_as else {
+            return Ok(self.clone());
+        };
+        let name = cluster_user_name(&base.name, cluster);
+        let user =
+            match nix::unistd::User::from_name(&name).context("looking up a cluster's OS user")? {
+                Some(user) => user,
+                None => create_cluster_user(&name, cluster)?,
+            };
+        if user.uid.is_root() {
+            bail!("the OS user {name} is root, and Postgres refuses to run as root");
+        }
+        Ok(Owner {
+            run_as: Some(RunAs {
+                name: user.name,
+                uid: user.uid,
+                gid: user.gid,
+            }),
+        })
+    }
+
+    /// Whether clusters run as OS users of their own (only when pgtide is root).
+    pub fn isolated(&self) -> bool {
+        self.run_as.is_some()
     }
 
     /// The uid and gid Postgres runs as (`None`: pgtide's own).
@@ -216,5 +270,99 @@ impl Owner {
             }
         }
         Ok(())
+    }
+}
+
+/// Serialises `useradd` across every pgtide on this machine (the tests run several at once).
+/// Two `useradd`s at the same moment can each rewrite /etc/passwd from what they read: the
+/// uid the first one handed out then vanishes, and Postgres fails with "could not look up
+/// effective user ID". The lock guards /etc/passwd, so it lives beside it.
+const USERADD_LOCK: &str = "/etc/.pgtide-useradd.lock";
+
+/// Creates the OS user `name` for `cluster` (a system user without a home or a login shell),
+/// unless another pgtide made it while this one waited for the lock.
+fn create_cluster_user(name: &str, cluster: &str) -> anyhow::Result<nix::unistd::User> {
+    use nix::fcntl::{Flock, FlockArg};
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(USERADD_LOCK)
+        .with_context(|| format!("opening {USERADD_LOCK}"))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| errno)
+        .with_context(|| format!("locking {USERADD_LOCK}"))?;
+    if let Some(user) = nix::unistd::User::from_name(name)? {
+        return Ok(user);
+    }
+    let output = std::process::Command::new("useradd")
+        .args(["--system", "--user-group", "--no-create-home"])
+        .args(["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"])
+        .args(["--comment", &format!("pgtide cluster {cluster}")])
+        .arg(name)
+        .output()
+        .context("running useradd for the cluster's OS user")?;
+    nix::unistd::User::from_name(name)?.ok_or_else(|| {
+        anyhow!(
+            "could not create the OS user {name} for cluster \"{cluster}\": {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
+    })
+}
+
+/// `<run_as>-<cluster>`, or, past the 32 bytes a Linux user name may have, `<run_as>-` and a
+/// hash of the cluster's name.
+fn cluster_user_name(run_as: &str, cluster: &str) -> String {
+    let name = format!("{run_as}-{cluster}");
+    if name.len() <= 32 {
+        return name;
+    }
+    // FNV-1a: stable across runs and Rust versions (std's hasher is neither).
+    let hash = cluster.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    let prefix: String = run_as.chars().take(14).collect();
+    format!("{prefix}-{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_user_names_fit_and_stay_apart() {
+        assert_eq!(cluster_user_name("postgres", "main"), "postgres-main");
+        let long = cluster_user_name("postgres", &"x".repeat(63));
+        let other = cluster_user_name("postgres", &"y".repeat(63));
+        assert!(long.len() <= 32 && other.len() <= 32, "{long}");
+        assert_ne!(long, other);
+        assert_eq!(long, cluster_user_name("postgres", &"x".repeat(63)));
+    }
+
+    /// Several pgtides making the same cluster's OS user at once all get one user, and it
+    /// stays (without the lock, a uid handed out to one of them could vanish). Needs root.
+    #[test]
+    fn users_made_at_once_are_one_user_that_stays() {
+        if !Uid::effective().is_root() {
+            eprintln!("skipped: needs root to create OS users");
+            return;
+        }
+        let name = format!("pgtide-race-{}", std::process::id() % 100_000);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let name = name.clone();
+                std::thread::spawn(move || create_cluster_user(&name, "race").map(|u| u.uid))
+            })
+            .collect();
+        let uids: Vec<Uid> = threads
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        let found = nix::unistd::User::from_uid(uids[0])
+            .unwrap()
+            .map(|u| u.name);
+        let _ = std::process::Command::new("userdel").arg(&name).output();
+        assert!(uids.iter().all(|uid| *uid == uids[0]), "{uids:?}");
+        assert_eq!(found.as_deref(), Some(name.as_str()));
     }
 }

@@ -8,6 +8,8 @@
 pub mod binaries;
 pub mod cgroup;
 pub mod docker;
+#[cfg(test)]
+pub mod fake;
 pub mod host;
 pub mod process;
 pub mod warm;
@@ -87,6 +89,56 @@ pub fn pgdata_of(cluster_dir: &std::path::Path) -> PathBuf {
 /// The port in every compute's socket name (`.s.PGSQL.5432`): Postgres listens on no TCP port.
 pub const COMPUTE_PORT: u16 = 5432;
 
+/// Comments out the lines of `pgdata/postgresql.conf` that set a postmaster setting pgtide gives
+/// on the command line (initdb writes `max_connections` and `shared_buffers` there). Postgres
+/// starts with the command line's value, but at every reload (each resize) it compares the
+/// file's value with the running one and logs "parameter \"max_connections\" cannot be changed
+/// without restarting the server" and "configuration file … contains errors". Writes only when
+/// a line changes, in place (the file keeps its owner).
+pub fn quiet_postmaster_settings(
+    pgdata: &std::path::Path,
+    spec: &ComputeSpec,
+) -> std::io::Result<()> {
+    let path = pgdata.join("postgresql.conf");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let keys: Vec<&str> = spec
+        .postmaster_settings
+        .iter()
+        .map(|(key, _)| *key)
+        .collect();
+    match without_settings(&text, &keys) {
+        Some(quiet) => std::fs::write(&path, quiet),
+        None => Ok(()),
+    }
+}
+
+/// `text` with the lines that set one of `keys` commented out, or `None` if none does.
+fn without_settings(text: &str, keys: &[&str]) -> Option<String> {
+    let mut changed = false;
+    let mut out = String::with_capacity(text.len() + 128);
+    for line in text.lines() {
+        let setting = line.trim_start();
+        let key = setting
+            .split(|c: char| c == '=' || c.is_whitespace())
+            .next()
+            .unwrap_or("");
+        if !key.is_empty() && keys.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            changed = true;
+            out.push('#');
+            out.push_str(line);
+            out.push_str("\t# pgtide sets it on the command line");
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    changed.then_some(out)
+}
+
 /// The postmaster's `-c key=value` arguments: the unix socket in `socket_dir` (as the compute
 /// sees it) and nothing else to listen on, pgtide's fixed settings, then the spec's.
 pub fn postmaster_args(socket_dir: &str, spec: &ComputeSpec) -> Vec<String> {
@@ -137,7 +189,7 @@ pub struct ExitInfo {
 }
 
 /// Whether CPU and memory limits are really applied on this machine, and what they are.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub cpu_cores: f64,
     pub memory_mib: u64,
@@ -182,6 +234,9 @@ pub trait Runtime: Send + Sync + 'static {
 pub trait Compute: Send + Sync {
     fn endpoint(&self) -> &ComputeEndpoint;
 
+    /// The data directory the compute runs on, as pgtide sees it (a lost one is noticed).
+    fn data_dir(&self) -> PathBuf;
+
     /// Becomes `Some` once the compute has exited (on its own or after `stop`).
     fn exited(&self) -> watch::Receiver<Option<ExitInfo>>;
 
@@ -197,6 +252,12 @@ pub trait Compute: Send + Sync {
 
     /// Clean stop: CHECKPOINT, then Postgres's fast shutdown; returns once it has exited.
     async fn stop(&mut self) -> anyhow::Result<()>;
+
+    /// Stops at once, without a checkpoint, for a compute that is lost (its data directory is
+    /// gone, so a clean stop can neither checkpoint nor find its postmaster.pid): Postgres's
+    /// immediate shutdown, then SIGKILL, or the container removed. Its sessions end with it.
+    /// Returns once it has exited (or could not be made to).
+    async fn kill(&mut self);
 }
 
 /// How often readiness is polled while Postgres starts (`pg_ctl -w` polls every 100 ms).
@@ -262,5 +323,25 @@ pub async fn checkpoint_before_stop(endpoint: &ComputeEndpoint) {
         if let Err(e) = tokio::time::timeout(CHECKPOINT_TIMEOUT, checkpoint).await {
             tracing::warn!(error = %e, "CHECKPOINT before stop timed out");
         }
+    }
+}
+
+#[cfg(test)]
+mod conf_tests {
+    use super::without_settings;
+
+    #[test]
+    fn postmaster_settings_in_the_file_are_commented_out_and_nothing_else() {
+        let initdb = "# comment about max_connections\nmax_connections = 100\t\t\t# (change requires restart)\nshared_buffers=128MB\n#port = 5432\nwork_mem = 4MB\n";
+        let quiet = without_settings(initdb, &["max_connections", "shared_buffers"]).unwrap();
+        assert_eq!(
+            quiet,
+            "# comment about max_connections\n#max_connections = 100\t\t\t# (change requires restart)\t# pgtide sets it on the command line\n#shared_buffers=128MB\t# pgtide sets it on the command line\n#port = 5432\nwork_mem = 4MB\n"
+        );
+        // Already quiet: nothing to write.
+        assert_eq!(
+            without_settings(&quiet, &["max_connections", "shared_buffers"]),
+            None
+        );
     }
 }

@@ -17,6 +17,7 @@
 
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -183,8 +184,11 @@ impl Runtime for ProcessRuntime {
         let cluster_dir = &spec.cluster_dir;
         std::fs::create_dir_all(cluster_dir)
             .with_context(|| format!("creating {}", cluster_dir.display()))?;
-        host.owner.chown(cluster_dir)?;
-        host.owner.check_reachable(cluster_dir)?;
+        // The cluster's directory is pgtide's (its verifiers and meter live there, 0600); its
+        // Postgres may only pass through it, to its data and socket directories.
+        std::fs::set_permissions(cluster_dir, std::fs::Permissions::from_mode(0o711))?;
+        let owner = host.owner.for_cluster(&spec.cluster)?;
+        owner.check_reachable(cluster_dir)?;
         let pgdata = super::pgdata_of(cluster_dir);
         let log_path = cluster_dir.join("postgres.log");
 
@@ -208,7 +212,10 @@ impl Runtime for ProcessRuntime {
             // whether it may delete one.
             let from_template = match template {
                 Some(template) => match std::fs::rename(&template, &pgdata) {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        owner.own_tree(&pgdata)?;
+                        true
+                    }
                     Err(e) => {
                         // Another file system (EXDEV) or a template gone bad: initdb instead.
                         tracing::warn!(template = %template.display(), error = %e, "cannot use the warm template");
@@ -222,17 +229,17 @@ impl Runtime for ProcessRuntime {
                 if scratch.exists() {
                     std::fs::remove_dir_all(&scratch)?;
                 }
-                host.initdb(&scratch, &log_path).await?;
+                host.initdb_as(&scratch, &log_path, &owner).await?;
                 std::fs::rename(&scratch, &pgdata)?;
             }
         } else {
             if let Some(template) = template {
                 self.slots.keep_spare(template);
             }
-            host.owner.adopt_pgdata(&pgdata)?;
+            owner.adopt_pgdata(&pgdata)?;
         }
         stop_leftover_postmaster(&pgdata).await?;
-        let socket_dir = host.socket_dir(cluster_dir)?;
+        let socket_dir = host.socket_dir_for(cluster_dir, &owner)?;
         let endpoint = ComputeEndpoint {
             socket_dir: socket_dir.clone(),
             port: COMPUTE_PORT,
@@ -243,7 +250,9 @@ impl Runtime for ProcessRuntime {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        let mut command = host.command(&host.binaries.postgres());
+        super::quiet_postmaster_settings(&pgdata, spec)
+            .with_context(|| format!("editing {}/postgresql.conf", pgdata.display()))?;
+        let mut command = host.command_as(&host.binaries.postgres(), &owner);
         command.arg("-D").arg(&pgdata);
         command.args(super::postmaster_args(
             &socket_dir.display().to_string(),
@@ -324,6 +333,7 @@ impl Runtime for ProcessRuntime {
 
         let mut compute = ProcessCompute {
             endpoint,
+            pgdata: pgdata.clone(),
             warm_started,
             _slot: in_use,
             pid,
@@ -355,6 +365,7 @@ impl Runtime for ProcessRuntime {
 
 pub struct ProcessCompute {
     endpoint: ComputeEndpoint,
+    pgdata: PathBuf,
     warm_started: bool,
     /// Counts this compute's slot as in use for as long as it lives.
     _slot: SlotInUse,
@@ -376,12 +387,25 @@ impl ProcessCompute {
         super::wait_exit(&self.exited, Duration::from_secs(10)).await;
         Ok(())
     }
+
+    /// Postgres's immediate shutdown (the postmaster takes its backends down with it), then
+    /// SIGKILL if it has not exited within 5 s.
+    async fn immediate_shutdown(&mut self) {
+        let _ = kill(self.pid, Signal::SIGQUIT);
+        if !super::wait_exit(&self.exited, Duration::from_secs(5)).await {
+            let _ = self.kill_now().await;
+        }
+    }
 }
 
 #[async_trait]
 impl Compute for ProcessCompute {
     fn endpoint(&self) -> &ComputeEndpoint {
         &self.endpoint
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.pgdata.clone()
     }
 
     fn exited(&self) -> watch::Receiver<Option<ExitInfo>> {
@@ -455,10 +479,7 @@ impl Compute for ProcessCompute {
                 pid = self.pid.as_raw(),
                 "fast shutdown timed out, sending SIGQUIT"
             );
-            let _ = kill(self.pid, Signal::SIGQUIT);
-            if !super::wait_exit(&self.exited, Duration::from_secs(5)).await {
-                self.kill_now().await?;
-            }
+            self.immediate_shutdown().await;
         }
         tracing::info!(
             pid = self.pid.as_raw(),
@@ -466,6 +487,14 @@ impl Compute for ProcessCompute {
             "compute stopped"
         );
         Ok(())
+    }
+
+    async fn kill(&mut self) {
+        if self.has_exited() {
+            return;
+        }
+        self.immediate_shutdown().await;
+        tracing::info!(pid = self.pid.as_raw(), "lost compute killed");
     }
 }
 
@@ -570,10 +599,7 @@ async fn stop_leftover_postmaster(pgdata: &Path) -> anyhow::Result<()> {
         return Ok(());
     };
     let pid = Pid::from_raw(pid);
-    let is_postgres = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("postgres"))
-        .unwrap_or(false);
-    if !is_postgres {
+    if !is_postmaster_of(pid, pgdata) {
         return Ok(()); // a stale file: Postgres removes it itself on start
     }
     tracing::warn!(pid = pid.as_raw(), pgdata = %pgdata.display(), "stopping a Postgres left running by an earlier pgtide");
@@ -588,6 +614,24 @@ async fn stop_leftover_postmaster(pgdata: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `pid` is a Postgres running on `pgdata`: its command names postgres and its working
+/// directory is that data directory (Postgres changes into it at start). A pid from a stale
+/// `postmaster.pid` may, after a reboot, belong to anything — another cluster's postmaster
+/// among them — and must not be signalled.
+fn is_postmaster_of(pid: Pid, pgdata: &Path) -> bool {
+    let is_postgres = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("postgres"))
+        .unwrap_or(false);
+    let runs_here = match (
+        std::fs::canonicalize(format!("/proc/{pid}/cwd")),
+        std::fs::canonicalize(pgdata),
+    ) {
+        (Ok(cwd), Ok(pgdata)) => cwd == pgdata,
+        _ => false,
+    };
+    is_postgres && runs_here
+}
+
 /// Alive and not a zombie (a reparented zombie stays in the process table until its new parent
 /// reaps it, which some container init processes never do).
 pub fn is_alive(pid: Pid) -> bool {
@@ -597,5 +641,47 @@ pub fn is_alive(pid: Pid) -> bool {
             .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
             .unwrap_or(false),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stale `postmaster.pid` naming a live "postgres" that runs elsewhere (after a reboot,
+    /// another cluster's postmaster may have that pid): it is left alone.
+    #[tokio::test]
+    async fn a_stale_pid_file_never_signals_a_postgres_of_another_directory() {
+        let pgdata = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let mut imposter = std::process::Command::new("bash")
+            .args(["-c", "exec -a postgres sleep 30"])
+            .current_dir(elsewhere.path())
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(imposter.id() as i32);
+        // Until exec has happened the cmdline is bash's.
+        for _ in 0..1000 {
+            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"));
+            if cmdline.unwrap_or_default().starts_with("postgres") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        std::fs::write(
+            pgdata.path().join("postmaster.pid"),
+            format!("{pid}\n{}\n", pgdata.path().display()),
+        )
+        .unwrap();
+        assert!(!is_postmaster_of(pid, pgdata.path()));
+        stop_leftover_postmaster(pgdata.path()).await.unwrap();
+        assert!(
+            is_alive(pid),
+            "a process of another directory was signalled"
+        );
+        // The same process in the data directory would count as its postmaster.
+        assert!(is_postmaster_of(pid, elsewhere.path()));
+        imposter.kill().unwrap();
+        imposter.wait().unwrap();
     }
 }

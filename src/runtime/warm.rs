@@ -32,7 +32,7 @@ pub trait SlotMaker: Send + Sync + 'static {
 }
 
 /// What `/status` shows of the pool (`runtime.warm_pool`) and `/metrics` exports.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct WarmPoolStatus {
     /// `runtime.warm_pool_size`.
     pub size: usize,

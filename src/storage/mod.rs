@@ -1,19 +1,81 @@
 //! Storage: a cluster's WAL and base backups on six copies, with a 4-of-6 write quorum, and the
 //! rebuild of a compute from them.
 //!
-//! - [`copies`]: the copy directories, their writer threads, the quorum, checksums, repair.
-//! - [`receiver`]: the synchronous standby that streams the compute's WAL into the copies.
-//! - this module: the per-cluster handle the cluster task uses — start the receiver with a
-//!   compute, take base backups, rebuild a missing data directory.
+//! **The copies.** Each `[storage] copies` directory (two per zone, three zones) holds, per
+//! cluster, `wal/<segment>` files, `base/<start>.tar` base backups, and an `identity` file: the
+//! database system and timeline whose WAL it holds, and the stream starts it took part in
+//! ([`identity`]). A segment file's first 16 MiB are the segment exactly as Postgres names and
+//! lays it out; after them come one checksum record per write, in the same file, so that one
+//! `fdatasync` makes data and record durable together and a corrupted range in one copy is read
+//! from another ([`segment`]).
 //!
-//! A rebuild extracts the newest intact base backup and puts every WAL segment after it (each
-//! range from a copy whose checksum holds, reading at least 3 copies) into `pg_wal`; Postgres's
-//! own recovery from the backup label then replays to the end of that WAL. No archive recovery
-//! happens, so the timeline does not change.
+//! **Which copies count.** [`copies::CopySet::open`] looks at every copy first: one holding
+//! another cluster's WAL is refused and never written; one that comes back empty, replaced,
+//! behind the others, or that missed a stream start is *backfilling* and does not count toward
+//! the quorum until its writer has copied what it lacks from the members ([`repair`]).
+//!
+//! **How a commit travels.** The compute runs with pgtide as its synchronous standby, so a
+//! COMMIT returns once the standby reports its WAL flushed. The [`receiver`] connects, and
+//! [`copies::CopySet::begin_stream`] checks that the compute is the copies' own system and holds
+//! all the WAL the members hold (it refuses an older or foreign data directory rather than
+//! acknowledge WAL it did not write), removes the members' WAL beyond the start, and says where
+//! to stream from. The receiver then hands every batch that arrived to
+//! [`copies::CopySet::send`], which queues it to each member's writer thread ([`writer`])
+//! without waiting. A writer joins whatever queued up into one write and one `fdatasync` (group
+//! commit), publishes its new flushed position and recomputes the [`quorum`]'s durable position:
+//! the highest one that `write_quorum` members hold. The writer that completes the quorum wakes
+//! the receiver, which reports that position (never more, and never beyond what this stream
+//! handed over) to the compute as flushed, releasing the waiting commits. Members beyond the
+//! first `write_quorum` are spares and sync less often. Below the quorum the receiver keeps
+//! waiting: nothing is acknowledged that fewer copies hold.
+//!
+//! **Bounded memory.** A member whose queue would pass [`copies::LAG_LIMIT`] (64 MiB of WAL)
+//! leaves the quorum as *lagging* while enough members remain, its queue is dropped, and it
+//! catches up from the members' files by itself; when it cannot leave, the receiver stops
+//! reading until the queue drains.
+//!
+//! **A supervised receiver.** A replication connection that ends while the compute runs (a
+//! terminated walsender, `wal_sender_timeout`, the compute's processes restarted after a crash)
+//! is made again within a second, from the durable position, until
+//! [`ClusterStorage::stop_receiver`]; meanwhile the status says so and commits wait. Its loss and
+//! return, and copies going down, lagging, refused or back, are [`StorageNotice`]s, which the
+//! cluster drains into its events ([`ClusterStorage::take_notices`]).
+//!
+//! **Catching up and rejoining.** A copy whose write fails is down with the reason (a full disk
+//! says "disk full" and is left alone until space is free); its writer looks at it every second
+//! and, once usable, backfills it. A copy that is not a member is caught up by its own writer,
+//! never under the set's lock (commits go on with the members): whole segments it lacks are put
+//! in place atomically (temporary file, fsync, rename, directory fsync), a segment it holds a
+//! prefix of is extended in place, each piece with its checksum. Close to the members it asks to
+//! join; [`copies::CopySet::tend`] queues its WAL again from there and its writer copies the last
+//! stretch before taking those jobs, so it counts again with no gap. Its base backups follow
+//! outside the set's lock ([`ClusterStorage::check_copies`]).
+//!
+//! **Base backups.** [`ClusterStorage::maybe_base_backup`] runs `pg_basebackup` off the
+//! cluster's task; once the copies hold the WAL up to the backup's end, [`backups`] stores the
+//! tar into every member (streamed, without the set's lock) with a checksum sidecar, both synced
+//! and renamed into place, and prunes older backups and the WAL only they needed, counting only
+//! backups that a quorum of copies holds whole.
+//!
+//! **Rebuild.** [`ClusterStorage::rebuild`] puts a missing data directory back: [`read`] finds
+//! the newest intact base backup in the readable copies of this cluster (at least 3, which
+//! overlap every write quorum), extracts it, and assembles every WAL segment after it, each range
+//! from a copy whose checksum holds (and only as far as that copy's WAL is the set's history),
+//! into `pg_wal`; the result is synced before it takes pgdata's name. Postgres's own recovery
+//! from the backup label replays to the end of that WAL. No archive recovery happens, so the
+//! timeline does not change.
 
+pub mod backups;
 pub mod copies;
+pub mod identity;
+pub mod notices;
+pub mod quorum;
+pub mod read;
 pub mod receiver;
+pub mod repair;
+pub mod segment;
 pub mod wal;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,10 +83,13 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::runtime::ComputeEndpoint;
 use copies::{CopiesView, CopySet, CopyStatus};
+use notices::Notices;
+pub use notices::StorageNotice;
+pub use receiver::ReceiverStatus;
 use wal::Lsn;
 
 /// How long a finished base backup waits for the copies to hold the WAL up to its end.
@@ -36,18 +101,21 @@ const KEEP_BASE_BACKUPS: usize = 2;
 const STREAMING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What `/status` shows of a cluster's storage.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
 pub struct StorageStatus {
     pub copies: usize,
     pub copies_up: usize,
     pub write_quorum: usize,
     pub durable_lsn: Option<String>,
     /// "six copies" or, with `copies = []`, "local" (the compute's own disk only).
-    pub mode: &'static str,
-    /// Why the cluster is degraded (fewer copies up than all, or below the write quorum).
+    pub mode: std::borrow::Cow<'static, str>,
+    /// Why the cluster is degraded (the receiver reconnecting, copies down or catching up, or
+    /// fewer members than the write quorum).
     pub degraded: Option<String>,
     pub last_base_backup: Option<String>,
     pub copy_states: Vec<CopyStatus>,
+    /// The WAL receiver (absent with `copies = []`).
+    pub receiver: Option<ReceiverStatus>,
 }
 
 pub struct ClusterStorage {
@@ -56,8 +124,11 @@ pub struct ClusterStorage {
     dirs: Vec<PathBuf>,
     quorum: usize,
     status: Arc<Mutex<StorageStatus>>,
-    /// Resolves when the receiver's thread has finished.
-    receiver: Option<oneshot::Receiver<()>>,
+    /// The receiver's supervisor, while a compute runs: its stop signal, and what resolves when
+    /// its thread has finished.
+    receiver: Option<(watch::Sender<receiver::Supervision>, oneshot::Receiver<()>)>,
+    receiver_status: Arc<Mutex<ReceiverStatus>>,
+    notices: Arc<Notices>,
     pg_basebackup: PathBuf,
     /// Take a new base backup once this much WAL was written since the last one.
     base_backup_every: u64,
@@ -77,11 +148,12 @@ impl ClusterStorage {
         bin_dir: &Path,
         base_backup_every: u64,
     ) -> ClusterStorage {
-        let set = CopySet::open(copy_dirs, cluster, quorum);
+        let notices = Arc::new(Notices::default());
+        let set = CopySet::open(copy_dirs, cluster, quorum, notices.clone());
         let dirs = set.dirs();
         let view = set.view();
         // A listing, not a checksum of database-sized files: a rebuild verifies what it uses.
-        let last_backup_start = copies::newest_backup_start(&dirs);
+        let last_backup_start = backups::newest_backup_start(&dirs, quorum);
         let storage = ClusterStorage {
             copies: Arc::new(tokio::sync::Mutex::new(set)),
             view,
@@ -89,6 +161,8 @@ impl ClusterStorage {
             quorum,
             status: Arc::new(Mutex::new(StorageStatus::default())),
             receiver: None,
+            receiver_status: Arc::new(Mutex::new(ReceiverStatus::default())),
+            notices,
             pg_basebackup: bin_dir.join("pg_basebackup"),
             base_backup_every,
             last_backup_start,
@@ -120,21 +194,29 @@ impl ClusterStorage {
     }
 
     fn refresh_status(&self) {
+        let receiver = self
+            .receiver_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut status = self.status.lock().expect("storage status lock");
-        fill_status(&mut status, &self.view, self.quorum);
+        fill_status(&mut status, &self.view, self.quorum, receiver);
         status.last_base_backup = self.last_backup_start.map(|l| l.to_string());
     }
 
-    /// Repairs copies that are usable again, unless a write holds the set (a write below the
-    /// quorum repairs by itself while it waits).
+    /// What storage has to tell since the last call (the receiver lost or back, copies down,
+    /// lagging, refused, backfilling or back), oldest first, for the cluster's events.
+    pub fn take_notices(&self) -> Vec<StorageNotice> {
+        self.notices.take()
+    }
+
+    /// Lets copies that caught up by themselves join the quorum again (unless a write holds the
+    /// set: the next write lets them in), and copies the base backups that rejoined copies lack.
     pub async fn check_copies(&self) {
-        let base_repairs = match self.copies.try_lock() {
-            Ok(mut set) => {
-                set.repair_returning_copies().await;
-                set.take_base_repairs()
-            }
-            Err(_) => Vec::new(),
-        };
+        if let Ok(mut set) = self.copies.try_lock() {
+            set.tend();
+        }
+        let base_repairs = self.view.take_base_repairs();
         if !base_repairs.is_empty() {
             // The copies' base backups, without the set's lock (commits go on), and never while
             // a backup is being stored or pruned, or a rebuild reads.
@@ -142,7 +224,7 @@ impl ClusterStorage {
             tokio::task::spawn_blocking(move || {
                 let _storing = store_lock.lock().unwrap_or_else(|e| e.into_inner());
                 for (peer, copy) in base_repairs {
-                    match copies::repair_from(&peer, &copy, "base") {
+                    match repair::repair_base(&peer, &copy) {
                         Ok(files) => {
                             tracing::info!(copy = %copy.display(), files, "base backups repaired from a peer")
                         }
@@ -188,14 +270,20 @@ impl ClusterStorage {
     /// Also looks at the copies themselves: a backup stored by a task that was cancelled before
     /// it reported counts, so that a lost data directory is rebuilt, never initialised afresh.
     pub fn has_backup(&self) -> bool {
-        self.last_backup_start.is_some() || copies::newest_backup_start(&self.dirs).is_some()
+        self.last_backup_start.is_some() || backups::newest_backup_start(&self.dirs, 1).is_some()
     }
 
-    /// Starts the receiver for a compute that just started; returns once it streams.
+    /// Starts the receiver for a compute that just started; returns once it streams. The
+    /// receiver is supervised from then on: a connection that ends while the compute runs is
+    /// made again (within a second), until [`Self::stop_receiver`]. Fails with the reason when
+    /// the copies refuse the compute (another cluster's, or older than the copies).
     pub async fn start_receiver(&mut self, endpoint: ComputeEndpoint) -> anyhow::Result<()> {
         self.stop_receiver().await;
         let (started_tx, started_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = watch::channel(receiver::Supervision::Stream);
         let copies = self.copies.clone();
+        let status = self.receiver_status.clone();
+        let notices = self.notices.clone();
         let (done_tx, done_rx) = oneshot::channel();
         // A thread of its own: every commit waits on this path, and it must not queue behind the
         // proxy's work on pgtide's main thread.
@@ -206,12 +294,9 @@ impl ClusterStorage {
                     .enable_all()
                     .build();
                 match runtime {
-                    Ok(runtime) => match runtime
-                        .block_on(receiver::run(endpoint, copies, started_tx))
-                    {
-                        Ok(end) => tracing::info!(%end, "WAL receiver stopped with the compute"),
-                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "WAL receiver stopped"),
-                    },
+                    Ok(runtime) => runtime.block_on(receiver::run(
+                        endpoint, copies, status, notices, stop_rx, started_tx,
+                    )),
                     Err(e) => {
                         tracing::error!(error = %e, "could not start the WAL receiver's runtime")
                     }
@@ -219,26 +304,44 @@ impl ClusterStorage {
                 let _ = done_tx.send(());
             })
             .context("starting the WAL receiver thread")?;
-        self.receiver = Some(done_rx);
-        match tokio::time::timeout(STREAMING_TIMEOUT, started_rx).await {
+        self.receiver = Some((stop_tx, done_rx));
+        let started = match tokio::time::timeout(STREAMING_TIMEOUT, started_rx).await {
             Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err(e))) => bail!("the WAL receiver could not start: {e}"),
-            Ok(Err(_)) => bail!("the WAL receiver ended before streaming"),
-            Err(_) => bail!("the compute did not start streaming WAL within {STREAMING_TIMEOUT:?}"),
+            Ok(Ok(Err(e))) => Err(anyhow!("the WAL receiver could not start: {e}")),
+            Ok(Err(_)) => Err(anyhow!("the WAL receiver ended before streaming")),
+            Err(_) => Err(anyhow!(
+                "the compute did not start streaming WAL within {STREAMING_TIMEOUT:?}"
+            )),
+        };
+        if started.is_err() {
+            self.stop_receiver().await;
+        }
+        self.refresh_status();
+        started
+    }
+
+    /// The compute is about to be stopped on purpose: the end of its stream that follows is
+    /// that stop, not a loss (no `receiver_lost` is told for it).
+    pub fn compute_stopping(&self) {
+        if let Some((stop, _)) = &self.receiver {
+            let _ = stop.send(receiver::Supervision::ComputeStopping);
         }
     }
 
-    /// Waits for the receiver to finish (after the compute stopped: it has then received and
-    /// made durable everything up to the shutdown checkpoint).
+    /// Stops the receiver's supervisor and waits for it (after the compute stopped: it has then
+    /// received and made durable everything up to the shutdown checkpoint, which the compute's
+    /// walsender waits for before it exits).
     pub async fn stop_receiver(&mut self) {
-        if let Some(handle) = self.receiver.take() {
-            if tokio::time::timeout(Duration::from_secs(30), handle)
+        if let Some((stop, done)) = self.receiver.take() {
+            let _ = stop.send(receiver::Supervision::Stop);
+            if tokio::time::timeout(Duration::from_secs(30), done)
                 .await
                 .is_err()
             {
                 tracing::warn!("the WAL receiver did not finish within 30 s of the compute's stop");
             }
         }
+        self.refresh_status();
     }
 
     /// Starts a base backup in the background if there is none yet or enough WAL went by since
@@ -277,38 +380,57 @@ impl ClusterStorage {
         let dirs = self.dirs.clone();
         let pgdata = pgdata.to_path_buf();
         let store_lock = self.backup_store_lock.clone();
+        let identity = self.view.identity();
         tokio::task::spawn_blocking(move || {
             let _reading = store_lock.lock().unwrap_or_else(|e| e.into_inner());
-            rebuild_blocking(&dirs, &pgdata)
+            rebuild_blocking(&dirs, identity.as_ref(), &pgdata)
         })
         .await?
     }
 }
 
-fn fill_status(status: &mut StorageStatus, set: &CopiesView, quorum: usize) {
+fn fill_status(
+    status: &mut StorageStatus,
+    set: &CopiesView,
+    quorum: usize,
+    receiver: ReceiverStatus,
+) {
+    use quorum::Health;
     status.copies = set.count();
     status.copies_up = set.copies_up();
     status.write_quorum = quorum;
-    status.mode = "six copies";
+    status.mode = "six copies".into();
     let durable = set.durable();
     if durable.0 > 0 {
         status.durable_lsn = Some(durable.to_string());
     }
     status.copy_states = set.status();
-    status.degraded = if status.copies_up < quorum {
-        Some(format!(
-            "only {} of {} copies are up, below the write quorum of {quorum}: commits wait",
-            status.copies_up, status.copies
-        ))
-    } else if status.copies_up < status.copies {
-        Some(format!(
-            "{} of {} copies are down",
-            status.copies - status.copies_up,
-            status.copies
-        ))
-    } else {
-        None
-    };
+    let mut degraded = Vec::new();
+    if receiver.state == "reconnecting" {
+        degraded.push(format!(
+            "the WAL receiver is reconnecting to the compute ({}): commits wait",
+            receiver.reason.as_deref().unwrap_or("its connection ended")
+        ));
+    }
+    let total = status.copies;
+    let down = set.count_where(|h| matches!(h, Health::Down(_) | Health::Refused(_)));
+    let catching_up = set.count_where(Health::catching_up);
+    if status.copies_up < quorum {
+        degraded.push(format!(
+            "only {} of {total} copies are up, below the write quorum of {quorum}: commits wait",
+            status.copies_up
+        ));
+    }
+    if down > 0 {
+        degraded.push(format!("{down} of {total} copies are down"));
+    }
+    if catching_up > 0 {
+        degraded.push(format!(
+            "{catching_up} of {total} copies are catching up and do not count yet"
+        ));
+    }
+    status.degraded = (!degraded.is_empty()).then(|| degraded.join("; "));
+    status.receiver = Some(receiver);
 }
 
 /// Takes a base backup of the running compute with pg_basebackup (a tar, no WAL: the copies
@@ -384,7 +506,7 @@ async fn base_backup(
                 Ok(stored)
             });
         if stored.is_ok() {
-            if let Some(kept_from) = view.prune(KEEP_BASE_BACKUPS) {
+            if let Some(kept_from) = view.prune(KEEP_BASE_BACKUPS, quorum) {
                 tracing::info!(%kept_from, "older base backups and the WAL below them pruned");
             }
         }
@@ -396,8 +518,12 @@ async fn base_backup(
     Ok(start)
 }
 
-fn rebuild_blocking(dirs: &[PathBuf], pgdata: &Path) -> anyhow::Result<String> {
-    let readable = copies::read::readable(dirs);
+fn rebuild_blocking(
+    dirs: &[PathBuf],
+    identity: Option<&identity::Identity>,
+    pgdata: &Path,
+) -> anyhow::Result<String> {
+    let readable = read::readable(dirs, identity);
     if readable.len() < 3 {
         bail!(
             "only {} of {} copies are readable; a rebuild needs 3 (any 3 overlap every write quorum)",
@@ -405,7 +531,7 @@ fn rebuild_blocking(dirs: &[PathBuf], pgdata: &Path) -> anyhow::Result<String> {
             dirs.len()
         );
     }
-    let backup = copies::read::newest_backup(&readable)
+    let backup = read::newest_backup(&readable)
         .ok_or_else(|| anyhow!("the copies hold no intact base backup"))?;
     let staging = pgdata.with_extension("rebuild");
     let _ = std::fs::remove_dir_all(&staging);
@@ -424,7 +550,7 @@ fn rebuild_blocking(dirs: &[PathBuf], pgdata: &Path) -> anyhow::Result<String> {
         .unwrap_or(1);
     let pg_wal = staging.join("pg_wal");
     std::fs::create_dir_all(&pg_wal)?;
-    let end = copies::read::restore_wal(
+    let end = read::restore_wal(
         &readable,
         timeline,
         receiver::segment_start(backup.start),
@@ -443,11 +569,23 @@ fn rebuild_blocking(dirs: &[PathBuf], pgdata: &Path) -> anyhow::Result<String> {
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))?;
+    // Durable before it takes pgdata's name: a crash must not leave a data directory there
+    // whose files never reached the disk (it would never be rebuilt again).
+    sync_tree(&staging).context("syncing the rebuilt data directory")?;
     // Ownership is the runtime's business: it hands the directory to the user Postgres runs as.
     std::fs::rename(&staging, pgdata)?;
+    if let Some(parent) = pgdata.parent() {
+        segment::sync_dir(parent)?;
+    }
     Ok(format!(
         "rebuilt from the base backup at {} and WAL up to {end} from {} copies",
         backup.start,
         readable.len()
     ))
+}
+
+/// Makes everything under `root` durable: one syncfs of its file system (a base backup is
+/// thousands of files; one fsync each costs far more).
+fn sync_tree(root: &Path) -> std::io::Result<()> {
+    nix::unistd::syncfs(std::fs::File::open(root)?).map_err(std::io::Error::from)
 }

@@ -4,66 +4,239 @@
 //! `synchronous_commit = on`, so a COMMIT returns only when the standby named `pgtide` reports
 //! the commit's WAL as flushed. This receiver is that standby. It logs in over the compute's
 //! private socket in physical replication mode, makes sure a physical slot exists (so the compute
-//! keeps the WAL the copies have not got), and streams from the copies' durable position. Every
+//! keeps the WAL the copies have not got), has the copies check whose WAL it is and where it
+//! stands ([`CopySet::begin_stream`]), and streams from the copies' durable position. Every
 //! read drains all the WAL that has arrived and hands it to the [`CopySet`] at once, without
 //! waiting for earlier batches: the receiver keeps reading while the copies sync, and each copy's
 //! writer joins whatever queued up meanwhile into its next write and fdatasync (group commit).
 //! The writer that completes the quorum wakes the receiver, which then reports the new durable
 //! position as flushed straight away (the walsender releases the waiting commits on it), and
-//! never anything beyond it. Keepalives that ask for a reply are answered at once.
+//! never anything beyond it. Keepalives that ask for a reply are answered at once. When a
+//! member's queue is full and it cannot leave the quorum, the receiver stops reading until it
+//! drains: the compute's walsender waits, and pgtide's memory stays bounded.
+//!
+//! The receiver is supervised ([`run`]): a connection that ends while the compute runs (a
+//! terminated walsender, `wal_sender_timeout`, a restart of the compute's processes after a
+//! crash) is made again within a second, from the durable position.
 //!
 //! tokio-postgres has no CopyBoth and no replication mode, so the protocol is framed here: it is
 //! a handful of messages.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::copies::CopySet;
+use super::notices::{Notices, StorageNotice};
 use super::wal::{Lsn, SEGMENT_SIZE};
-use crate::proxy::protocol;
 use crate::runtime::{ComputeEndpoint, BOOTSTRAP_SUPERUSER};
+use crate::wire as protocol;
 
 /// The name the compute knows its synchronous standby by, and the slot's name.
 pub const STANDBY_NAME: &str = "pgtide";
 /// Send a status update at least this often, even when idle.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
-/// How often to look for a stalled quorum (copies to repair) while WAL waits to be durable.
+/// How often the stream wakes up when nothing arrives (status updates are due from it).
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// A compute that ends the stream cleanly is shutting down: its stop follows at once, so the
+/// loss is told only if it lasts longer than this.
+const CLEAN_END_GRACE: Duration = Duration::from_secs(2);
+/// The longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Microseconds between the Unix epoch and Postgres's epoch (2000-01-01).
 const POSTGRES_EPOCH_OFFSET_US: u64 = 946_684_800_000_000;
 
-/// Streams until the compute closes the connection (a clean stop ends with all WAL up to the
-/// shutdown checkpoint received and durable). `started` is told once streaming began.
+/// The receiver's state, as `/status` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ReceiverStatus {
+    /// `streaming`, `reconnecting` (its connection ended while the compute runs: commits wait),
+    /// or `stopped` (no compute).
+    pub state: std::borrow::Cow<'static, str>,
+    /// Why it is reconnecting (or why it stopped).
+    pub reason: Option<String>,
+    /// Connections it made again after losing one, since pgtide started.
+    pub reconnects: u64,
+    /// Where the current stream began.
+    pub streaming_from: Option<String>,
+    /// A loss that was told and not followed by a return before its supervisor stopped (the
+    /// compute exited): the next compute's stream is that return.
+    #[serde(skip)]
+    unanswered_loss: Option<Instant>,
+}
+
+impl Default for ReceiverStatus {
+    fn default() -> Self {
+        ReceiverStatus {
+            state: "stopped".into(),
+            reason: None,
+            reconnects: 0,
+            streaming_from: None,
+            unanswered_loss: None,
+        }
+    }
+}
+
+/// What the cluster wants of the receiver's supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Supervision {
+    /// Stream, and connect again whenever the stream ends.
+    Stream,
+    /// The compute is being stopped on purpose (a pause, a shutdown): keep streaming what it
+    /// still sends, but an end of the stream from now on is that stop, however it looks (a
+    /// walsender at shutdown may reset the connection rather than end it), never a loss.
+    ComputeStopping,
+    /// The compute stopped: end.
+    Stop,
+}
+
+/// Whether the supervisor is told to end (or its cluster side is gone).
+fn told_to_stop(
+    changed: Result<(), watch::error::RecvError>,
+    stop: &watch::Receiver<Supervision>,
+) -> bool {
+    changed.is_err() || *stop.borrow() == Supervision::Stop
+}
+
+/// How a stream ended without an error.
+struct End {
+    /// The compute ended it (a shutdown), rather than the connection dropping.
+    clean: bool,
+    reason: String,
+}
+
+/// A loss of the stream, while it lasts.
+struct Lost {
+    at: Instant,
+    clean: bool,
+    told: bool,
+}
+
+/// Supervises the receiver for one compute: streams, and whenever the connection ends while
+/// the compute runs (until `stop` says [`Supervision::Stop`]), connects again with a small
+/// backoff (at most a second between attempts) and streams from the copies' durable position; the status says
+/// why meanwhile, and the loss and the return are told as notices. `started` is told once the
+/// first stream began, or why it could not (the supervisor then ends).
 pub async fn run(
     endpoint: ComputeEndpoint,
-    copies: std::sync::Arc<tokio::sync::Mutex<CopySet>>,
+    copies: Arc<tokio::sync::Mutex<CopySet>>,
+    status: Arc<Mutex<ReceiverStatus>>,
+    notices: Arc<Notices>,
+    mut stop: watch::Receiver<Supervision>,
     started: oneshot::Sender<Result<Lsn, String>>,
-) -> anyhow::Result<Lsn> {
+) {
+    let set_status = |state: &'static str, reason: Option<String>, from: Option<Lsn>| {
+        let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
+        status.state = state.into();
+        status.reason = reason;
+        if let Some(from) = from {
+            status.streaming_from = Some(from.to_string());
+        }
+    };
     let mut started = Some(started);
-    let result = stream(&endpoint, &copies, &mut started).await;
-    if let (Some(started), Err(e)) = (started.take(), &result) {
-        let _ = started.send(Err(format!("{e:#}")));
+    let mut lost: Option<Lost> = None;
+    let mut attempt = 0u32;
+    loop {
+        let mut streamed = false;
+        let outcome = {
+            let mut on_streaming = |position: Lsn| {
+                streamed = true;
+                let mut returned = lost.take().map(|l| (l.at, l.told));
+                if let Some(started) = started.take() {
+                    let _ = started.send(Ok(position));
+                    let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
+                    returned = status.unanswered_loss.take().map(|at| (at, true));
+                }
+                if let Some((at, told)) = returned {
+                    let reconnects = {
+                        let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
+                        status.reconnects += 1;
+                        status.reconnects
+                    };
+                    let after_ms = at.elapsed().as_millis() as u64;
+                    tracing::info!(from = %position, after_ms, "WAL receiver streams again");
+                    if told {
+                        notices.push(StorageNotice::ReceiverBack {
+                            after_ms,
+                            reconnects,
+                        });
+                    }
+                }
+                set_status("streaming", None, Some(position));
+            };
+            stream(&endpoint, &copies, &mut stop, &mut on_streaming).await
+        };
+        let (clean, reason) = match outcome {
+            Ok(end) => (end.clean, end.reason),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        if let Some(started) = started.take() {
+            // The first stream never began: the compute's start fails with the reason.
+            let _ = started.send(Err(reason.clone()));
+            set_status("stopped", Some(reason), None);
+            return;
+        }
+        if *stop.borrow() == Supervision::Stop {
+            break;
+        }
+        let stopping = *stop.borrow() == Supervision::ComputeStopping;
+        if streamed && stopping {
+            attempt = 0;
+            tracing::info!(%reason, "WAL receiver's stream ended with the compute's stop");
+        } else if streamed {
+            attempt = 0;
+            tracing::warn!(%reason, "WAL receiver lost its stream; reconnecting");
+            lost = Some(Lost {
+                at: Instant::now(),
+                clean,
+                told: false,
+            });
+        }
+        set_status("reconnecting", Some(reason.clone()), None);
+        if let Some(lost) = lost.as_mut().filter(|l| !l.told && !stopping) {
+            if !lost.clean || lost.at.elapsed() >= CLEAN_END_GRACE {
+                lost.told = true;
+                notices.push(StorageNotice::ReceiverLost { reason });
+            }
+        }
+        let backoff = Duration::from_millis(25 << attempt.min(6)).min(MAX_BACKOFF);
+        attempt += 1;
+        tokio::select! {
+            changed = stop.changed() => if told_to_stop(changed, &stop) { break },
+            () = tokio::time::sleep(backoff) => {}
+        }
     }
-    result
+    set_status("stopped", None, None);
+    if let Some(lost) = lost.filter(|l| l.told) {
+        status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unanswered_loss = Some(lost.at);
+    }
 }
 
 async fn stream(
     endpoint: &ComputeEndpoint,
     copies: &tokio::sync::Mutex<CopySet>,
-    started: &mut Option<oneshot::Sender<Result<Lsn, String>>>,
-) -> anyhow::Result<Lsn> {
+    stop: &mut watch::Receiver<Supervision>,
+    on_streaming: &mut dyn FnMut(Lsn),
+) -> anyhow::Result<End> {
     let mut conn = Connection::open(endpoint).await?;
     let system = conn.query("IDENTIFY_SYSTEM").await?;
     let row = system
         .first()
         .ok_or_else(|| anyhow!("IDENTIFY_SYSTEM returned no row"))?;
+    let system_identifier: u64 = row
+        .first()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("no systemid"))?;
     let timeline: u32 = row
         .get(1)
         .and_then(|t| t.parse().ok())
@@ -82,98 +255,116 @@ async fn stream(
         Err(e) if e.to_string().contains("already exists") => {}
         Err(e) => return Err(e.context("creating the replication slot")),
     }
-    let durable = copies.lock().await.durable();
-    // The copies' end, or, for copies that hold nothing yet, the start of the compute's current
-    // segment (a base backup taken now needs nothing older).
-    let position = if durable.0 > 0 && durable <= server_end {
-        durable
-    } else {
-        if durable > server_end {
-            tracing::warn!(%durable, %server_end, "the copies are ahead of this compute; streaming from its end");
-        }
-        Lsn(server_end.0 - server_end.offset_in_segment())
-    };
+    // Whose WAL and from where: refused (fails closed) for another system's compute, or one
+    // whose WAL ends before what the copies hold.
+    let position = copies
+        .lock()
+        .await
+        .begin_stream(system_identifier, timeline, server_end)
+        .await
+        .map_err(|e| anyhow!(e))?;
     conn.start_replication(position, timeline).await?;
     tracing::info!(from = %position, timeline, "WAL receiver streaming");
-    if let Some(started) = started.take() {
-        let _ = started.send(Ok(position));
-    }
+    on_streaming(position);
 
-    let quorum = copies.lock().await.quorum();
+    let (quorum, view, lag_limit) = {
+        let set = copies.lock().await;
+        (set.quorum(), set.view(), set.lag_limit())
+    };
     let mut received = position; // the end of the WAL handed to the copies
     let mut reported = Lsn(0);
     let mut batch: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut tick = tokio::time::interval(CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status = tokio::time::Instant::now();
-    let mut last_advance = tokio::time::Instant::now();
+    // A member's queue is full (and it cannot leave the quorum): read no more until it drains.
+    let mut waiting_for_copies = false;
+    // The compute said the stream is done (CommandComplete): it is shutting down.
+    let mut completed = false;
+    // WAL may already wait in the buffer: sent with the CopyBothResponse, in the same read.
+    let mut buffered = true;
     loop {
         let mut reply_now = false;
-        tokio::select! {
-            biased;
-            // A writer completed the quorum: report it at once (the walsender wakes the
-            // committing backends on it).
-            () = quorum.advanced() => last_advance = tokio::time::Instant::now(),
-            read = conn.fill() => {
-                if read? == 0 {
-                    // The compute closed the stream: a stop (or a crash). Everything received
-                    // becomes durable before the receiver ends.
-                    return Ok(copies.lock().await.wait_durable(received).await);
+        if !buffered {
+            tokio::select! {
+                biased;
+                changed = stop.changed() => if told_to_stop(changed, stop) {
+                    return Ok(End { clean: true, reason: "stopped".into() });
+                },
+                // A writer completed the quorum: report it at once (the walsender wakes the
+                // committing backends on it).
+                () = quorum.advanced() => {}
+                () = quorum.progressed(), if waiting_for_copies => {
+                    waiting_for_copies = view.backlog() > lag_limit;
                 }
-                let mut batch_start = None;
-                while let Some((kind, body)) = conn.next_message()? {
-                    match kind {
-                        b'd' => match body.first() {
-                            Some(b'w') if body.len() >= 25 => {
-                                let start = Lsn(u64::from_be_bytes(
-                                    body[1..9].try_into().expect("8 bytes"),
-                                ));
-                                let expected =
-                                    batch_start.map(|s: Lsn| Lsn(s.0 + batch.len() as u64));
-                                if let Some(s) = batch_start.filter(|_| expected != Some(start)) {
-                                    // Not contiguous (a new timeline's start): its own job.
-                                    let data = std::mem::take(&mut batch);
-                                    copies.lock().await.send(timeline, s, data);
-                                    batch_start = None;
-                                }
-                                batch_start.get_or_insert(start);
-                                batch.extend_from_slice(&body[25..]);
-                            }
-                            Some(b'k') if body.len() >= 18 => reply_now |= body[17] == 1,
-                            _ => bail!(
-                                "unexpected replication message {:?}",
-                                body.first().map(|b| *b as char)
-                            ),
-                        },
-                        b'c' => {
-                            // CopyDone: the server ends the stream.
-                            if let Some(s) = batch_start {
-                                let data = std::mem::take(&mut batch);
-                                received = Lsn(s.0 + data.len() as u64);
-                                copies.lock().await.send(timeline, s, data);
-                            }
-                            return Ok(copies.lock().await.wait_durable(received).await);
-                        }
-                        b'E' => bail!("replication error: {}", error_text(&body)),
-                        _ => {}
+                read = conn.fill(), if !waiting_for_copies => {
+                    if read? == 0 {
+                        // The compute closed the stream: a stop (after it said the stream is
+                        // done, and once everything it sent was reported durable), or a loss.
+                        return Ok(End {
+                            clean: completed,
+                            reason: if completed {
+                                "the compute ended the stream (it is shutting down)".into()
+                            } else {
+                                "the compute closed the replication connection".into()
+                            },
+                        });
                     }
+                    buffered = true;
                 }
-                if let Some(s) = batch_start {
-                    // Handed over at once, while the copies may still sync the previous
-                    // batches: a writer joins whatever queued up into its next fdatasync.
-                    let data = std::mem::replace(&mut batch, Vec::with_capacity(64 * 1024));
-                    received = Lsn(s.0 + data.len() as u64);
-                    copies.lock().await.send(timeline, s, data);
-                }
-            }
-            _ = tick.tick() => {
-                if quorum.durable() < received && last_advance.elapsed() >= CHECK_INTERVAL {
-                    // Nothing became durable for a while: below the quorum, repair copies
-                    // that came back.
-                    copies.lock().await.below_quorum_check().await;
-                }
+                _ = tick.tick() => {}
             }
         }
+        if std::mem::take(&mut buffered) {
+            let mut batch_start = None;
+            while let Some((kind, body)) = conn.next_message()? {
+                match kind {
+                    b'd' => match body.first() {
+                        Some(b'w') if body.len() >= 25 => {
+                            let start =
+                                Lsn(u64::from_be_bytes(body[1..9].try_into().expect("8 bytes")));
+                            let expected = batch_start.map(|s: Lsn| Lsn(s.0 + batch.len() as u64));
+                            if let Some(s) = batch_start.filter(|_| expected != Some(start)) {
+                                // Not contiguous (a new timeline's start): its own job.
+                                let data = std::mem::take(&mut batch);
+                                copies.lock().await.send(timeline, s, data);
+                                batch_start = None;
+                            }
+                            batch_start.get_or_insert(start);
+                            batch.extend_from_slice(&body[25..]);
+                        }
+                        Some(b'k') if body.len() >= 18 => reply_now |= body[17] == 1,
+                        _ => bail!(
+                            "unexpected replication message {:?}",
+                            body.first().map(|b| *b as char)
+                        ),
+                    },
+                    b'c' => {
+                        // CopyDone: the server ends the stream.
+                        if let Some(s) = batch_start {
+                            let data = std::mem::take(&mut batch);
+                            copies.lock().await.send(timeline, s, data);
+                        }
+                        return Ok(End {
+                            clean: true,
+                            reason: "the compute ended the stream".into(),
+                        });
+                    }
+                    b'C' => completed = true,
+                    b'E' => bail!("replication error: {}", error_text(&body)),
+                    _ => {}
+                }
+            }
+            if let Some(s) = batch_start {
+                // Handed over at once, while the copies may still sync the previous batches:
+                // a writer joins whatever queued up into its next fdatasync.
+                let data = std::mem::replace(&mut batch, Vec::with_capacity(64 * 1024));
+                received = Lsn(s.0 + data.len() as u64);
+                copies.lock().await.send(timeline, s, data);
+                waiting_for_copies = view.backlog() > lag_limit;
+            }
+        }
+        // Never beyond what this stream handed over and a quorum made durable.
         let durable = quorum.durable().min(received);
         if durable > reported || reply_now || last_status.elapsed() >= STATUS_INTERVAL {
             conn.send_status(received, durable).await?;
@@ -184,11 +375,7 @@ async fn stream(
 }
 
 fn error_text(body: &[u8]) -> String {
-    body.split(|b| *b == 0)
-        .filter(|f| f.first() == Some(&b'M'))
-        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
-        .next()
-        .unwrap_or_else(|| "unknown".to_string())
+    protocol::error_text(body)
 }
 
 /// A replication connection: framing over a unix socket with one read buffer.
@@ -246,23 +433,11 @@ impl Connection {
     }
 
     /// The next complete message in the buffer, if any.
-    fn next_message(&mut self) -> anyhow::Result<Option<(u8, BytesMut)>> {
-        if self.buf.len() < 5 {
-            return Ok(None);
+    fn next_message(&mut self) -> anyhow::Result<Option<(u8, Bytes)>> {
+        match protocol::next_message(&mut self.buf, MAX_MESSAGE) {
+            Ok(message) => Ok(message.map(|m| (m.kind, m.body_bytes()))),
+            Err(e) => bail!("{e} from the compute"),
         }
-        let len = i32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes"));
-        if len < 4 || len as usize > MAX_MESSAGE {
-            bail!("bad message length {len} from the compute");
-        }
-        let total = 1 + len as usize;
-        if self.buf.len() < total {
-            self.buf.reserve(total - self.buf.len());
-            return Ok(None);
-        }
-        let mut message = self.buf.split_to(total);
-        let kind = message[0];
-        message.advance(5);
-        Ok(Some((kind, message)))
     }
 
     /// A simple query; returns the rows as text (replication commands answer that way).
@@ -334,28 +509,8 @@ impl Connection {
 }
 
 fn parse_data_row(body: &[u8]) -> anyhow::Result<Vec<String>> {
-    let mut buf = body;
-    if buf.remaining() < 2 {
-        bail!("short DataRow");
-    }
-    let columns = buf.get_i16();
-    let mut row = Vec::with_capacity(columns.max(0) as usize);
-    for _ in 0..columns {
-        if buf.remaining() < 4 {
-            bail!("short DataRow");
-        }
-        let len = buf.get_i32();
-        if len < 0 {
-            row.push(String::new());
-            continue;
-        }
-        if buf.remaining() < len as usize {
-            bail!("short DataRow");
-        }
-        row.push(String::from_utf8_lossy(&buf[..len as usize]).into_owned());
-        buf.advance(len as usize);
-    }
-    Ok(row)
+    let row = protocol::parse_data_row(body).map_err(|_| anyhow!("short DataRow"))?;
+    Ok(row.into_iter().map(Option::unwrap_or_default).collect())
 }
 
 /// The segment a position falls in starts here.

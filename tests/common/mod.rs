@@ -193,11 +193,16 @@ superuser = true
 
     /// Starts pgtide again on the same config and data.
     pub fn restart(&mut self) {
+        self.restart_into("running");
+    }
+
+    /// Restarts pgtide and waits until its cluster is in `state`.
+    pub fn restart_into(&mut self, state: &str) {
         if self.child.is_some() {
             self.stop();
         }
         self.spawn();
-        self.wait_state("running", Duration::from_secs(60));
+        self.wait_state(state, Duration::from_secs(60));
     }
 
     /// Rewrites the config file (takes effect at the next restart).
@@ -235,6 +240,30 @@ superuser = true
     }
 
     /// The cluster's recent events, as (kind, message).
+    /// Waits (30 s at most) until the cluster has noticed that its compute's data directory is
+    /// gone.
+    pub fn wait_for_data_directory_lost(&self) {
+        assert!(
+            wait_until(Duration::from_secs(30), || self
+                .events()
+                .iter()
+                .any(|(kind, _)| kind == "data_directory_lost")),
+            "the loss was never noticed:\n{}",
+            self.log()
+        );
+    }
+
+    /// The cluster's data directory was rebuilt from a base backup in the copies.
+    pub fn assert_rebuilt_from_a_backup(&self) {
+        let events = self.events();
+        assert!(
+            events
+                .iter()
+                .any(|(kind, message)| kind == "rebuilt" && message.contains("base backup")),
+            "{events:?}"
+        );
+    }
+
     pub fn events(&self) -> Vec<(String, String)> {
         self.cluster_status()["events"]
             .as_array()
@@ -304,6 +333,22 @@ superuser = true
         self.connect_as("postgres", PASSWORD, "postgres")
             .await
             .expect("connect through pgtide")
+    }
+
+    /// Connects as postgres with the settings `configure` adds (startup options,
+    /// application_name, …).
+    pub async fn connect_configured(
+        &self,
+        configure: impl FnOnce(&mut tokio_postgres::Config),
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config: tokio_postgres::Config = self
+            .url("postgres", PASSWORD, "postgres")
+            .parse()
+            .expect("a valid url");
+        configure(&mut config);
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
     }
 
     pub async fn connect_as(
@@ -466,4 +511,125 @@ pub async fn copy_round_trip(client: &tokio_postgres::Client, rows: usize) {
         copied.extend_from_slice(&chunk.unwrap());
     }
     assert_eq!(String::from_utf8(copied).unwrap(), data);
+}
+
+/// Waits (at most 30 s) until the compute runs a query whose text is `query`, as seen through
+/// `observer` (another session): a test that cancels or kills something mid-query waits for
+/// that, not for a fixed time.
+pub async fn wait_for_query(observer: &tokio_postgres::Client, query: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                &[&query],
+            )
+            .await
+            .expect("reading pg_stat_activity");
+        if row.get::<_, i64>(0) > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{query:?} never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---- For long tests that kill and restart pgtide themselves (tests/soak.rs) ----
+
+impl Pgtide {
+    /// SIGKILL to pgtide (it cleans nothing up), then reaps it. Its Postgres goes with it
+    /// (the process runtime sets PR_SET_PDEATHSIG); docker containers outlive it.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts pgtide again on the same config and data without waiting for its cluster, so that
+    /// the caller can measure how long clients wait.
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "pgtide still runs");
+        self.spawn();
+    }
+
+    /// Whether the pgtide this harness started is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// `GET /status` of the pgtide whose admin endpoint is on `admin_port`, or None when it does not
+/// answer within 2 s (pgtide is down or restarting).
+pub fn try_status(admin_port: u16) -> Option<serde_json::Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let body = agent
+        .get(&format!("http://127.0.0.1:{admin_port}/status"))
+        .call()
+        .ok()?
+        .into_body()
+        .read_to_string()
+        .ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+/// Runs psql like [`psql_as`], killed after `timeout` (coreutils' timeout): returns its
+/// trimmed stdout, or why it failed.
+pub fn psql_bounded(port: u16, sql: &str, timeout: Duration) -> Result<String, String> {
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", &format!("{}", timeout.as_secs().max(1))])
+        .args([
+            "psql",
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+        ])
+        .arg(port.to_string())
+        .args(["-U", "postgres", "-d", "postgres", "-tA", "-c", sql])
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGCONNECT_TIMEOUT", timeout.as_secs().max(1).to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running psql: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "psql ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether the Docker engine answers here, with the docker runtime's image built (by
+/// scripts/build-image.sh, which does nothing when it is already there); why not otherwise.
+pub fn docker_usable() -> Result<(), String> {
+    match Command::new("docker").arg("info").output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            return Err(format!(
+                "docker info failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+        Err(e) => return Err(format!("no docker command: {e}")),
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-image.sh");
+    let out = Command::new(script).output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/build-image.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }

@@ -1,0 +1,593 @@
+//! The cluster's task: the one owner of its compute and storage.
+//!
+//! Its state is one enum, [`Phase`]. Only `Running` holds a compute; a start in progress is a
+//! [`StartJob`] (which has the storage on loan); a restart waiting before its next attempt is
+//! `Backoff`. The loop in [`ClusterTask::run`] waits for whichever comes first: a command from a
+//! handle, what the phase is waiting for (a start's outcome, the compute's exit, the end of a
+//! backoff), or the 1 s tick (metering, scaling, storage, auto-pause). Nothing in the loop waits
+//! for a start, so pause, shutdown and status are always served.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::durability::Durability;
+use super::events::EventKind;
+use super::handle::Command;
+use super::history::HistoryPoint;
+use super::metering::Metering;
+use super::start::{self, StartInput, StartJob, StartPurpose, StartResult};
+use super::state::ClusterState;
+use super::Shared;
+use crate::acu::{self, ComputeSize};
+use crate::config::PoolMode;
+use crate::runtime::{Compute, ComputeEndpoint, ExitInfo, Runtime};
+use crate::scaler::policy::PolicyConfig;
+use crate::scaler::Scaler;
+
+/// How long a shutdown waits for a cancelled start to stop what it started.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Where the cluster is; the only place that holds its compute.
+pub(super) enum Phase {
+    Paused,
+    Starting(StartJob),
+    Running(Running),
+    /// A restart after a crash failed; the next attempt starts at `until`.
+    Backoff {
+        attempt: u32,
+        since: Instant,
+        until: tokio::time::Instant,
+    },
+    /// A start that was cancelled by a pause is stopping; then the cluster is paused.
+    Cancelling {
+        job: StartJob,
+        reply: Option<oneshot::Sender<Result<String, String>>>,
+    },
+    Failed,
+}
+
+/// A running compute and the size applied to it.
+pub(super) struct Running {
+    pub compute: Box<dyn Compute>,
+    pub endpoint: ComputeEndpoint,
+    pub acu: f64,
+}
+
+/// What the phase was waiting for, when it came.
+enum PhaseEvent {
+    /// A start job ended (`None`: it panicked).
+    StartEnded(Option<start::StartOutcome>),
+    Exited(ExitInfo),
+    BackoffOver,
+}
+
+pub(super) struct ClusterTask {
+    pub(super) shared: Arc<Shared>,
+    runtime: Arc<dyn Runtime>,
+    cluster_dir: PathBuf,
+    state: watch::Sender<ClusterState>,
+    commands: mpsc::Receiver<Command>,
+    pub(super) phase: Phase,
+    /// The storage, when the cluster has copies; lent to a start job while one runs.
+    storage: Option<Box<dyn Durability>>,
+    /// Whether the cluster has copies (its storage may be on loan, or lost with a panic).
+    has_copies: bool,
+    /// The config's users were created in the compute during this run.
+    users_synced: bool,
+    pub(super) scaler: Scaler,
+    metering: Metering,
+    last_tick: Instant,
+    /// The last refusal recorded (so that a refusal that lasts is one event, not one a second).
+    pub(super) last_notice: Option<EventKind>,
+    /// The transaction counter at the last tick, for transactions per second.
+    last_transactions: u64,
+}
+
+impl ClusterTask {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        runtime: Arc<dyn Runtime>,
+        cluster_dir: PathBuf,
+        storage: Option<Box<dyn Durability>>,
+        metering: Metering,
+        state: watch::Sender<ClusterState>,
+        commands: mpsc::Receiver<Command>,
+    ) -> ClusterTask {
+        let scaler = Scaler::new(PolicyConfig {
+            min_acu: shared.config.min_acu,
+            max_acu: shared.config.max_acu,
+            step_acu: shared.capacity.step_acu,
+            cpu_per_acu: shared.capacity.cpu_per_acu,
+            memory_mib_per_acu: shared.capacity.memory_mib_per_acu as f64,
+            scale_down_after: shared.config.scale_down_after,
+        });
+        ClusterTask {
+            has_copies: storage.is_some(),
+            shared,
+            runtime,
+            cluster_dir,
+            state,
+            commands,
+            phase: Phase::Paused,
+            storage,
+            users_synced: false,
+            scaler,
+            metering,
+            last_tick: Instant::now(),
+            last_notice: None,
+            last_transactions: 0,
+        }
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Resume { requested_by }) => self.resume(&requested_by),
+                    Some(Command::Pause { reply }) => self.pause_on_request(reply).await,
+                    Some(Command::Shutdown { reply }) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+                event = phase_event(&mut self.phase) => match event {
+                    PhaseEvent::StartEnded(outcome) => self.on_start_ended(outcome).await,
+                    PhaseEvent::Exited(exit) => self.on_compute_exit(exit).await,
+                    PhaseEvent::BackoffOver => self.retry_restart(),
+                },
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    pub(super) fn set_state(&self, state: ClusterState) {
+        metrics::gauge!("pgtide_cluster_state", "cluster" => self.name().to_string())
+            .set(state.gauge());
+        self.state.send_replace(state);
+    }
+
+    pub(super) fn initial_size(&self) -> ComputeSize {
+        let config = &self.shared.config;
+        let step = self.shared.capacity.step_acu;
+        let acu = acu::clamp_running(config.min_acu, config.min_acu, config.max_acu, step);
+        ComputeSize::of(acu, &self.shared.capacity)
+    }
+
+    /// Starts a start job, lending it the storage.
+    pub(super) fn begin_start(&mut self, purpose: StartPurpose) {
+        let mut postmaster_settings =
+            acu::postmaster_settings(self.shared.config.max_acu, &self.shared.capacity);
+        if let Some(storage) = &self.storage {
+            postmaster_settings.extend(storage.postmaster_settings());
+        }
+        let input = StartInput {
+            shared: self.shared.clone(),
+            runtime: self.runtime.clone(),
+            cluster_dir: self.cluster_dir.clone(),
+            storage: self.storage.take(),
+            users_synced: self.users_synced,
+            size: self.initial_size(),
+            postmaster_settings,
+        };
+        self.phase = Phase::Starting(StartJob::spawn(input, purpose));
+        self.set_state(ClusterState::Resuming);
+    }
+
+    fn resume(&mut self, requested_by: &str) {
+        match &self.phase {
+            Phase::Paused | Phase::Failed => {}
+            // Running already, or a start (or restart) is under way that this client waits for.
+            _ => return,
+        }
+        if self.has_copies && self.storage.is_none() {
+            let reason = "the cluster's storage was lost with a failed start; restart pgtide";
+            self.phase = Phase::Failed;
+            self.set_state(ClusterState::Failed(reason.to_string()));
+            return;
+        }
+        self.begin_start(StartPurpose::Resume {
+            requested_by: requested_by.to_string(),
+        });
+    }
+
+    /// A start job ended: take the storage back, then run, retry, or fail.
+    async fn on_start_ended(&mut self, outcome: Option<start::StartOutcome>) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Paused);
+        let (job, reply) = match phase {
+            Phase::Starting(job) => (job, None),
+            Phase::Cancelling { job, reply } => (job, reply),
+            other => {
+                self.phase = other;
+                return;
+            }
+        };
+        let Some(outcome) = outcome else {
+            let reason = "the compute's start failed unexpectedly (see the log)".to_string();
+            self.shared
+                .events
+                .record(EventKind::ResumeFailed, reason.clone());
+            self.phase = Phase::Failed;
+            self.set_state(ClusterState::Failed(reason));
+            return;
+        };
+        self.storage = outcome.storage;
+        self.users_synced = outcome.users_synced;
+        self.publish_storage_status();
+        if let Some(reply) = reply {
+            // A pause asked for while starting: whatever the job did, it stops here.
+            if let StartResult::Started(mut compute) = outcome.result {
+                self.stop(compute.as_mut()).await;
+            }
+            self.shared.events.record(
+                EventKind::StartCancelled,
+                "the start was cancelled by a pause".to_string(),
+            );
+            self.paused("paused on request, during a start".to_string());
+            let _ = reply.send(Ok(format!("cluster \"{}\" paused", self.name())));
+            return;
+        }
+        match outcome.result {
+            StartResult::Started(compute) => self.on_started(job, compute).await,
+            StartResult::Cancelled => self.paused("the start was cancelled".to_string()),
+            StartResult::Failed(error) => self.on_start_failed(job, error),
+        }
+    }
+
+    /// A compute is up: record how it went, let clients in, then size it.
+    async fn on_started(&mut self, job: StartJob, compute: Box<dyn Compute>) {
+        let elapsed = job.started_at.elapsed();
+        let ms = elapsed.as_millis();
+        let name = self.name().to_string();
+        match &job.purpose {
+            StartPurpose::Resume { requested_by } => {
+                metrics::counter!("pgtide_cluster_resumes_total", "cluster" => name.clone())
+                    .increment(1);
+                metrics::histogram!("pgtide_cluster_resume_seconds", "cluster" => name)
+                    .record(elapsed.as_secs_f64());
+                let slot = if compute.warm_started() {
+                    "a warm slot"
+                } else {
+                    "a cold start"
+                };
+                self.shared.events.record(
+                    EventKind::Resumed,
+                    format!("resumed for {requested_by} in {ms} ms from {slot}"),
+                );
+            }
+            StartPurpose::Restart { since, .. } => {
+                self.shared.events.record(
+                    EventKind::Restarted,
+                    format!(
+                        "compute restarted in {} ms after it was lost",
+                        since.elapsed().as_millis()
+                    ),
+                );
+            }
+        }
+        self.now_running(compute).await;
+    }
+
+    fn on_start_failed(&mut self, job: StartJob, error: anyhow::Error) {
+        let reason = format!("{error:#}");
+        match job.purpose {
+            StartPurpose::Resume { .. } => {
+                self.shared
+                    .events
+                    .record(EventKind::ResumeFailed, format!("resume failed: {reason}"));
+                metrics::counter!("pgtide_cluster_resume_failures_total", "cluster" => self.name().to_string())
+                    .increment(1);
+                self.phase = Phase::Failed;
+                self.set_state(ClusterState::Failed(reason));
+            }
+            StartPurpose::Restart { attempt, since } => {
+                self.restart_failed(attempt, since, reason);
+            }
+        }
+    }
+
+    /// Lets clients in, then applies the size (settings reload live, so sessions that started a
+    /// moment earlier simply pick them up).
+    async fn now_running(&mut self, compute: Box<dyn Compute>) {
+        self.shared.counters.touch();
+        self.scaler.reset();
+        self.last_notice = None;
+        // The compute started at this size (its memory limit, and no CPU limit while it
+        // started); the CPU limit and the settings follow right after clients are let in.
+        let size = self.initial_size();
+        {
+            let mut status = self.shared.status.lock().expect("status lock");
+            status.since = super::now_rfc3339();
+            status.acu = size.acu;
+            status.acu_target = size.acu;
+        }
+        metrics::gauge!("pgtide_cluster_acu", "cluster" => self.name().to_string()).set(size.acu);
+        let endpoint = compute.endpoint().clone();
+        self.phase = Phase::Running(Running {
+            compute,
+            endpoint: endpoint.clone(),
+            acu: size.acu,
+        });
+        self.set_state(ClusterState::Running(endpoint));
+        self.apply(size.acu).await;
+    }
+
+    /// Stops a compute cleanly, then waits for the receiver to have everything up to the
+    /// shutdown checkpoint.
+    pub(super) async fn stop(&mut self, compute: &mut dyn Compute) {
+        if let Some(storage) = &mut self.storage {
+            storage.compute_stopping();
+        }
+        if let Err(e) = compute.stop().await {
+            tracing::warn!(cluster = %self.name(), error = %e, "stopping the compute failed");
+        }
+        if let Some(storage) = &mut self.storage {
+            storage.stop_receiver().await;
+        }
+        self.no_compute_status();
+    }
+
+    /// No compute runs (stopped, or exited on its own): 0 ACU and no limits in `/status`, until
+    /// the next one is running.
+    pub(super) fn no_compute_status(&self) {
+        metrics::gauge!("pgtide_cluster_acu", "cluster" => self.name().to_string()).set(0.0);
+        let mut status = self.shared.status.lock().expect("status lock");
+        status.acu = 0.0;
+        status.acu_target = 0.0;
+        status.cpu_used_cores = 0.0;
+        status.memory_used_mib = 0.0;
+        status.limits = None;
+        status.since = super::now_rfc3339();
+    }
+
+    /// Stops the running compute, if any, and pauses.
+    async fn pause(&mut self, reason: String) {
+        self.set_state(ClusterState::Pausing);
+        if let Phase::Running(mut running) = std::mem::replace(&mut self.phase, Phase::Paused) {
+            self.stop(running.compute.as_mut()).await;
+        }
+        self.paused(reason);
+    }
+
+    /// The compute is gone: the cluster is paused.
+    fn paused(&mut self, reason: String) {
+        self.phase = Phase::Paused;
+        metrics::counter!("pgtide_cluster_pauses_total", "cluster" => self.name().to_string())
+            .increment(1);
+        self.shared.events.record(EventKind::Paused, reason);
+        self.set_state(ClusterState::Paused);
+    }
+
+    async fn pause_on_request(&mut self, reply: oneshot::Sender<Result<String, String>>) {
+        let busy = self.busy_clients();
+        if busy > 0 {
+            let what = match self.shared.config.pool_mode {
+                PoolMode::Session => "connected client",
+                PoolMode::Transaction => "client in a transaction",
+            };
+            let _ = reply.send(Err(format!(
+                "cluster \"{}\" has {busy} {what}{}; pause refused",
+                self.name(),
+                if busy == 1 { "" } else { "s" }
+            )));
+            return;
+        }
+        match std::mem::replace(&mut self.phase, Phase::Paused) {
+            Phase::Paused => {
+                let _ = reply.send(Ok(format!("cluster \"{}\" is already paused", self.name())));
+            }
+            Phase::Starting(job) => {
+                // The reply comes once the start has stopped what it started.
+                job.cancel();
+                self.phase = Phase::Cancelling {
+                    job,
+                    reply: Some(reply),
+                };
+                self.set_state(ClusterState::Pausing);
+            }
+            Phase::Cancelling { job, reply: None } => {
+                self.phase = Phase::Cancelling {
+                    job,
+                    reply: Some(reply),
+                };
+            }
+            other @ Phase::Cancelling { .. } => {
+                self.phase = other;
+                let _ = reply.send(Err("a pause is already under way".to_string()));
+            }
+            other => {
+                self.phase = other;
+                self.pause("paused on request".to_string()).await;
+                let _ = reply.send(Ok(format!("cluster \"{}\" paused", self.name())));
+            }
+        }
+    }
+
+    /// Stops everything: a start under way is cancelled (and given a grace to stop what it
+    /// started), a running compute is stopped cleanly, the meter is saved.
+    async fn shutdown(&mut self) {
+        match std::mem::replace(&mut self.phase, Phase::Paused) {
+            Phase::Starting(mut job) | Phase::Cancelling { mut job, .. } => {
+                job.cancel();
+                match tokio::time::timeout(SHUTDOWN_GRACE, job.finished()).await {
+                    Ok(Some(outcome)) => {
+                        self.storage = outcome.storage;
+                        if let StartResult::Started(mut compute) = outcome.result {
+                            self.stop(compute.as_mut()).await;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => tracing::warn!(
+                        cluster = %self.name(),
+                        "a start did not stop within {SHUTDOWN_GRACE:?} of the shutdown; leaving it"
+                    ),
+                }
+                self.shared.events.record(
+                    EventKind::StartCancelled,
+                    "the start was cancelled by pgtide's shutdown".to_string(),
+                );
+            }
+            Phase::Running(mut running) => self.stop(running.compute.as_mut()).await,
+            _ => {}
+        }
+        self.metering.save();
+        self.set_state(ClusterState::Paused);
+    }
+
+    async fn on_tick(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last_tick);
+        self.last_tick = now;
+        self.meter(elapsed);
+        if matches!(self.phase, Phase::Running(_)) {
+            self.scale(now).await;
+            self.check_data_directory().await;
+        }
+        self.record_history(elapsed);
+        self.tend_storage().await;
+        let config = &self.shared.config;
+        let idle = self.shared.counters.idle_for();
+        if matches!(self.phase, Phase::Running(_))
+            && config.min_acu == 0.0
+            && self.busy_clients() == 0
+            && idle >= config.auto_pause_after
+        {
+            self.pause(format!("paused after {} s idle", idle.as_secs()))
+                .await;
+        }
+    }
+
+    fn meter(&mut self, elapsed: Duration) {
+        let acu = match &self.phase {
+            Phase::Running(running) => running.acu,
+            _ => 0.0,
+        };
+        self.metering.add(acu, elapsed);
+        let acu_seconds = self.metering.acu_seconds();
+        {
+            let mut status = self.shared.status.lock().expect("status lock");
+            status.acu_seconds = acu_seconds;
+            status.acu_hours_today = self.metering.acu_hours_today();
+            status.acu_hours_month = self.metering.acu_hours_month();
+        }
+        metrics::gauge!("pgtide_cluster_acu_seconds_total", "cluster" => self.name().to_string())
+            .set(acu_seconds);
+    }
+
+    /// Repairs returning copies, publishes the storage status and takes a base backup when one
+    /// is due.
+    async fn tend_storage(&mut self) {
+        let running = match &self.phase {
+            Phase::Running(running) => Some(running.endpoint.clone()),
+            _ => None,
+        };
+        let Some(storage) = &mut self.storage else {
+            return;
+        };
+        if let Some(finished) = storage.tend(running.as_ref()).await {
+            start::record_backup(&self.shared, finished);
+        }
+        for notice in storage.take_notices() {
+            self.shared
+                .events
+                .record(EventKind::from(&notice), notice.to_string());
+        }
+        self.publish_storage_status();
+    }
+
+    fn publish_storage_status(&self) {
+        if let Some(storage) = &self.storage {
+            *self
+                .shared
+                .storage_status
+                .lock()
+                .expect("storage status lock") = Some(storage.status());
+        }
+    }
+
+    /// One point a second for the dashboard.
+    fn record_history(&mut self, elapsed: Duration) {
+        let counters = &self.shared.counters;
+        let transactions = counters.transactions();
+        let tps = transactions.saturating_sub(self.last_transactions) as f64
+            / elapsed.as_secs_f64().max(0.001);
+        self.last_transactions = transactions;
+        let status = self.shared.status.lock().expect("status lock").clone();
+        let limits = status.limits.as_ref();
+        self.shared.history.push(HistoryPoint {
+            t: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            state: self.state.borrow().name(),
+            acu: status.acu,
+            acu_target: status.acu_target,
+            cpu_used: status.cpu_used_cores,
+            cpu_limit: limits.map(|l| l.cpu_cores).unwrap_or(0.0),
+            memory_used_mib: status.memory_used_mib,
+            memory_limit_mib: limits.map(|l| l.memory_mib as f64).unwrap_or(0.0),
+            clients: counters.clients() as u32,
+            tps,
+        });
+    }
+
+    /// Clients that keep the cluster from pausing: in session mode every connected client; in
+    /// transaction mode only those in a transaction (idle connections cost nothing there).
+    fn busy_clients(&self) -> usize {
+        let counters = &self.shared.counters;
+        match self.shared.config.pool_mode {
+            PoolMode::Session => counters.clients(),
+            PoolMode::Transaction => counters.active() + counters.waiting(),
+        }
+    }
+}
+
+/// Waits for what the phase waits for; never resolves in a phase that waits for nothing.
+async fn phase_event(phase: &mut Phase) -> PhaseEvent {
+    match phase {
+        Phase::Starting(job) | Phase::Cancelling { job, .. } => {
+            PhaseEvent::StartEnded(job.finished().await)
+        }
+        Phase::Running(running) => {
+            let mut exited = running.compute.exited();
+            let exit = exited.wait_for(|e| e.is_some()).await.map(|e| e.clone());
+            match exit {
+                Ok(exit) => PhaseEvent::Exited(exit.expect("waited for Some")),
+                // A compute that stopped reporting without an exit is left to the tick's checks.
+                Err(_) => std::future::pending().await,
+            }
+        }
+        Phase::Backoff { until, .. } => {
+            tokio::time::sleep_until(*until).await;
+            PhaseEvent::BackoffOver
+        }
+        Phase::Paused | Phase::Failed => std::future::pending().await,
+    }
+}
+
+impl ClusterTask {
+    pub(super) fn storage_mut(&mut self) -> Option<&mut Box<dyn Durability>> {
+        self.storage.as_mut()
+    }
+
+    pub(super) fn has_copies(&self) -> bool {
+        self.has_copies
+    }
+
+    pub(super) fn cluster_dir(&self) -> &std::path::Path {
+        &self.cluster_dir
+    }
+}
