@@ -670,6 +670,14 @@ fn a_compute_that_is_not_the_one_the_copies_hold_is_refused() {
         .status()
         .unwrap();
     assert!(copied.success());
+    let old_snapshot = pgdata.with_extension("snapshot");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&old)
+        .arg(&old_snapshot)
+        .status()
+        .unwrap();
+    assert!(copied.success());
     pgtide.sql("INSERT INTO t SELECT generate_series(101, 200)");
     pause(&pgtide);
 
@@ -683,6 +691,51 @@ fn a_compute_that_is_not_the_one_the_copies_hold_is_refused() {
     assert!(failure.contains("older than the copies"), "{failure}");
 
     // Its own data directory back: nothing was lost or overwritten.
+    std::fs::remove_dir_all(&pgdata).unwrap();
+    pgdata_swap(&newer, &pgdata);
+    assert_eq!(pgtide.sql("SELECT count(*) FROM t"), "200");
+    pause(&pgtide);
+
+    // A data directory of this system that ran on by itself: the old copy again, started
+    // outside pgtide and written to until it holds more WAL than the copies. It passes the
+    // system and "older" checks; its WAL below the copies' durable position is another history.
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&old_snapshot)
+        .arg(&old)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&old).unwrap());
+    let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner))
+        .unwrap()
+        .unwrap();
+    let mut single = std::process::Command::new("runuser")
+        .args(["-u", &owner.name, "--"])
+        .arg("/usr/lib/postgresql/15/bin/postgres")
+        .arg("--single")
+        .arg("-D")
+        .arg(&old)
+        .arg("postgres")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        single.stdin.as_mut().unwrap(),
+        b"INSERT INTO t SELECT -n FROM generate_series(1, 30000) n\n",
+    )
+    .unwrap();
+    let ran = single.wait_with_output().unwrap();
+    assert!(ran.status.success(), "{ran:?}");
+    pgdata_swap(&pgdata, &newer);
+    pgdata_swap(&old, &pgdata);
+    let out = pgtide.psql(&["-tA", "-c", "SELECT count(*) FROM t"]);
+    assert!(!out.status.success(), "{out:?}");
+    pgtide.wait_state("failed", Duration::from_secs(30));
+    let failure = pgtide.cluster_status()["failure"].to_string();
+    assert!(failure.contains("differs from the copies'"), "{failure}");
     std::fs::remove_dir_all(&pgdata).unwrap();
     pgdata_swap(&newer, &pgdata);
     assert_eq!(pgtide.sql("SELECT count(*) FROM t"), "200");

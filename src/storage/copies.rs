@@ -27,9 +27,10 @@ use tokio::sync::oneshot;
 
 use super::identity::{infer_from_wal, Identity};
 use super::notices::{Notices, StorageNotice};
+use super::overlap::Overlap;
 use super::quorum::{CopyShared, Health, Quorum};
-use super::segment::newest_wal_end;
-use super::wal::Lsn;
+use super::segment::{list_segments, newest_wal_end, read_verified};
+use super::wal::{Lsn, SEGMENT_SIZE, WAL_PAGE};
 use super::writer::{Job, Writer};
 
 /// A member whose queue holds more WAL than this leaves the quorum (while enough remain).
@@ -535,6 +536,35 @@ impl CopySet {
         self.quorum.recompute();
         tracing::info!(%start, generation = next.generation, members = self.copies_up(), "copies ready for a stream");
         Ok(start)
+    }
+
+    /// What the members hold just below a stream's start, for the receiver to compare with
+    /// what the compute streams there ([`Overlap`]): a data directory of this system that ran
+    /// on by itself (an old copy of it, started outside pgtide) holds all the WAL the copies
+    /// hold and more, and passes every other check, yet its WAL below the start is another
+    /// history. The overlap is the start's WAL page up to the start, or the page before when
+    /// the start begins a page; `None` when the start is the first byte of a segment (the
+    /// compute may no longer hold the segment before it) or no member holds the bytes.
+    pub fn overlap_before(&self, start: Lsn, timeline: u32) -> Option<Overlap> {
+        let in_page = start.0 % WAL_PAGE;
+        let from = Lsn(start.0 - if in_page == 0 { WAL_PAGE } else { in_page });
+        if start.offset_in_segment() == 0 || from.0 / SEGMENT_SIZE != start.0 / SEGMENT_SIZE {
+            return None;
+        }
+        let segment = start.0 / SEGMENT_SIZE;
+        let (lo, hi) = (from.offset_in_segment(), start.offset_in_segment());
+        self.copies
+            .iter()
+            .zip(&self.set.copies)
+            .filter(|(c, _)| c.shared.lock().expect("copy lock").health == Health::Up)
+            .find_map(|(_, (dir, _))| {
+                let file = list_segments(&dir.join("wal"))
+                    .into_iter()
+                    .find(|s| s.segment == segment && s.timeline == timeline)?;
+                let pieces = read_verified(&file.path, lo, hi).ok()?;
+                let expected: Vec<u8> = pieces.into_iter().flat_map(|(_, bytes)| bytes).collect();
+                (expected.len() as u64 == hi - lo).then_some(Overlap { from, expected })
+            })
     }
 
     /// A member leaves the quorum to catch up by itself.

@@ -69,6 +69,7 @@ pub mod backups;
 pub mod copies;
 pub mod identity;
 pub mod notices;
+pub mod overlap;
 pub mod quorum;
 pub mod read;
 pub mod receiver;

@@ -263,9 +263,18 @@ async fn stream(
         .begin_stream(system_identifier, timeline, server_end)
         .await
         .map_err(|e| anyhow!(e))?;
-    conn.start_replication(position, timeline).await?;
-    tracing::info!(from = %position, timeline, "WAL receiver streaming");
-    on_streaming(position);
+    // A little of the WAL below the start is streamed too and compared with the copies': a
+    // data directory of this system that ran on by itself differs there (see overlap.rs).
+    let mut overlap = copies.lock().await.overlap_before(position, timeline);
+    let asked = overlap.as_ref().map_or(position, |o| o.from);
+    conn.start_replication(asked, timeline).await?;
+    tracing::info!(from = %position, timeline, compared_from = %asked, "WAL receiver streaming");
+    // The stream counts as begun (a compute's start succeeds on it) once the overlap matched.
+    let mut announced = false;
+    if overlap.is_none() {
+        on_streaming(position);
+        announced = true;
+    }
 
     let (quorum, view, lag_limit) = {
         let set = copies.lock().await;
@@ -321,8 +330,23 @@ async fn stream(
                 match kind {
                     b'd' => match body.first() {
                         Some(b'w') if body.len() >= 25 => {
-                            let start =
+                            let mut start =
                                 Lsn(u64::from_be_bytes(body[1..9].try_into().expect("8 bytes")));
+                            let mut wal = &body[25..];
+                            if let Some(compared) = &overlap {
+                                let below = compared
+                                    .compare(start, wal)
+                                    .map_err(|at| diverged(at, position))?;
+                                wal = &wal[below..];
+                                start = Lsn(start.0 + below as u64);
+                                if start >= compared.end() {
+                                    tracing::debug!(from = %compared.from, to = %position, "the compute's WAL below the start is the copies'");
+                                    overlap = None;
+                                }
+                                if wal.is_empty() {
+                                    continue;
+                                }
+                            }
                             let expected = batch_start.map(|s: Lsn| Lsn(s.0 + batch.len() as u64));
                             if let Some(s) = batch_start.filter(|_| expected != Some(start)) {
                                 // Not contiguous (a new timeline's start): its own job.
@@ -331,7 +355,7 @@ async fn stream(
                                 batch_start = None;
                             }
                             batch_start.get_or_insert(start);
-                            batch.extend_from_slice(&body[25..]);
+                            batch.extend_from_slice(wal);
                         }
                         Some(b'k') if body.len() >= 18 => reply_now |= body[17] == 1,
                         _ => bail!(
@@ -364,6 +388,10 @@ async fn stream(
                 waiting_for_copies = view.backlog() > lag_limit;
             }
         }
+        if !announced && overlap.is_none() {
+            on_streaming(position);
+            announced = true;
+        }
         // Never beyond what this stream handed over and a quorum made durable.
         let durable = quorum.durable().min(received);
         if durable > reported || reply_now || last_status.elapsed() >= STATUS_INTERVAL {
@@ -372,6 +400,15 @@ async fn stream(
             last_status = tokio::time::Instant::now();
         }
     }
+}
+
+/// The stream's refusal when the compute's WAL below the start is not the copies'.
+fn diverged(at: Lsn, start: Lsn) -> anyhow::Error {
+    anyhow!(
+        "this compute's WAL differs from the copies' at {at}, below the durable position \
+         {start}: its data directory ran on by itself (a copy of it started outside pgtide?) \
+         and holds another history; refusing to stream it into the copies"
+    )
 }
 
 fn error_text(body: &[u8]) -> String {

@@ -326,7 +326,7 @@ pub(super) fn truncate_wal(wal_dir: &Path, at: Lsn) -> std::io::Result<bool> {
         }
         if keep <= first {
             fs::remove_file(&segment.path)?;
-        } else {
+        } else if !cut_records(&segment.path, keep)? {
             let pieces = read_verified(&segment.path, first, keep)?;
             install_segment(&segment.path, &pieces)?;
         }
@@ -336,6 +336,59 @@ pub(super) fn truncate_wal(wal_dir: &Path, at: Lsn) -> std::io::Result<bool> {
         sync_dir(wal_dir)?;
     }
     Ok(changed)
+}
+
+/// Ends a segment file's WAL at `keep` (an offset) in place, by its checksum records alone:
+/// the records from the first one that reaches beyond `keep` are cleared, and that one comes
+/// back trimmed to end at `keep` (its range checked first, then summed again). The WAL bytes
+/// beyond stay in the file but no record covers them, so nothing reads or counts them, and the
+/// writer zero-fills over them as it goes. Every state a crash can leave is a prefix of the
+/// records (a cleared slot ends the list), each covering bytes that are there: the file then
+/// holds at most what it held, never a range its record does not sum to. Rewriting the segment
+/// whole instead costs up to 16 MiB read, written and synced per copy at every stream start.
+/// Returns `false` (nothing changed) when the records are not in order (a record below `keep`
+/// after one beyond it) or the trimmed range fails its checksum: the caller rewrites the file.
+fn cut_records(path: &Path, keep: u64) -> std::io::Result<bool> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let records = sum_records(&file);
+    let end_of = |r: &SumRecord| r.offset as u64 + r.len as u64;
+    let Some(first_beyond) = records.iter().position(|r| end_of(r) > keep) else {
+        return Ok(true);
+    };
+    if records[first_beyond + 1..]
+        .iter()
+        .any(|r| end_of(r) <= keep)
+    {
+        return Ok(false);
+    }
+    let beyond = &records[first_beyond];
+    let trimmed = if (beyond.offset as u64) < keep {
+        let mut bytes = vec![0u8; beyond.len as usize];
+        file.read_exact_at(&mut bytes, beyond.offset as u64)?;
+        if crc32fast::hash(&bytes) != beyond.crc {
+            return Ok(false);
+        }
+        bytes.truncate((keep - beyond.offset as u64) as usize);
+        Some(SumRecord {
+            offset: beyond.offset,
+            len: bytes.len() as u32,
+            crc: crc32fast::hash(&bytes),
+        })
+    } else {
+        None
+    };
+    let slot = |i: usize| SUMS_AT + i as u64 * RECORD_SIZE;
+    // The slots after the trimmed one first (a cleared slot hides every later one), then the
+    // trimmed record itself, or a cleared slot where it was.
+    let after = records.len() - first_beyond - 1;
+    file.write_all_at(
+        &vec![0u8; after * RECORD_SIZE as usize],
+        slot(first_beyond + 1),
+    )?;
+    let record = trimmed.map_or([0u8; RECORD_SIZE as usize], |r| r.encode());
+    file.write_all_at(&record, slot(first_beyond))?;
+    file.sync_data()?;
+    Ok(true)
 }
 
 /// Whether an I/O error says the file system is full (or the quota reached).
@@ -410,4 +463,76 @@ pub fn written_end(segment: &Path) -> u64 {
         .map(|r| r.offset as u64 + r.len as u64)
         .max()
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    /// The verified WAL of segment 0 from its start.
+    fn held(wal_dir: &Path) -> Vec<u8> {
+        let path = wal_dir.join(segment_file_name(1, 0));
+        read_verified(&path, 0, SEGMENT_SIZE)
+            .unwrap()
+            .into_iter()
+            .flat_map(|(_, bytes)| bytes)
+            .collect()
+    }
+
+    #[test]
+    fn truncating_in_a_record_keeps_the_file_and_trims_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut open = None;
+        let written = wal(30_000, 1);
+        for (i, part) in written.chunks(10_000).enumerate() {
+            write_parts(dir.path(), &mut open, 1, Lsn(i as u64 * 10_000), &[part]).unwrap();
+        }
+        open = None;
+        let path = dir.path().join(segment_file_name(1, 0));
+        let inode = fs::metadata(&path).unwrap().ino();
+        assert!(truncate_wal(dir.path(), Lsn(15_000)).unwrap());
+        // In place: the same file, its records ending at the cut, the bytes below it intact.
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode);
+        assert_eq!(extent(&read_sums(&path)), Some((0, 15_000)));
+        assert_eq!(held(dir.path()), written[..15_000]);
+        // A second cut at a record's end, then writing goes on from there.
+        assert!(truncate_wal(dir.path(), Lsn(10_000)).unwrap());
+        assert_eq!(extent(&read_sums(&path)), Some((0, 10_000)));
+        let next = wal(5_000, 9);
+        write_parts(dir.path(), &mut open, 1, Lsn(10_000), &[&next]).unwrap();
+        let mut expected = written[..10_000].to_vec();
+        expected.extend_from_slice(&next);
+        assert_eq!(held(dir.path()), expected);
+        assert!(!truncate_wal(dir.path(), Lsn(20_000)).unwrap());
+    }
+
+    #[test]
+    fn records_out_of_order_or_a_corrupt_range_are_rewritten_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut open = None;
+        let written = wal(30_000, 2);
+        // The last 10,000 bytes first: a record below the cut comes after one beyond it.
+        write_parts(dir.path(), &mut open, 1, Lsn(20_000), &[&written[20_000..]]).unwrap();
+        write_parts(dir.path(), &mut open, 1, Lsn(0), &[&written[..20_000]]).unwrap();
+        drop(open);
+        let path = dir.path().join(segment_file_name(1, 0));
+        let inode = fs::metadata(&path).unwrap().ino();
+        assert!(truncate_wal(dir.path(), Lsn(25_000)).unwrap());
+        assert_ne!(fs::metadata(&path).unwrap().ino(), inode);
+        assert_eq!(held(dir.path()), written[..25_000]);
+
+        // A flipped byte in the range to be trimmed: not summed again, read around instead.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        let records = read_sums(&path);
+        let last = records.iter().max_by_key(|r| r.offset).unwrap();
+        file.write_all_at(&[0xff ^ written[last.offset as usize]], last.offset as u64)
+            .unwrap();
+        assert!(!cut_records(&path, last.offset as u64 + 10).unwrap());
+    }
 }

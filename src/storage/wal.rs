@@ -5,6 +5,8 @@ use std::fmt;
 
 /// Postgres's default (and pgtide's: it never changes `--wal-segsize`).
 pub const SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+/// A WAL page (`XLOG_BLCKSZ`, which Debian's build keeps at its default).
+pub const WAL_PAGE: u64 = 8192;
 
 /// A WAL position (log sequence number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
