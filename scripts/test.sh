@@ -20,5 +20,11 @@ if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   export PGTIDE_REQUIRE_DOCKER=1
   ./scripts/build-image.sh
 fi
-# Two cores: two tests at a time; each one runs a Postgres of its own.
-exec cargo test --lib --bins --tests -- --test-threads="${PGTIDE_TEST_THREADS:-2}" "$@"
+# Two cores: two tests at a time; each one runs a Postgres of its own. cargo-nextest, where the
+# machine has it, runs each test in a process of its own and once more when it fails
+# (.config/nextest.toml: a second pass is printed as FLAKY, a second failure fails the suite).
+threads="${PGTIDE_TEST_THREADS:-2}"
+if cargo nextest --version >/dev/null 2>&1; then
+  exec cargo nextest run --lib --bins --tests --test-threads="$threads" "$@"
+fi
+exec cargo test --lib --bins --tests -- --test-threads="$threads" "$@"
