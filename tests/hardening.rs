@@ -447,38 +447,6 @@ fn password_changes_by_any_route_take_effect_within_seconds() {
     );
 }
 
-fn tls_options(dir: &std::path::Path) -> Options {
-    let cert = dir.join("server.crt");
-    let key = dir.join("server.key");
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is installed");
-    assert!(made.status.success(), "{made:?}");
-    Options {
-        cluster: format!(
-            "[clusters.tls]\ncert = \"{}\"\nkey = \"{}\"",
-            cert.display(),
-            key.display()
-        ),
-        ..Default::default()
-    }
-}
-
 /// libpq with channel_binding=require logs in (SCRAM-SHA-256-PLUS), and a CancelRequest sent
 /// inside TLS cancels the query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -350,35 +350,7 @@ fn killed_pgtide_takes_its_postgres_down_and_the_next_start_recovers() {
 #[test]
 fn tls_is_served_when_configured() {
     let dir = test_dir();
-    let cert = dir.path().join("server.crt");
-    let key = dir.path().join("server.key");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is installed");
-    assert!(made.status.success(), "{made:?}");
-    let pgtide = Pgtide::start_with(Options {
-        cluster: format!(
-            "[clusters.tls]\ncert = \"{}\"\nkey = \"{}\"",
-            cert.display(),
-            key.display()
-        ),
-        ..Default::default()
-    });
+    let pgtide = Pgtide::start_with(tls_options(dir.path()));
     let out = std::process::Command::new("psql")
         .arg(format!(
             "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require",

@@ -346,6 +346,36 @@ fn pgdata_swap(from: &std::path::Path, to: &std::path::Path) {
     std::fs::rename(from, to).unwrap();
 }
 
+/// `cp -a`: a directory copied with its owners and modes.
+fn copy_all(from: &std::path::Path, to: &std::path::Path) {
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+}
+
+/// With a wrong data directory in place: a client is refused, the cluster fails saying `why`,
+/// and with its own data directory (`own`) back nothing was lost: the table still has 200 rows.
+fn refused_then_restored(pgtide: &Pgtide, why: &str, own: &std::path::Path) {
+    let out = pgtide.psql(&["-tA", "-c", "SELECT count(*) FROM t"]);
+    assert!(!out.status.success(), "{out:?}");
+    pgtide.wait_state("failed", Duration::from_secs(30));
+    let failure = pgtide.cluster_status()["failure"].to_string();
+    assert!(failure.contains(why), "{failure}");
+    std::fs::remove_dir_all(pgtide.pgdata()).unwrap();
+    pgdata_swap(own, &pgtide.pgdata());
+    assert_eq!(pgtide.sql("SELECT count(*) FROM t"), "200");
+}
+
+fn postgres_bin_dir() -> std::path::PathBuf {
+    pgtide::runtime::binaries::PostgresBinaries::find(None)
+        .expect("the Postgres server binaries")
+        .bin_dir
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_walsender_is_streamed_again_and_commits_wait_for_it() {
     let pgtide = with_copies();
@@ -663,56 +693,29 @@ fn a_compute_that_is_not_the_one_the_copies_hold_is_refused() {
     let pgdata = pgtide.pgdata();
     let old = pgdata.with_extension("old");
     let newer = pgdata.with_extension("newer");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&pgdata)
-        .arg(&old)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    copy_all(&pgdata, &old);
     let old_snapshot = pgdata.with_extension("snapshot");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&old)
-        .arg(&old_snapshot)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    copy_all(&old, &old_snapshot);
     pgtide.sql("INSERT INTO t SELECT generate_series(101, 200)");
     pause(&pgtide);
 
     // An older copy of the data directory comes back: the copies hold WAL it never wrote.
     pgdata_swap(&pgdata, &newer);
     pgdata_swap(&old, &pgdata);
-    let out = pgtide.psql(&["-tA", "-c", "SELECT count(*) FROM t"]);
-    assert!(!out.status.success(), "{out:?}");
-    pgtide.wait_state("failed", Duration::from_secs(30));
-    let failure = pgtide.cluster_status()["failure"].to_string();
-    assert!(failure.contains("older than the copies"), "{failure}");
-
-    // Its own data directory back: nothing was lost or overwritten.
-    std::fs::remove_dir_all(&pgdata).unwrap();
-    pgdata_swap(&newer, &pgdata);
-    assert_eq!(pgtide.sql("SELECT count(*) FROM t"), "200");
+    refused_then_restored(&pgtide, "older than the copies", &newer);
     pause(&pgtide);
 
     // A data directory of this system that ran on by itself: the old copy again, started
     // outside pgtide and written to until it holds more WAL than the copies. It passes the
     // system and "older" checks; its WAL below the copies' durable position is another history.
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&old_snapshot)
-        .arg(&old)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    copy_all(&old_snapshot, &old);
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&old).unwrap());
     let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner))
         .unwrap()
         .unwrap();
     let mut single = std::process::Command::new("runuser")
         .args(["-u", &owner.name, "--"])
-        .arg("/usr/lib/postgresql/15/bin/postgres")
+        .arg(postgres_bin_dir().join("postgres"))
         .arg("--single")
         .arg("-D")
         .arg(&old)
@@ -731,14 +734,7 @@ fn a_compute_that_is_not_the_one_the_copies_hold_is_refused() {
     assert!(ran.status.success(), "{ran:?}");
     pgdata_swap(&pgdata, &newer);
     pgdata_swap(&old, &pgdata);
-    let out = pgtide.psql(&["-tA", "-c", "SELECT count(*) FROM t"]);
-    assert!(!out.status.success(), "{out:?}");
-    pgtide.wait_state("failed", Duration::from_secs(30));
-    let failure = pgtide.cluster_status()["failure"].to_string();
-    assert!(failure.contains("differs from the copies'"), "{failure}");
-    std::fs::remove_dir_all(&pgdata).unwrap();
-    pgdata_swap(&newer, &pgdata);
-    assert_eq!(pgtide.sql("SELECT count(*) FROM t"), "200");
+    refused_then_restored(&pgtide, "differs from the copies'", &newer);
     pause(&pgtide);
 
     // A data directory of another database system (initdb'd afresh): refused too.
@@ -749,21 +745,14 @@ fn a_compute_that_is_not_the_one_the_copies_hold_is_refused() {
     nix::unistd::chown(&pgdata, Some(postgres.uid), Some(postgres.gid)).unwrap();
     let initdb = std::process::Command::new("runuser")
         .args(["-u", "postgres", "--"])
-        .arg("/usr/lib/postgresql/15/bin/initdb")
+        .arg(postgres_bin_dir().join("initdb"))
         .arg("-D")
         .arg(&pgdata)
         .args(pgtide::runtime::host::INITDB_OPTIONS)
         .output()
         .unwrap();
     assert!(initdb.status.success(), "{initdb:?}");
-    let out = pgtide.psql(&["-tA", "-c", "SELECT 1"]);
-    assert!(!out.status.success(), "{out:?}");
-    pgtide.wait_state("failed", Duration::from_secs(30));
-    let failure = pgtide.cluster_status()["failure"].to_string();
-    assert!(failure.contains("database system"), "{failure}");
-    std::fs::remove_dir_all(&pgdata).unwrap();
-    pgdata_swap(&newer, &pgdata);
-    assert_eq!(pgtide.sql("SELECT count(*) FROM t"), "200");
+    refused_then_restored(&pgtide, "database system", &newer);
 }
 
 /// pgtide's resident memory now and at its peak, in MiB.

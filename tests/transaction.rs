@@ -39,24 +39,31 @@ fn pgbench_in_every_mode_with_more_clients_than_connections() {
 #[test]
 fn python_clients_with_prepared_statements_and_pipelines() {
     let pgtide = pooled("");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/pooled_clients.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(pgtide.port.to_string())
-        .arg(PASSWORD)
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}\n(psycopg and asyncpg come from PyPI: scripts/test.sh installs them)",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = python_client(&pgtide, "pooled_clients.py");
     assert!(
         stdout.contains("ok psycopg") && stdout.contains("ok asyncpg"),
         "{stdout}"
     );
+}
+
+/// Runs `tests/clients/SCRIPT PORT PASSWORD` with python3; returns its stdout once it passed.
+fn python_client(pgtide: &Pgtide, script: &str) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(pgtide.port.to_string())
+        .arg(PASSWORD)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n(psycopg, psycopg-pool and asyncpg come from PyPI: scripts/test.sh installs them)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// The drivers' own pools on top of pgtide's, with their statement caches on: asyncpg's and
@@ -66,18 +73,7 @@ fn python_clients_with_prepared_statements_and_pipelines() {
 fn driver_pools_with_statement_caches() {
     let pgtide = pooled("");
     let clients = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
-    let out = std::process::Command::new("python3")
-        .arg(clients.join("client_pools.py"))
-        .arg(pgtide.port.to_string())
-        .arg(PASSWORD)
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}\n(psycopg, psycopg-pool and asyncpg come from PyPI)",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = python_client(&pgtide, "client_pools.py");
     assert!(
         stdout.contains("ok asyncpg pool") && stdout.contains("ok psycopg pool"),
         "{stdout}"

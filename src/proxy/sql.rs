@@ -76,25 +76,8 @@ fn tokenize(text: &str) -> Vec<Token> {
             }
         } else if c == b'\'' {
             let escapes = i > 0 && matches!(b[i - 1], b'e' | b'E');
-            let mut value = Vec::new();
-            i += 1;
-            while i < b.len() {
-                if escapes && b[i] == b'\\' && i + 1 < b.len() {
-                    value.push(b[i + 1]);
-                    i += 2;
-                } else if b[i] == b'\'' {
-                    if b.get(i + 1) == Some(&b'\'') {
-                        value.push(b'\'');
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                } else {
-                    value.push(b[i]);
-                    i += 1;
-                }
-            }
+            let (value, next) = quoted(b, i, b'\'', escapes);
+            i = next;
             if escapes {
                 // The E was read as a word of its own.
                 if tokens.last() == Some(&Token::Word("e".to_string())) {
@@ -103,22 +86,8 @@ fn tokenize(text: &str) -> Vec<Token> {
             }
             tokens.push(Token::Str(String::from_utf8_lossy(&value).into_owned()));
         } else if c == b'"' {
-            let mut value = Vec::new();
-            i += 1;
-            while i < b.len() {
-                if b[i] == b'"' {
-                    if b.get(i + 1) == Some(&b'"') {
-                        value.push(b'"');
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                } else {
-                    value.push(b[i]);
-                    i += 1;
-                }
-            }
+            let (value, next) = quoted(b, i, b'"', false);
+            i = next;
             tokens.push(Token::Ident(String::from_utf8_lossy(&value).into_owned()));
         } else if c == b'$' && dollar_tag(&b[i..]).is_some() {
             let tag_len = dollar_tag(&b[i..]).expect("checked");
@@ -150,6 +119,32 @@ fn tokenize(text: &str) -> Vec<Token> {
         }
     }
     tokens
+}
+
+/// The text of a quoted string or identifier starting at `b[at]` (the opening `quote`): a
+/// doubled quote is one quote, and with `backslash_escapes` (an `E'…'` string) a backslash takes
+/// the next byte as it is. Returns the text and where scanning goes on, after the closing quote
+/// (or at the end, for an unterminated one).
+fn quoted(b: &[u8], at: usize, quote: u8, backslash_escapes: bool) -> (Vec<u8>, usize) {
+    let mut value = Vec::new();
+    let mut i = at + 1;
+    while i < b.len() {
+        if backslash_escapes && b[i] == b'\\' && i + 1 < b.len() {
+            value.push(b[i + 1]);
+            i += 2;
+        } else if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                value.push(quote);
+                i += 2;
+            } else {
+                return (value, i + 1);
+            }
+        } else {
+            value.push(b[i]);
+            i += 1;
+        }
+    }
+    (value, i)
 }
 
 /// The length of a dollar-quote opening tag (`$$`, `$body$`) at the start of `b`.

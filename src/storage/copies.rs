@@ -30,7 +30,7 @@ use super::notices::{Notices, StorageNotice};
 use super::overlap::Overlap;
 use super::quorum::{CopyShared, Health, Quorum};
 use super::segment::{list_segments, newest_wal_end, read_verified};
-use super::wal::{Lsn, SEGMENT_SIZE, WAL_PAGE};
+use super::wal::{Lsn, WAL_PAGE};
 use super::writer::{Job, Writer};
 
 /// A member whose queue holds more WAL than this leaves the quorum (while enough remain).
@@ -546,12 +546,13 @@ impl CopySet {
     /// the start begins a page; `None` when the start is the first byte of a segment (the
     /// compute may no longer hold the segment before it) or no member holds the bytes.
     pub fn overlap_before(&self, start: Lsn, timeline: u32) -> Option<Overlap> {
-        let in_page = start.0 % WAL_PAGE;
-        let from = Lsn(start.0 - if in_page == 0 { WAL_PAGE } else { in_page });
-        if start.offset_in_segment() == 0 || from.0 / SEGMENT_SIZE != start.0 / SEGMENT_SIZE {
+        if start.offset_in_segment() == 0 {
             return None;
         }
-        let segment = start.0 / SEGMENT_SIZE;
+        // A segment is whole pages, so `from` is in the start's segment.
+        let in_page = start.0 % WAL_PAGE;
+        let from = Lsn(start.0 - if in_page == 0 { WAL_PAGE } else { in_page });
+        let segment = start.segment();
         let (lo, hi) = (from.offset_in_segment(), start.offset_in_segment());
         self.copies
             .iter()

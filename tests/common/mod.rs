@@ -633,3 +633,37 @@ pub fn docker_usable() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Options for a cluster served over TLS, with a self-signed certificate for `localhost` made
+/// in `dir` by openssl.
+pub fn tls_options(dir: &std::path::Path) -> Options {
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed");
+    assert!(made.status.success(), "{made:?}");
+    Options {
+        cluster: format!(
+            "[clusters.tls]\ncert = \"{}\"\nkey = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+        ..Default::default()
+    }
+}
