@@ -12,6 +12,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use common::*;
 use raw::Raw;
 
@@ -246,6 +247,142 @@ async fn session_state_follows_its_client_or_is_refused() {
     }
 }
 
+/// Code pgtide cannot read (a function of the user's, a quoted function name, a role at login)
+/// leaves nothing on a pooled connection for the next client: settings changed inside a
+/// function follow their client, statements dropped by code do not fail other clients, and a
+/// connection left with state that cannot follow a client is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_run_by_a_client_leaves_nothing_for_the_next_one() {
+    let pgtide = pooled("");
+    let setup = pgtide.connect().await;
+    setup
+        .batch_execute(
+            "CREATE SCHEMA s1; CREATE TABLE s1.t (v text); INSERT INTO s1.t VALUES ('in s1');
+             CREATE ROLE someone;
+             CREATE FUNCTION public.use_s1() RETURNS text LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM set_config('search_path', 's1', false); RETURN 'x'; END $$;
+             CREATE FUNCTION public.forget_statements() RETURNS int LANGUAGE plpgsql AS
+               $$ BEGIN EXECUTE 'DEALLOCATE ' || 'ALL'; RETURN 1; END $$;
+             CREATE FUNCTION public.lock_for_the_session() RETURNS int LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_advisory_lock(4242); RETURN 1; END $$;
+             CREATE FUNCTION public.become_someone() RETURNS int LANGUAGE plpgsql AS
+               $$ BEGIN EXECUTE 'SET ROLE someone'; RETURN 1; END $$;",
+        )
+        .await
+        .unwrap();
+    let a = pgtide.connect().await;
+    let b = pgtide.connect().await;
+    let path = |rows: Vec<tokio_postgres::SimpleQueryMessage>| shown(&rows).unwrap();
+
+    // A function sets search_path; a quoted set_config does too. Both follow client a only.
+    a.simple_query("SELECT public.use_s1()").await.unwrap();
+    for _ in 0..6 {
+        assert_eq!(
+            path(a.simple_query("SHOW search_path").await.unwrap()),
+            "s1"
+        );
+        let other = path(b.simple_query("SHOW search_path").await.unwrap());
+        assert_ne!(other, "s1", "client b got a's search_path");
+    }
+    a.simple_query("RESET search_path").await.unwrap();
+    a.simple_query("SELECT \"set_config\"('search_path', 's1', false)")
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        assert_eq!(
+            path(a.simple_query("SHOW search_path").await.unwrap()),
+            "s1"
+        );
+        let other = path(b.simple_query("SHOW search_path").await.unwrap());
+        assert_ne!(
+            other, "s1",
+            "client b got a's search_path through a quoted name"
+        );
+    }
+
+    // A session lock and a role taken inside functions: the next client has neither.
+    a.simple_query("SELECT public.lock_for_the_session()")
+        .await
+        .unwrap();
+    a.simple_query("SELECT public.become_someone()")
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        let user = path(b.simple_query("SELECT current_user::text").await.unwrap());
+        assert_eq!(user, "postgres", "client b runs as a's role");
+    }
+    // The connection that held the lock is closed when it comes back: poll, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = b
+            .simple_query(
+                "SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242",
+            )
+            .await
+            .unwrap();
+        if shown(&rows).as_deref() == Some("0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the advisory lock taken in a function outlived its transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Said in so many words, they are refused.
+    for sql in [
+        "SELECT \"pg_advisory_lock\"(1)",
+        "SET session_authorization = 'someone'",
+        "CREATE TABLE pg_temp.leak (a int)",
+        "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$",
+    ] {
+        let err = a.simple_query(sql).await.unwrap_err();
+        assert_eq!(err.code().unwrap().code(), "0A000", "{sql}: {err}");
+    }
+    // A role given at login cannot follow a pooled client either.
+    let refused = pgtide
+        .connect_configured(|config| {
+            config.options("-c role=someone");
+        })
+        .await
+        .expect_err("a role at login is refused");
+    assert_eq!(refused.code().unwrap().code(), "0A000", "{refused}");
+
+    // A function that drops every prepared statement, looped beside pgbench -M prepared: the
+    // connections it ran on are not reused, and pgbench sees no failure.
+    let (ok, out) = pgbench(pgtide.port, &["-i", "-q"]);
+    assert!(ok, "{out}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forgetter = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && rounds < 5000 {
+                a.simple_query("SELECT public.forget_statements()")
+                    .await
+                    .unwrap();
+                rounds += 1;
+            }
+            rounds
+        }
+    });
+    let port = pgtide.port;
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        pgbench(
+            port,
+            &["-S", "-M", "prepared", "-c", "4", "-j", "4", "-t", "300"],
+        )
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = forgetter.await.unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("number of failed transactions: 0"), "{out}");
+    assert!(rounds > 10, "{rounds} rounds of forget_statements()");
+}
+
 /// A COMMIT sent in the same write as Terminate commits, in both pool modes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_sent_together_with_terminate_is_kept() {
@@ -340,6 +477,33 @@ async fn large_pipelines_flow_and_slow_readers_stay_bounded() {
         }
     }
     assert_eq!(rows, 150000);
+
+    // Answers pgtide gives itself (DEALLOCATE ALL needs no compute) to a client that sends
+    // them without end and never reads: pgtide stops reading it, as Postgres would, instead of
+    // buffering the answers. 100 MB of queries would be 130 MB of answers.
+    let before = rss();
+    let mut flood = Raw::login(pgtide.port, "postgres", PASSWORD, false, false)
+        .await
+        .unwrap();
+    let mut burst = BytesMut::new();
+    for _ in 0..5000 {
+        burst.extend_from_slice(&raw::query("DEALLOCATE ALL"));
+    }
+    let sent = tokio::time::timeout(Duration::from_secs(5), async {
+        for _ in 0..1000 {
+            flood.send(&burst).await;
+        }
+    })
+    .await;
+    assert!(
+        sent.is_err(),
+        "pgtide read 100 MB from a client that does not read"
+    );
+    let after = rss();
+    assert!(
+        after < before + 64 * 1024,
+        "pgtide grew from {before} kB to {after} kB answering a client that does not read"
+    );
 }
 
 /// Backends the compute started for clients: every "connection received", except pgtide's own

@@ -58,8 +58,12 @@ pub type Settings = BTreeMap<String, String>;
 /// Settings that are never carried to another connection: a role cannot follow a client.
 const NOT_CARRIED: [&str; 2] = ["role", "session_authorization"];
 
-/// The query that reads back a connection's session settings, and a last row, `#leaks`, that
-/// counts session state that cannot follow a client.
+/// The query that reads back a connection's session settings, and two last rows: `#leaks`
+/// counts session state that cannot follow a client (a LISTEN, a WITH HOLD cursor, an advisory
+/// lock, a temporary table, an SQL-level prepared statement, a role or session user other than
+/// the one the connection logged in as: pg_stat_activity keeps the login user), and
+/// `#prepared` counts the protocol-level statements, which must be the ones pgtide prepared
+/// (code that ran DEALLOCATE would have dropped other clients' statements).
 const READ_BACK: &str = "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings \
      WHERE source = 'session' UNION ALL SELECT '#leaks', (\
      (SELECT count(*) FROM pg_catalog.pg_listening_channels()) + \
@@ -67,7 +71,11 @@ const READ_BACK: &str = "SELECT name, pg_catalog.current_setting(name) FROM pg_c
      (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()) + \
      (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) + \
      (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql) + \
-     (CASE WHEN current_user = session_user THEN 0 ELSE 1 END))::text";
+     (CASE WHEN current_user = session_user THEN 0 ELSE 1 END) + \
+     (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid() \
+       AND usename IS DISTINCT FROM session_user))::text \
+     UNION ALL SELECT '#prepared', \
+     (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql)::text";
 
 /// Sent instead of a refused statement: it fails at once, and its error is replaced by pgtide's.
 const REFUSED_SQL: &[u8] = b"pgtide refused this statement";
@@ -1148,6 +1156,15 @@ impl Exchange {
                 if value != "0" {
                     tracing::info!(
                         "session state that cannot follow a client was left on a pooled connection; it is closed"
+                    );
+                    self.poisoned = true;
+                }
+            } else if name == "#prepared" {
+                if value != conn.prepared.len().to_string() {
+                    tracing::info!(
+                        found = %value,
+                        expected = conn.prepared.len(),
+                        "the prepared statements of a pooled connection are not the ones pgtide made; it is closed"
                     );
                     self.poisoned = true;
                 }

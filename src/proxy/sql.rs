@@ -12,8 +12,13 @@
 //! - **statements about the client's own prepared statements** (DEALLOCATE, DISCARD ALL): pgtide
 //!   answers them for that client, and the shared connection keeps what other clients use.
 //!
-//! Whatever slips through (a function that does one of these inside) is caught after the
-//! transaction by the same read-back, and the connection is closed instead of reused.
+//! Whatever slips through is caught after the transaction by the same read-back, and the
+//! connection is closed instead of reused. A statement is read back when it calls anything but
+//! a known side-effect-free built-in (a function of the user's may run SET ROLE, set_config or
+//! DEALLOCATE inside), names a temporary table, or holds a DO block. What the text cannot show
+//! at all, code run implicitly by a trigger, a view or a column default, is not read back: a
+//! trigger that changes session state leaves it on the pooled connection, as it would through
+//! PgBouncer.
 //!
 //! The scan is a tokenizer, not a parser: comments, quoted strings and identifiers, and
 //! dollar-quoted bodies are told apart, so `UPDATE t SET role = 'x'` or a table called `temp`
@@ -170,12 +175,309 @@ fn word(token: Option<&Token>) -> &str {
     }
 }
 
+/// The name a token stands for as an identifier: a word, lowercased, or a quoted identifier as
+/// written (`"set_config"` is the same function as `set_config`; `"Set_Config"` is not).
+fn name(token: Option<&Token>) -> &str {
+    match token {
+        Some(Token::Word(w) | Token::Ident(w)) => w,
+        _ => "",
+    }
+}
+
 const ADVISORY_LOCKS: [&str; 4] = [
     "pg_advisory_lock",
     "pg_advisory_lock_shared",
     "pg_try_advisory_lock",
     "pg_try_advisory_lock_shared",
 ];
+
+/// Names that are not user code when `(` follows them: keywords, type names, and built-in
+/// functions that change no session state. Sorted (binary search). A call of any other name
+/// makes pgtide read the settings back after the transaction: the list only saves that work.
+const KNOWN_BEFORE_PARENTHESIS: [&str; 277] = [
+    "abs",
+    "age",
+    "all",
+    "and",
+    "any",
+    "array",
+    "array_agg",
+    "array_append",
+    "array_cat",
+    "array_length",
+    "array_position",
+    "array_prepend",
+    "array_remove",
+    "array_to_string",
+    "as",
+    "asc",
+    "avg",
+    "between",
+    "bigint",
+    "bit",
+    "bit_and",
+    "bit_or",
+    "bool_and",
+    "bool_or",
+    "boolean",
+    "btrim",
+    "by",
+    "cardinality",
+    "case",
+    "cast",
+    "ceil",
+    "ceiling",
+    "char",
+    "char_length",
+    "character",
+    "character_length",
+    "check",
+    "chr",
+    "clock_timestamp",
+    "coalesce",
+    "collate",
+    "concat",
+    "concat_ws",
+    "conflict",
+    "constraint",
+    "count",
+    "cube",
+    "cume_dist",
+    "current_database",
+    "current_schema",
+    "current_schemas",
+    "current_setting",
+    "currval",
+    "date",
+    "date_part",
+    "date_trunc",
+    "dec",
+    "decimal",
+    "decode",
+    "default",
+    "dense_rank",
+    "desc",
+    "distinct",
+    "div",
+    "do",
+    "double",
+    "else",
+    "elsif",
+    "encode",
+    "end",
+    "every",
+    "except",
+    "exclude",
+    "exists",
+    "exp",
+    "extract",
+    "filter",
+    "first_value",
+    "float",
+    "floor",
+    "for",
+    "format",
+    "from",
+    "gen_random_uuid",
+    "generate_series",
+    "generate_subscripts",
+    "generated",
+    "greatest",
+    "grouping",
+    "having",
+    "if",
+    "ilike",
+    "in",
+    "include",
+    "initcap",
+    "int",
+    "integer",
+    "intersect",
+    "interval",
+    "is",
+    "join",
+    "json_agg",
+    "json_array_elements",
+    "json_array_elements_text",
+    "json_array_length",
+    "json_build_array",
+    "json_build_object",
+    "json_each",
+    "json_each_text",
+    "json_extract_path",
+    "json_extract_path_text",
+    "json_object_agg",
+    "json_typeof",
+    "jsonb_agg",
+    "jsonb_array_elements",
+    "jsonb_array_elements_text",
+    "jsonb_array_length",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "jsonb_each",
+    "jsonb_each_text",
+    "jsonb_extract_path",
+    "jsonb_extract_path_text",
+    "jsonb_insert",
+    "jsonb_object_agg",
+    "jsonb_path_query",
+    "jsonb_pretty",
+    "jsonb_set",
+    "jsonb_strip_nulls",
+    "jsonb_typeof",
+    "key",
+    "lag",
+    "last_value",
+    "lateral",
+    "lead",
+    "least",
+    "left",
+    "length",
+    "like",
+    "limit",
+    "ln",
+    "log",
+    "lower",
+    "lpad",
+    "ltrim",
+    "make_date",
+    "make_interval",
+    "make_time",
+    "make_timestamp",
+    "make_timestamptz",
+    "max",
+    "md5",
+    "min",
+    "mod",
+    "nextval",
+    "not",
+    "now",
+    "nth_value",
+    "ntile",
+    "null",
+    "nullif",
+    "num_nonnulls",
+    "num_nulls",
+    "numeric",
+    "octet_length",
+    "of",
+    "offset",
+    "on",
+    "or",
+    "order",
+    "over",
+    "overlay",
+    "partition",
+    "percent_rank",
+    "percentile_cont",
+    "percentile_disc",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_all",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_backend_pid",
+    "pg_column_size",
+    "pg_current_xact_id",
+    "pg_database_size",
+    "pg_notify",
+    "pg_relation_size",
+    "pg_size_pretty",
+    "pg_sleep",
+    "pg_table_size",
+    "pg_total_relation_size",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "pg_typeof",
+    "position",
+    "power",
+    "primary",
+    "quote_ident",
+    "quote_literal",
+    "quote_nullable",
+    "raise",
+    "random",
+    "rank",
+    "real",
+    "regexp_match",
+    "regexp_matches",
+    "regexp_replace",
+    "regexp_split_to_array",
+    "regexp_split_to_table",
+    "repeat",
+    "replace",
+    "return",
+    "returning",
+    "reverse",
+    "right",
+    "rollup",
+    "round",
+    "row",
+    "row_number",
+    "row_to_json",
+    "rows",
+    "rpad",
+    "rtrim",
+    "select",
+    "set",
+    "sets",
+    "setval",
+    "sign",
+    "similar",
+    "smallint",
+    "some",
+    "split_part",
+    "sqrt",
+    "starts_with",
+    "statement_timestamp",
+    "stddev",
+    "string_agg",
+    "string_to_array",
+    "strpos",
+    "substr",
+    "substring",
+    "sum",
+    "then",
+    "time",
+    "timeofday",
+    "timestamp",
+    "timestamptz",
+    "to_char",
+    "to_date",
+    "to_hex",
+    "to_json",
+    "to_jsonb",
+    "to_number",
+    "to_timestamp",
+    "transaction_timestamp",
+    "translate",
+    "trim",
+    "trunc",
+    "txid_current",
+    "union",
+    "unique",
+    "unnest",
+    "upper",
+    "using",
+    "values",
+    "varbit",
+    "varchar",
+    "variance",
+    "varying",
+    "version",
+    "when",
+    "where",
+    "while",
+    "width_bucket",
+    "window",
+    "with",
+    "within",
+];
+
+/// Words that name session state that cannot follow a client, in forms the refusals below do
+/// not spell out (`WITH … SELECT … INTO TEMP`, `EXPLAIN ANALYZE CREATE TEMP TABLE …`): the
+/// transaction is read back, and a connection left with a temporary table is closed.
+const STATE_WORDS: [&str; 2] = ["temp", "temporary"];
 
 /// Words after which a PL/pgSQL statement starts.
 const BLOCK_WORDS: [&str; 4] = ["begin", "then", "else", "loop"];
@@ -209,7 +511,8 @@ fn scan_statement(statement: &[Token], executed: bool, top: bool, found: &mut Fi
             Token::Str(text) if after_execute => {
                 scan(&tokenize(text), executed, true, found);
             }
-            Token::Word(w) => {
+            Token::Word(_) | Token::Ident(_) => {
+                let w = name(Some(token));
                 if w == "execute" && !top {
                     after_execute = true;
                 }
@@ -219,35 +522,77 @@ fn scan_statement(statement: &[Token], executed: bool, top: bool, found: &mut Fi
                         found.refusal.get_or_insert(what);
                     }
                 }
-                if starts && matches!(w.as_str(), "set" | "reset" | "discard" | "call") {
+                if starts && matches!(w, "set" | "reset" | "discard" | "call") {
                     let local = matches!(
                         word(statement.get(i + 1)),
                         "local" | "transaction" | "constraints"
                     );
                     found.settings |= !(w == "set" && local);
                 }
-                if w == "set_config" && statement.get(i + 1) == Some(&Token::Punct(b'(')) {
+                // Words that name session state: whatever they are doing here, the settings
+                // and leaks are read back after the transaction.
+                if STATE_WORDS.contains(&w) {
                     found.settings = true;
-                    if let Some(Token::Str(name)) = statement.get(i + 2) {
-                        let name = name.to_ascii_lowercase();
-                        if executed && (name == "role" || name == "session_authorization") {
-                            found
-                                .refusal
-                                .get_or_insert("SET ROLE and SET SESSION AUTHORIZATION");
-                        }
-                    }
                 }
                 if executed
-                    && ADVISORY_LOCKS.contains(&w.as_str())
-                    && statement.get(i + 1) == Some(&Token::Punct(b'('))
+                    && (w == "pg_temp" || w.starts_with("pg_temp_"))
+                    && statement.get(i + 1) == Some(&Token::Punct(b'.'))
                 {
-                    found
-                        .refusal
-                        .get_or_insert("session advisory locks (pg_advisory_xact_lock works)");
+                    found.refusal.get_or_insert("temporary tables");
+                }
+                if statement.get(i + 1) == Some(&Token::Punct(b'(')) {
+                    call(statement, i, executed, found);
                 }
             }
             _ => {}
         }
+    }
+}
+
+/// A name followed by `(` at `statement[i]`: a function call, or a keyword, a type or a table's
+/// column list. Calls that change what cannot follow a client are refused; a call of anything
+/// but a known side-effect-free built-in runs code pgtide cannot see into, so the transaction's
+/// settings and leaks are read back after it.
+fn call(statement: &[Token], i: usize, executed: bool, found: &mut Findings) {
+    let w = name(statement.get(i));
+    let before = statement.get(i.wrapping_sub(1)).filter(|_| i > 0);
+    let qualifier = match before {
+        Some(Token::Punct(b'.')) => Some(name(statement.get(i.wrapping_sub(2)).filter(|_| i > 1))),
+        _ => None,
+    };
+    if w == "set_config" {
+        found.settings = true;
+        if let Some(Token::Str(setting)) = statement.get(i + 2) {
+            let setting = setting.to_ascii_lowercase();
+            if executed && (setting == "role" || setting == "session_authorization") {
+                found
+                    .refusal
+                    .get_or_insert("SET ROLE and SET SESSION AUTHORIZATION");
+            }
+        }
+        return;
+    }
+    if ADVISORY_LOCKS.contains(&w) {
+        if executed {
+            found
+                .refusal
+                .get_or_insert("session advisory locks (pg_advisory_xact_lock works)");
+        }
+        return;
+    }
+    // A table or alias with a column list (`INSERT INTO t (a, b)`, `AS x(a)`, `f() g(a)`).
+    let table_context = matches!(
+        before.map(|t| name(Some(t))),
+        Some("into" | "table" | "references" | "copy" | "as" | "with" | "recursive" | "only")
+    ) || before == Some(&Token::Punct(b')'));
+    if table_context && qualifier.is_none() {
+        return;
+    }
+    let built_in = matches!(qualifier, None | Some("pg_catalog"))
+        && w.bytes().all(|b| !b.is_ascii_uppercase())
+        && KNOWN_BEFORE_PARENTHESIS.binary_search(&w).is_ok();
+    if !built_in {
+        found.settings = true;
     }
 }
 
@@ -257,11 +602,16 @@ fn refused_at(statement: &[Token], top: bool) -> Option<&'static str> {
     let w = |i: usize| word(statement.get(i));
     match w(0) {
         "set" => match (w(1), w(2)) {
-            ("role", _) | ("session", "role" | "authorization") => {
+            ("role" | "session_authorization", _)
+            | ("session", "role" | "authorization" | "session_authorization") => {
                 Some("SET ROLE and SET SESSION AUTHORIZATION")
             }
             _ => None,
         },
+        // At the top they are answered by pgtide for the client (see `classify`); run as code
+        // they would drop every client's statements on the shared connection.
+        "deallocate" => Some("DEALLOCATE inside code"),
+        "discard" if w(1) == "all" => Some("DISCARD ALL together with other statements"),
         "listen" => Some("LISTEN"),
         "prepare" | "execute" if top => {
             Some("SQL-level PREPARE and EXECUTE (protocol-level prepared statements work)")
@@ -298,7 +648,8 @@ fn refusal(what: &str) -> String {
 
 /// Words one of which any statement that is not plainly passed contains: most queries are
 /// passed after this search alone, without tokenizing.
-const NEEDLES: [&[u8]; 13] = [
+const NEEDLES: [&[u8]; 14] = [
+    b"(",
     b"set",
     b"listen",
     b"prepare",
@@ -366,6 +717,19 @@ pub fn classify(text: &str, simple: bool) -> Verdict {
     }
 }
 
+/// A startup parameter (or `options=-c …`) that cannot follow a client through a
+/// transaction-mode pool: a role or session user set at login would stay on the shared
+/// connection (RESET ALL leaves them, and pg_settings does not show them).
+pub fn refused_startup_setting(settings: &[(String, String)]) -> Option<String> {
+    settings
+        .iter()
+        .any(|(name, _)| {
+            let name = name.to_ascii_lowercase();
+            name == "role" || name == "session_authorization"
+        })
+        .then(|| refusal("a role or session_authorization given at login"))
+}
+
 /// Quotes a string constant.
 pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
@@ -405,6 +769,20 @@ mod tests {
             "DO $$ BEGIN CREATE TEMP TABLE t (a int); END $$",
             "/* hi */ LISTEN x",
             "DEALLOCATE ALL; SELECT 1",
+            // Quoted names are the same functions.
+            "SELECT \"set_config\"('role', 'r', false)",
+            "SELECT \"pg_advisory_lock\"(1)",
+            "SELECT pg_catalog.\"pg_advisory_lock\"(1)",
+            // The setting's own name, and the temporary schema by name.
+            "SET session_authorization = 'bob'",
+            "set session session_authorization to bob",
+            "CREATE TABLE pg_temp.t (a int)",
+            "SELECT 1 AS a INTO pg_temp.t",
+            "create table PG_TEMP_3.t (a int)",
+            // Run as code, they would drop other clients' statements on the connection.
+            "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$",
+            "DO $$ BEGIN DEALLOCATE ALL; END $$",
+            "DO $$ BEGIN EXECUTE 'DISCARD ALL'; END $$",
         ] {
             assert!(refused(text), "{text}");
         }
@@ -459,6 +837,75 @@ mod tests {
     }
 
     #[test]
+    fn code_pgtide_cannot_see_into_is_read_back_after() {
+        for text in [
+            // A function of the user's may do anything a session can.
+            "SELECT f()",
+            "SELECT * FROM app.search(1)",
+            "SELECT \"Count\"(1)",
+            "SELECT myschema.count(1)",
+            "INSERT INTO t VALUES (my_default())",
+            "SELECT \"set_config\"('search_path', 'x', false)",
+            "PERFORM 1; SELECT pg_catalog.set_config('search_path', 'x', false)",
+            // Temporary tables in forms not refused by name.
+            "WITH x AS (SELECT 1) SELECT * INTO TEMP t FROM x",
+            "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
+        ] {
+            assert!(
+                matches!(
+                    classify(text, true),
+                    Verdict::Pass { settings: true } | Verdict::Refuse(_)
+                ),
+                "{text}: {:?}",
+                classify(text, true)
+            );
+            assert_ne!(
+                classify(text, true),
+                Verdict::Pass { settings: false },
+                "{text}"
+            );
+        }
+        // Keywords, types, table column lists and side-effect-free built-ins are not calls.
+        for text in [
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP)",
+            "SELECT count(*), max(a), coalesce(b, 0) FROM t WHERE c IN (1, 2) AND EXISTS (SELECT 1)",
+            "SELECT pg_catalog.now(), $1::numeric(10, 2), CAST(x AS varchar(20))",
+            "WITH RECURSIVE r(n) AS (VALUES (1) UNION ALL SELECT n + 1 FROM r) SELECT * FROM r",
+            "SELECT * FROM generate_series(1, 3) g(x) JOIN t ON (t.a = g.x)",
+            "INSERT INTO t (a) VALUES (1) ON CONFLICT (a) DO UPDATE SET a = excluded.a RETURNING (a)",
+            "SELECT row_number() OVER (PARTITION BY a ORDER BY b) FROM t",
+            "COPY t (a, b) FROM STDIN",
+        ] {
+            assert_eq!(classify(text, true), Verdict::Pass { settings: false }, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_role_given_at_login_is_refused() {
+        let setting = |name: &str| vec![(name.to_string(), "x".to_string())];
+        assert!(refused_startup_setting(&setting("role")).is_some());
+        assert!(refused_startup_setting(&setting("Session_Authorization")).is_some());
+        assert!(refused_startup_setting(&setting("search_path")).is_none());
+    }
+
+    #[test]
+    fn the_list_of_known_names_is_sorted_and_lowercase() {
+        let mut sorted = KNOWN_BEFORE_PARENTHESIS.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted, KNOWN_BEFORE_PARENTHESIS.to_vec());
+        assert!(KNOWN_BEFORE_PARENTHESIS
+            .iter()
+            .all(|w| *w == w.to_ascii_lowercase()));
+        for call in ["set_config", "pg_advisory_lock", "pg_try_advisory_lock"] {
+            assert!(
+                KNOWN_BEFORE_PARENTHESIS.binary_search(&call).is_err(),
+                "{call}"
+            );
+        }
+    }
+
+    #[test]
     fn deallocate_and_discard_all_alone_are_answered_by_pgtide() {
         assert_eq!(classify("DEALLOCATE ALL", true), Verdict::Deallocate(None));
         assert_eq!(
@@ -474,10 +921,7 @@ mod tests {
             Verdict::Deallocate(Some("Mixed".into()))
         );
         assert_eq!(classify("DISCARD ALL", true), Verdict::DiscardAll);
-        assert_eq!(
-            classify("DISCARD ALL; SELECT 1", true),
-            Verdict::Pass { settings: true }
-        );
+        assert!(refused("DISCARD ALL; SELECT 1"));
         assert_eq!(
             classify("DISCARD PLANS", true),
             Verdict::Pass { settings: true }

@@ -67,6 +67,9 @@ pub async fn serve(
         .pools_of(cluster.name())
         .pool(&startup.user, &startup.database);
     let startup_settings = startup.settings();
+    if let Some(refusal) = sql::refused_startup_setting(&startup_settings) {
+        return Err(Fatal::new("0A000", refusal));
+    }
     let endpoint = attach::attach(cluster, who).await?;
     let (state, parameter_status) = match pool.welcome(&startup_settings, &endpoint) {
         Some(kept) => (
@@ -322,12 +325,15 @@ impl<'a> Relay<'a> {
             if let Some(event) = self.take_client_messages(&mut progress)? {
                 return Poll::Ready(Ok(event));
             }
-            // More from the client, unless the compute side is full.
+            // More from the client, unless a side it fills is full: the compute's, or its own
+            // (pgtide answers some messages itself; a client that sends them and never reads
+            // is held as Postgres would hold it, not buffered without end).
             let to_server_full = self
                 .held
                 .as_ref()
                 .is_some_and(|h| h.to_server.len() >= OUTBOX_HIGH);
-            if !self.client_done && self.waiting.is_none() && !to_server_full {
+            let to_client_full = self.to_client.len() >= OUTBOX_HIGH;
+            if !self.client_done && self.waiting.is_none() && !to_server_full && !to_client_full {
                 match poll_read(client, cx, &mut self.client_in) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         self.client_done = true;
@@ -444,6 +450,9 @@ impl<'a> Relay<'a> {
     fn take_client_messages(&mut self, progress: &mut bool) -> Result<Option<Event>, Fatal> {
         let counters = self.cluster.counters();
         loop {
+            if self.to_client.len() >= OUTBOX_HIGH && !self.client_broken {
+                return Ok(None);
+            }
             let message = match self.waiting.take() {
                 Some(message) => message,
                 None if self.client_done => return Ok(None),

@@ -583,6 +583,27 @@ fn state_that_slipped_through_closes_the_connection() {
 }
 
 #[test]
+fn statements_dropped_by_code_close_the_connection() {
+    // A function ran DEALLOCATE ALL: the connection no longer has the statements pgtide
+    // prepared on it for other clients, so it must not be reused.
+    for (on_the_compute, reusable) in [("0", true), ("1", false)] {
+        let mut h = Harness::new();
+        h.client(&[query("SELECT app.reset_everything()")]);
+        h.server(&[m(b'T', &[0, 1]), row(&[""]), complete("SELECT 1"), z(b'I')]);
+        assert!(!h.exchange.is_done(), "a call of unknown code is read back");
+        h.server(&[
+            m(b'T', &[0, 2]),
+            row(&["#leaks", "0"]),
+            row(&["#prepared", on_the_compute]),
+            complete("SELECT 2"),
+            z(b'I'),
+        ]);
+        assert!(h.exchange.is_done());
+        assert_eq!(h.exchange.reusable(), reusable, "{on_the_compute}");
+    }
+}
+
+#[test]
 fn large_rows_stream_through_without_being_buffered() {
     let mut h = Harness::new();
     h.client(&[query("SELECT big")]);
