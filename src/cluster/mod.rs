@@ -40,11 +40,13 @@ pub mod handle;
 pub mod history;
 pub mod load;
 mod metering;
+mod pause;
 mod restart;
 pub mod roles;
 mod scaling;
 mod start;
 pub mod state;
+mod stop;
 mod task;
 #[cfg(test)]
 mod tests;
