@@ -18,12 +18,18 @@ const KEEP: usize = 200;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
+    /// A start (a resume or a restart) began; says whether a warm slot was ready for it.
+    Starting,
     /// A compute started for waiting clients (or at pgtide's start) and clients were let in.
     Resumed,
     /// A start failed; the cluster is `failed` until the next client retries.
     ResumeFailed,
     /// A start was given up because the cluster was paused or pgtide stopped meanwhile.
     StartCancelled,
+    /// A stop began (a pause, a shutdown, a lost compute); the cluster's task goes on serving.
+    Stopping,
+    /// A stop ended: the compute is gone and the WAL receiver has what it sent.
+    Stopped,
     Paused,
     /// The compute stopped without being asked to.
     ComputeExited,
@@ -41,6 +47,8 @@ pub enum EventKind {
     /// The scaler wanted more than `max_acu`.
     AtMax,
     ResizeFailed,
+    /// A resize did not finish in time and was given up; the next tick decides again.
+    ResizeTimedOut,
     BaseBackup,
     BaseBackupFailed,
     /// The WAL receiver's connection to the compute ended; it reconnects, commits wait.
@@ -74,9 +82,12 @@ impl From<&StorageNotice> for EventKind {
 impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            EventKind::Starting => "starting",
             EventKind::Resumed => "resumed",
             EventKind::ResumeFailed => "resume_failed",
             EventKind::StartCancelled => "start_cancelled",
+            EventKind::Stopping => "stopping",
+            EventKind::Stopped => "stopped",
             EventKind::Paused => "paused",
             EventKind::ComputeExited => "compute_exited",
             EventKind::Restarted => "restarted",
@@ -88,6 +99,7 @@ impl EventKind {
             EventKind::DownRefused => "down_refused",
             EventKind::AtMax => "at_max",
             EventKind::ResizeFailed => "resize_failed",
+            EventKind::ResizeTimedOut => "resize_timed_out",
             EventKind::BaseBackup => "base_backup",
             EventKind::BaseBackupFailed => "base_backup_failed",
             EventKind::ReceiverLost => "receiver_lost",
@@ -174,9 +186,13 @@ mod tests {
     #[test]
     fn kinds_serialise_as_their_stable_words() {
         for kind in [
+            EventKind::Starting,
             EventKind::Resumed,
             EventKind::ResumeFailed,
+            EventKind::Stopping,
+            EventKind::Stopped,
             EventKind::ScaledUp,
+            EventKind::ResizeTimedOut,
             EventKind::DataDirectoryLost,
             EventKind::BaseBackupFailed,
             EventKind::ReceiverLost,

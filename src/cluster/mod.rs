@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! Paused ⇄ Resuming → Running ⇄ (scaling) → Pausing → Paused      Failed → Resuming
+//!           (Phase::Starting)                 (Phase::Stopping)
 //! ```
 //!
 //! One task per cluster owns the state and the compute ([`task::ClusterTask`]); everything else
@@ -12,13 +13,21 @@
 //! - [`handle`]: what the proxy and the admin endpoint hold — attach (resume if paused), pause,
 //!   shutdown, role look-ups.
 //! - [`task`]: the cluster's task. Its state is one enum, [`task::Phase`], whose `Running`
-//!   variant owns the compute; the loop serves commands, the compute's exit and a 1 s tick.
+//!   variant owns the compute; the loop serves commands, what the phase waits for (a job's
+//!   outcome, the compute's exit) and a 1 s tick.
 //! - [`start`]: the start sequence (put the data directory back from the copies if it is gone,
 //!   start the compute, start the WAL receiver, create the config's users) as a job that runs
-//!   off the cluster's task: a start, a rebuild or a restart never blocks pause, shutdown or
-//!   status; they are cancelled, and report their progress as events.
+//!   off the cluster's task (`Phase::Starting`): a start, a rebuild or a restart never blocks
+//!   pause, shutdown or status; they are cancelled, and report their progress as events.
+//! - [`stop`]: the stop of a compute ([`Compute::stop`](crate::runtime::Compute::stop), or
+//!   `kill` for a lost one, then the WAL receiver's end) as a job off the task
+//!   (`Phase::Stopping`), with what follows it ([`stop::AfterStop`]: pause, restart, shutdown).
+//! - [`pause`]: pausing and shutting down through that job, and what each command does while a
+//!   stop runs (a pause is already satisfied, a resume starts again after it, a shutdown waits
+//!   for it, status always answers).
 //! - [`restart`]: what happens when the compute exits on its own or loses its data directory.
-//! - [`scaling`]: one scaler tick, the live resize and its metrics.
+//! - [`scaling`]: one scaler tick, the live resize and its metrics; the resize and the usage
+//!   sample are bounded by timeouts, so that they never hold the task for long.
 //! - [`metering`]: ACU-seconds, by day and month, kept across restarts.
 //! - [`durability`]: the storage as the cluster sees it (a trait, so that tests can stand in).
 //! - [`compute_roles`]: creating the config's users in the compute and reading its verifiers.
@@ -28,10 +37,11 @@
 //! the state is `Running`, it gets the compute's endpoint at once. If it is `Paused` (or
 //! `Failed`), it sends `Resume` and waits on the watch channel; clients that arrive meanwhile
 //! see `Resuming` and wait for the same resume, so twenty clients cause one start. The task
-//! turns `Resume` into a [`start::StartJob`] and goes on serving; when the job reports back,
-//! [`task::ClusterTask::on_started`] installs the compute and turns the state `Running`: they all
-//! proceed. If it turns `Failed`, or `resume_timeout` passes, each gets the reason (the proxy
-//! answers 57P03). `docs/resume.md` tells it with every function on the way.
+//! turns `Resume` into a [`start::StartJob`] (a `starting` event) and goes on serving; when the
+//! job reports back, [`task::ClusterTask::on_started`] installs the compute and turns the state
+//! `Running`: they all proceed. If it turns `Failed`, or `resume_timeout` passes, each gets the
+//! reason (the proxy answers 57P03). A resume asked for while a pause's [`stop::StopJob`] runs
+//! waits for it, then starts. `docs/resume.md` tells it with every function on the way.
 
 mod compute_roles;
 pub mod durability;
@@ -40,11 +50,13 @@ pub mod handle;
 pub mod history;
 pub mod load;
 mod metering;
+mod pause;
 mod restart;
 pub mod roles;
 mod scaling;
 mod start;
 pub mod state;
+mod stop;
 mod task;
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,10 @@
 //! When the compute is lost: it exited on its own (a crash, `docker kill`, the OOM killer), or
 //! its data directory disappeared from under it (a lost disk).
 //!
-//! Either way the cluster goes back to `Resuming` and a restart job starts at once: Postgres's
-//! crash recovery brings back everything acknowledged, and a missing data directory is rebuilt
-//! from the copies by the start itself. Clients arriving meanwhile wait as for any resume. A
+//! Either way the cluster goes back to `Resuming`, a stop job (`stop.rs`) ends the WAL receiver
+//! (and kills a compute that lost its data directory) off the task, and when it is done a
+//! restart job starts: Postgres's crash recovery brings back everything acknowledged, and a
+//! missing data directory is rebuilt from the copies by the start itself. Clients arriving meanwhile wait as for any resume. A
 //! restart that fails is tried again after a growing pause ([`backoff`]), up to
 //! [`RESTART_ATTEMPTS`] times; only then is the cluster `failed`, and the next client retries.
 
@@ -13,15 +14,12 @@ use std::time::{Duration, Instant};
 use super::events::EventKind;
 use super::start::StartPurpose;
 use super::state::ClusterState;
+use super::stop::{AfterStop, StopKind};
 use super::task::{ClusterTask, Phase};
 use crate::runtime::ExitInfo;
 
 /// Restart attempts after a crash before the cluster is `failed`.
 pub(super) const RESTART_ATTEMPTS: u32 = 10;
-
-/// How long killing a compute that lost its data directory may take before pgtide goes on
-/// without it (the runtimes' own kill gives up after about as long).
-const LOST_KILL_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// The wait before restart attempt `attempt + 1`: 200 ms, 400 ms, … (1.8 s before the tenth).
 pub(super) fn backoff(attempt: u32) -> Duration {
@@ -34,9 +32,14 @@ pub(super) fn data_directory_present(pgdata: &Path) -> bool {
 }
 
 impl ClusterTask {
-    pub(super) async fn on_compute_exit(&mut self, exit: ExitInfo) {
-        let Phase::Running(_) = std::mem::replace(&mut self.phase, Phase::Paused) else {
-            return;
+    /// The compute exited without being asked: its receiver ends off the task, then a restart.
+    pub(super) fn on_compute_exit(&mut self, exit: ExitInfo) {
+        let running = match std::mem::replace(&mut self.phase, Phase::Paused) {
+            Phase::Running(running) => running,
+            other => {
+                self.phase = other;
+                return;
+            }
         };
         self.no_compute_status();
         let description = format!("compute {}, restarting", exit.description);
@@ -45,14 +48,7 @@ impl ClusterTask {
             .events
             .record(EventKind::ComputeExited, description);
         metrics::counter!("pgtide_cluster_compute_exits_total", "cluster" => self.name().to_string()).increment(1);
-        if let Some(storage) = &mut self.storage_mut() {
-            // The receiver ends with its compute; a new one starts with the next.
-            storage.stop_receiver().await;
-        }
-        self.begin_start(StartPurpose::Restart {
-            attempt: 0,
-            since: Instant::now(),
-        });
+        self.begin_stop(running.compute, StopKind::Exited, AfterStop::Restart);
     }
 
     /// Restart attempt `attempt` failed: wait and try again, or give up.
@@ -85,9 +81,12 @@ impl ClusterTask {
         }
     }
 
-    /// A running compute whose data directory is gone is lost: it is stopped, what is left of
-    /// the directory is moved aside (never deleted), and a restart rebuilds it from the copies.
-    pub(super) async fn check_data_directory(&mut self) {
+    /// A running compute whose data directory is gone is lost: a stop job kills it (no clean
+    /// stop: with its directory gone it can neither checkpoint nor be found by `pg_ctl`, and a
+    /// compute left running would keep serving, and holding, sessions); when it is done what is
+    /// left of the directory is moved aside ([`ClusterTask::move_lost_data_directory_aside`])
+    /// and a restart rebuilds it from the copies.
+    pub(super) fn check_data_directory(&mut self) {
         let Phase::Running(running) = &self.phase else {
             return;
         };
@@ -95,10 +94,9 @@ impl ClusterTask {
         if data_directory_present(&pgdata) {
             return;
         }
-        let Phase::Running(mut running) = std::mem::replace(&mut self.phase, Phase::Paused) else {
+        let Phase::Running(running) = std::mem::replace(&mut self.phase, Phase::Paused) else {
             unreachable!("matched above");
         };
-        self.set_state(ClusterState::Resuming);
         self.shared.events.record(
             EventKind::DataDirectoryLost,
             format!(
@@ -111,36 +109,26 @@ impl ClusterTask {
                 }
             ),
         );
-        // No clean stop: with its directory gone it can neither checkpoint nor be found by
-        // `pg_ctl`, and a compute left running would keep serving (and holding) sessions.
-        if tokio::time::timeout(LOST_KILL_TIMEOUT, running.compute.kill())
-            .await
-            .is_err()
-        {
-            tracing::warn!(cluster = %self.name(), "a compute without its data directory could not be killed in time");
-        }
-        if let Some(storage) = &mut self.storage_mut() {
-            storage.stop_receiver().await;
-        }
-        self.no_compute_status();
-        // The runtime has put back (renamed) whatever it held; what remains is moved aside so
-        // that the start sees a missing directory and rebuilds it.
+        self.begin_stop(running.compute, StopKind::Lost, AfterStop::Restart);
+    }
+
+    /// After a lost compute's stop: the runtime has put back (renamed) whatever it held; what
+    /// remains is moved aside, never deleted, so that the next start sees a missing directory
+    /// and rebuilds it.
+    pub(super) fn move_lost_data_directory_aside(&self) {
         let home = crate::runtime::pgdata_of(self.cluster_dir());
-        if home.exists() {
-            let aside = home.with_extension(format!(
-                "lost-{}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0)
-            ));
-            if let Err(e) = std::fs::rename(&home, &aside) {
-                tracing::warn!(cluster = %self.name(), error = %e, "could not move the remains of the data directory aside");
-            }
+        if !home.exists() {
+            return;
         }
-        self.begin_start(StartPurpose::Restart {
-            attempt: 0,
-            since: Instant::now(),
-        });
+        let aside = home.with_extension(format!(
+            "lost-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        ));
+        if let Err(e) = std::fs::rename(&home, &aside) {
+            tracing::warn!(cluster = %self.name(), error = %e, "could not move the remains of the data directory aside");
+        }
     }
 }

@@ -4,13 +4,24 @@
 //! policy ([`crate::scaler::policy`]) decide, applies a new size with [`ClusterTask::apply`]
 //! (limits, then the reloadable Postgres settings; never a restart), and records the decision
 //! with its reason. A refusal that lasts (at `max_acu`, or the memory floor) is one event.
+//!
+//! Both run on the cluster's task, so both are bounded: a usage sample that takes longer than
+//! [`USAGE_TIMEOUT`] skips the tick, and a resize that takes longer than [`RESIZE_TIMEOUT`] is
+//! given up with a `resize_timed_out` event (the ACU stays, `acu_target` shows what was wanted,
+//! the next tick decides again). Giving up drops the runtime's request half-way: a limit written
+//! or not, settings reloaded or not; Postgres is never restarted and no client is dropped.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::events::EventKind;
 use super::task::{ClusterTask, Phase};
 use crate::acu::ComputeSize;
 use crate::scaler::policy::Decision;
+
+/// How long a resize may hold the cluster's task (a resize takes milliseconds to a second).
+pub(super) const RESIZE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a usage sample may hold the cluster's task (the tick is 1 s).
+pub(super) const USAGE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ClusterTask {
     /// Applies a size to the running compute; returns whether it took.
@@ -21,7 +32,18 @@ impl ClusterTask {
             return false;
         };
         let name = shared.config.name.clone();
-        match running.compute.apply_size(size).await {
+        let applied = tokio::time::timeout(RESIZE_TIMEOUT, running.compute.apply_size(size)).await;
+        let Ok(applied) = applied else {
+            shared.events.record(
+                EventKind::ResizeTimedOut,
+                format!(
+                    "applying {acu} ACU did not finish within {} s; given up, the next tick decides again",
+                    RESIZE_TIMEOUT.as_secs()
+                ),
+            );
+            return false;
+        };
+        match applied {
             Ok(limits) => {
                 running.acu = acu;
                 metrics::gauge!("pgtide_cluster_acu", "cluster" => name.clone()).set(acu);
@@ -53,10 +75,14 @@ impl ClusterTask {
             return;
         };
         let from = running.acu;
-        let usage = match running.compute.usage().await {
-            Ok(usage) => usage,
-            Err(e) => {
+        let usage = match tokio::time::timeout(USAGE_TIMEOUT, running.compute.usage()).await {
+            Ok(Ok(usage)) => usage,
+            Ok(Err(e)) => {
                 tracing::debug!(cluster = %shared.config.name, error = %e, "no usage sample this tick");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(cluster = %shared.config.name, "no usage sample within {USAGE_TIMEOUT:?} this tick");
                 return;
             }
         };

@@ -1,11 +1,13 @@
 //! The cluster's task: the one owner of its compute and storage.
 //!
 //! Its state is one enum, [`Phase`]. Only `Running` holds a compute; a start in progress is a
-//! [`StartJob`] (which has the storage on loan); a restart waiting before its next attempt is
-//! `Backoff`. The loop in [`ClusterTask::run`] waits for whichever comes first: a command from a
-//! handle, what the phase is waiting for (a start's outcome, the compute's exit, the end of a
-//! backoff), or the 1 s tick (metering, scaling, storage, auto-pause). Nothing in the loop waits
-//! for a start, so pause, shutdown and status are always served.
+//! [`StartJob`] and a stop in progress a [`StopJob`] (each has the storage on loan); a restart
+//! waiting before its next attempt is `Backoff`. The loop in [`ClusterTask::run`] waits for
+//! whichever comes first: a command from a handle, what the phase is waiting for (a start's or a
+//! stop's outcome, the compute's exit, the end of a backoff), or the 1 s tick (metering, scaling,
+//! storage, auto-pause). Nothing in the loop waits for a start or a stop, and a resize or a usage
+//! sample is bounded by a timeout, so pause, shutdown and status are always served. Pausing and
+//! shutting down, and what each command does while a stop runs, are in `pause.rs`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,15 +22,13 @@ use super::history::HistoryPoint;
 use super::metering::Metering;
 use super::start::{self, StartInput, StartJob, StartPurpose, StartResult};
 use super::state::ClusterState;
+use super::stop::{AfterStop, StopJob, StopKind, StopOutcome};
 use super::Shared;
 use crate::acu::{self, ComputeSize};
 use crate::config::PoolMode;
 use crate::runtime::{Compute, ComputeEndpoint, ExitInfo, Runtime};
 use crate::scaler::policy::PolicyConfig;
 use crate::scaler::Scaler;
-
-/// How long a shutdown waits for a cancelled start to stop what it started.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// Where the cluster is; the only place that holds its compute.
 pub(super) enum Phase {
@@ -46,7 +46,12 @@ pub(super) enum Phase {
         job: StartJob,
         reply: Option<oneshot::Sender<Result<String, String>>>,
     },
+    /// The compute is being stopped (or, when it exited, its receiver ended) off the task; what
+    /// follows is the job's [`AfterStop`].
+    Stopping(StopJob),
     Failed,
+    /// pgtide's shutdown is done: the task ends.
+    ShutDown,
 }
 
 /// A running compute and the size applied to it.
@@ -60,6 +65,8 @@ pub(super) struct Running {
 enum PhaseEvent {
     /// A start job ended (`None`: it panicked).
     StartEnded(Option<start::StartOutcome>),
+    /// A stop job ended (`None`: it panicked).
+    StopEnded(Option<StopOutcome>),
     Exited(ExitInfo),
     BackoffOver,
 }
@@ -70,15 +77,17 @@ pub(super) struct ClusterTask {
     cluster_dir: PathBuf,
     state: watch::Sender<ClusterState>,
     commands: mpsc::Receiver<Command>,
+    /// Every handle is gone: no command can come any more.
+    commands_closed: bool,
     pub(super) phase: Phase,
-    /// The storage, when the cluster has copies; lent to a start job while one runs.
-    storage: Option<Box<dyn Durability>>,
+    /// The storage, when the cluster has copies; lent to a start or stop job while one runs.
+    pub(super) storage: Option<Box<dyn Durability>>,
     /// Whether the cluster has copies (its storage may be on loan, or lost with a panic).
     has_copies: bool,
     /// The config's users were created in the compute during this run.
     users_synced: bool,
     pub(super) scaler: Scaler,
-    metering: Metering,
+    pub(super) metering: Metering,
     last_tick: Instant,
     /// The last refusal recorded (so that a refusal that lasts is one event, not one a second).
     pub(super) last_notice: Option<EventKind>,
@@ -111,6 +120,7 @@ impl ClusterTask {
             cluster_dir,
             state,
             commands,
+            commands_closed: false,
             phase: Phase::Paused,
             storage,
             users_synced: false,
@@ -129,24 +139,21 @@ impl ClusterTask {
     pub(super) async fn run(mut self) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        while !matches!(self.phase, Phase::ShutDown) {
             tokio::select! {
-                command = self.commands.recv() => match command {
+                command = self.commands.recv(), if !self.commands_closed => match command {
                     Some(Command::Resume { requested_by }) => self.resume(&requested_by),
-                    Some(Command::Pause { reply }) => self.pause_on_request(reply).await,
-                    Some(Command::Shutdown { reply }) => {
-                        self.shutdown().await;
-                        let _ = reply.send(());
-                        return;
-                    }
+                    Some(Command::Pause { reply }) => self.pause_on_request(reply),
+                    Some(Command::Shutdown { reply }) => self.shutdown(Some(reply)).await,
                     None => {
-                        self.shutdown().await;
-                        return;
+                        self.commands_closed = true;
+                        self.shutdown(None).await;
                     }
                 },
                 event = phase_event(&mut self.phase) => match event {
                     PhaseEvent::StartEnded(outcome) => self.on_start_ended(outcome).await,
-                    PhaseEvent::Exited(exit) => self.on_compute_exit(exit).await,
+                    PhaseEvent::StopEnded(outcome) => self.on_stop_ended(outcome),
+                    PhaseEvent::Exited(exit) => self.on_compute_exit(exit),
                     PhaseEvent::BackoffOver => self.retry_restart(),
                 },
                 _ = tick.tick() => self.on_tick().await,
@@ -183,25 +190,64 @@ impl ClusterTask {
             size: self.initial_size(),
             postmaster_settings,
         };
+        let slot = self.slot_outlook();
+        let what = match &purpose {
+            StartPurpose::Resume { requested_by } => {
+                format!("starting a compute for {requested_by} ({slot})")
+            }
+            StartPurpose::Restart { attempt, .. } => {
+                format!("restarting the compute, attempt {} ({slot})", attempt + 1)
+            }
+        };
+        self.shared.events.record(EventKind::Starting, what);
         self.phase = Phase::Starting(StartJob::spawn(input, purpose));
         self.set_state(ClusterState::Resuming);
     }
 
-    fn resume(&mut self, requested_by: &str) {
-        match &self.phase {
+    /// Whether a start can expect a warm slot, as the runtime's pool says now.
+    fn slot_outlook(&self) -> &'static str {
+        let pool = self.runtime.warm_pool();
+        if pool.ready > 0 {
+            "a warm slot is ready"
+        } else if pool.size == 0 {
+            "no warm pool: a cold start"
+        } else {
+            "no warm slot ready: a cold start"
+        }
+    }
+
+    pub(super) fn resume(&mut self, requested_by: &str) {
+        match &mut self.phase {
             Phase::Paused | Phase::Failed => {}
+            Phase::Stopping(job) => {
+                // A pause's stop cannot be taken back: the start follows as soon as it is done.
+                // (A restart follows a lost compute's stop anyway, and a shutdown ends all.)
+                if let AfterStop::Pause { resume_for, .. } = &mut job.then {
+                    resume_for.get_or_insert_with(|| requested_by.to_string());
+                }
+                return;
+            }
             // Running already, or a start (or restart) is under way that this client waits for.
             _ => return,
         }
-        if self.has_copies && self.storage.is_none() {
-            let reason = "the cluster's storage was lost with a failed start; restart pgtide";
-            self.phase = Phase::Failed;
-            self.set_state(ClusterState::Failed(reason.to_string()));
+        if self.storage_lost() {
             return;
         }
         self.begin_start(StartPurpose::Resume {
             requested_by: requested_by.to_string(),
         });
+    }
+
+    /// A cluster with copies whose storage was lost with a job that panicked cannot start
+    /// without it: it turns `Failed` (and says so) instead.
+    pub(super) fn storage_lost(&mut self) -> bool {
+        if !(self.has_copies && self.storage.is_none()) {
+            return false;
+        }
+        let reason = "the cluster's storage was lost with a failed start or stop; restart pgtide";
+        self.phase = Phase::Failed;
+        self.set_state(ClusterState::Failed(reason.to_string()));
+        true
     }
 
     /// A start job ended: take the storage back, then run, retry, or fail.
@@ -229,15 +275,26 @@ impl ClusterTask {
         self.publish_storage_status();
         if let Some(reply) = reply {
             // A pause asked for while starting: whatever the job did, it stops here.
-            if let StartResult::Started(mut compute) = outcome.result {
-                self.stop(compute.as_mut()).await;
-            }
             self.shared.events.record(
                 EventKind::StartCancelled,
                 "the start was cancelled by a pause".to_string(),
             );
-            self.paused("paused on request, during a start".to_string());
-            let _ = reply.send(Ok(format!("cluster \"{}\" paused", self.name())));
+            let reason = "paused on request, during a start".to_string();
+            match outcome.result {
+                StartResult::Started(compute) => self.begin_stop(
+                    compute,
+                    StopKind::Clean,
+                    AfterStop::Pause {
+                        reason,
+                        replies: vec![reply],
+                        resume_for: None,
+                    },
+                ),
+                StartResult::Cancelled | StartResult::Failed(_) => {
+                    self.paused(reason);
+                    let _ = reply.send(Ok(format!("cluster \"{}\" paused", self.name())));
+                }
+            }
             return;
         }
         match outcome.result {
@@ -325,21 +382,6 @@ impl ClusterTask {
         self.apply(size.acu).await;
     }
 
-    /// Stops a compute cleanly, then waits for the receiver to have everything up to the
-    /// shutdown checkpoint.
-    pub(super) async fn stop(&mut self, compute: &mut dyn Compute) {
-        if let Some(storage) = &mut self.storage {
-            storage.compute_stopping();
-        }
-        if let Err(e) = compute.stop().await {
-            tracing::warn!(cluster = %self.name(), error = %e, "stopping the compute failed");
-        }
-        if let Some(storage) = &mut self.storage {
-            storage.stop_receiver().await;
-        }
-        self.no_compute_status();
-    }
-
     /// No compute runs (stopped, or exited on its own): 0 ACU and no limits in `/status`, until
     /// the next one is running.
     pub(super) fn no_compute_status(&self) {
@@ -353,100 +395,6 @@ impl ClusterTask {
         status.since = super::now_rfc3339();
     }
 
-    /// Stops the running compute, if any, and pauses.
-    async fn pause(&mut self, reason: String) {
-        self.set_state(ClusterState::Pausing);
-        if let Phase::Running(mut running) = std::mem::replace(&mut self.phase, Phase::Paused) {
-            self.stop(running.compute.as_mut()).await;
-        }
-        self.paused(reason);
-    }
-
-    /// The compute is gone: the cluster is paused.
-    fn paused(&mut self, reason: String) {
-        self.phase = Phase::Paused;
-        metrics::counter!("pgtide_cluster_pauses_total", "cluster" => self.name().to_string())
-            .increment(1);
-        self.shared.events.record(EventKind::Paused, reason);
-        self.set_state(ClusterState::Paused);
-    }
-
-    async fn pause_on_request(&mut self, reply: oneshot::Sender<Result<String, String>>) {
-        let busy = self.busy_clients();
-        if busy > 0 {
-            let what = match self.shared.config.pool_mode {
-                PoolMode::Session => "connected client",
-                PoolMode::Transaction => "client in a transaction",
-            };
-            let _ = reply.send(Err(format!(
-                "cluster \"{}\" has {busy} {what}{}; pause refused",
-                self.name(),
-                if busy == 1 { "" } else { "s" }
-            )));
-            return;
-        }
-        match std::mem::replace(&mut self.phase, Phase::Paused) {
-            Phase::Paused => {
-                let _ = reply.send(Ok(format!("cluster \"{}\" is already paused", self.name())));
-            }
-            Phase::Starting(job) => {
-                // The reply comes once the start has stopped what it started.
-                job.cancel();
-                self.phase = Phase::Cancelling {
-                    job,
-                    reply: Some(reply),
-                };
-                self.set_state(ClusterState::Pausing);
-            }
-            Phase::Cancelling { job, reply: None } => {
-                self.phase = Phase::Cancelling {
-                    job,
-                    reply: Some(reply),
-                };
-            }
-            other @ Phase::Cancelling { .. } => {
-                self.phase = other;
-                let _ = reply.send(Err("a pause is already under way".to_string()));
-            }
-            other => {
-                self.phase = other;
-                self.pause("paused on request".to_string()).await;
-                let _ = reply.send(Ok(format!("cluster \"{}\" paused", self.name())));
-            }
-        }
-    }
-
-    /// Stops everything: a start under way is cancelled (and given a grace to stop what it
-    /// started), a running compute is stopped cleanly, the meter is saved.
-    async fn shutdown(&mut self) {
-        match std::mem::replace(&mut self.phase, Phase::Paused) {
-            Phase::Starting(mut job) | Phase::Cancelling { mut job, .. } => {
-                job.cancel();
-                match tokio::time::timeout(SHUTDOWN_GRACE, job.finished()).await {
-                    Ok(Some(outcome)) => {
-                        self.storage = outcome.storage;
-                        if let StartResult::Started(mut compute) = outcome.result {
-                            self.stop(compute.as_mut()).await;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(_) => tracing::warn!(
-                        cluster = %self.name(),
-                        "a start did not stop within {SHUTDOWN_GRACE:?} of the shutdown; leaving it"
-                    ),
-                }
-                self.shared.events.record(
-                    EventKind::StartCancelled,
-                    "the start was cancelled by pgtide's shutdown".to_string(),
-                );
-            }
-            Phase::Running(mut running) => self.stop(running.compute.as_mut()).await,
-            _ => {}
-        }
-        self.metering.save();
-        self.set_state(ClusterState::Paused);
-    }
-
     async fn on_tick(&mut self) {
         let now = Instant::now();
         let elapsed = now.duration_since(self.last_tick);
@@ -454,7 +402,7 @@ impl ClusterTask {
         self.meter(elapsed);
         if matches!(self.phase, Phase::Running(_)) {
             self.scale(now).await;
-            self.check_data_directory().await;
+            self.check_data_directory();
         }
         self.record_history(elapsed);
         self.tend_storage().await;
@@ -465,8 +413,7 @@ impl ClusterTask {
             && self.busy_clients() == 0
             && idle >= config.auto_pause_after
         {
-            self.pause(format!("paused after {} s idle", idle.as_secs()))
-                .await;
+            self.pause(format!("paused after {} s idle", idle.as_secs()));
         }
     }
 
@@ -508,7 +455,7 @@ impl ClusterTask {
         self.publish_storage_status();
     }
 
-    fn publish_storage_status(&self) {
+    pub(super) fn publish_storage_status(&self) {
         if let Some(storage) = &self.storage {
             *self
                 .shared
@@ -546,7 +493,7 @@ impl ClusterTask {
 
     /// Clients that keep the cluster from pausing: in session mode every connected client; in
     /// transaction mode only those in a transaction (idle connections cost nothing there).
-    fn busy_clients(&self) -> usize {
+    pub(super) fn busy_clients(&self) -> usize {
         let counters = &self.shared.counters;
         match self.shared.config.pool_mode {
             PoolMode::Session => counters.clients(),
@@ -561,6 +508,7 @@ async fn phase_event(phase: &mut Phase) -> PhaseEvent {
         Phase::Starting(job) | Phase::Cancelling { job, .. } => {
             PhaseEvent::StartEnded(job.finished().await)
         }
+        Phase::Stopping(job) => PhaseEvent::StopEnded(job.finished().await),
         Phase::Running(running) => {
             let mut exited = running.compute.exited();
             let exit = exited.wait_for(|e| e.is_some()).await.map(|e| e.clone());
@@ -574,15 +522,11 @@ async fn phase_event(phase: &mut Phase) -> PhaseEvent {
             tokio::time::sleep_until(*until).await;
             PhaseEvent::BackoffOver
         }
-        Phase::Paused | Phase::Failed => std::future::pending().await,
+        Phase::Paused | Phase::Failed | Phase::ShutDown => std::future::pending().await,
     }
 }
 
 impl ClusterTask {
-    pub(super) fn storage_mut(&mut self) -> Option<&mut Box<dyn Durability>> {
-        self.storage.as_mut()
-    }
-
     pub(super) fn has_copies(&self) -> bool {
         self.has_copies
     }

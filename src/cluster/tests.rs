@@ -1,6 +1,7 @@
 //! The cluster state machine against the fake runtime and a fake storage: resume storms, a pause
 //! during a start, a crash during a resize, a shutdown during a rebuild, restarts and their
-//! backoff, a lost data directory, and the refusals to initialise a cluster afresh. Time is
+//! backoff, a lost data directory, and the refusals to initialise a cluster afresh; and that a
+//! slow stop, kill or resize never keeps pause, resume, shutdown or status waiting. Time is
 //! tokio's paused clock, so a 10-minute start costs nothing; each test takes milliseconds.
 
 use std::collections::HashMap;
@@ -397,4 +398,214 @@ async fn copies_that_came_back_empty_never_initialise_over_a_cluster_that_existe
     assert!(error.to_string().contains("no base backup"), "{error}");
     assert_eq!(c.compute.starts.load(Ordering::SeqCst), 1);
     assert!(!c.pgdata().exists());
+}
+
+/// Waits (on the paused clock) until `kind` has been recorded `count` times.
+async fn wait_for_events(c: &Cluster, kind: EventKind, count: usize) {
+    let mut waited = Duration::ZERO;
+    while c.events(kind) < count {
+        assert!(waited < LONG * 10, "never {count} {kind} events");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += Duration::from_millis(10);
+    }
+}
+
+/// What a command must be answered within while a slow stop or resize runs.
+const AT_ONCE: Duration = Duration::from_secs(1);
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_during_a_slow_stop_is_answered_at_once_and_the_state_reported() {
+    let c = cluster(None, |fake| *fake.stop_time.lock().unwrap() = LONG);
+    c.wait_for(StateName::Running).await;
+    let first = tokio::spawn({
+        let handle = c.handle.clone();
+        async move { handle.pause().await }
+    });
+    c.wait_for(StateName::Pausing).await;
+    assert_eq!(
+        c.events(EventKind::Stopping),
+        1,
+        "the stop's start is shown"
+    );
+    assert_eq!(c.events(EventKind::Stopped), 0);
+    let second = tokio::time::timeout(AT_ONCE, c.handle.pause())
+        .await
+        .expect("a pause is answered while the stop runs");
+    assert_eq!(
+        second,
+        Ok("cluster \"t\" is pausing: its compute is stopping".to_string())
+    );
+    assert_eq!(c.handle.state().name(), StateName::Pausing);
+    assert_eq!(
+        c.compute.live.load(Ordering::SeqCst),
+        1,
+        "the compute is still stopping"
+    );
+    assert_eq!(first.await.unwrap(), Ok("cluster \"t\" paused".to_string()));
+    assert_eq!(c.handle.state().name(), StateName::Paused);
+    assert_eq!(c.compute.live.load(Ordering::SeqCst), 0);
+    assert_eq!(c.compute.stops.load(Ordering::SeqCst), 1);
+    assert_eq!(c.events(EventKind::Stopped), 1);
+    assert_eq!(c.events(EventKind::Paused), 1);
+    assert_eq!(c.handle.compute_status().acu, 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resume_during_a_pause_s_slow_stop_ends_running_again() {
+    let c = cluster(None, |fake| {
+        *fake.stop_time.lock().unwrap() = Duration::from_secs(60)
+    });
+    c.wait_for(StateName::Running).await;
+    let pause = tokio::spawn({
+        let handle = c.handle.clone();
+        async move { handle.pause().await }
+    });
+    c.wait_for(StateName::Pausing).await;
+    c.handle.request_resume("app");
+    // The stop is not taken back, and nothing starts beside the stopping compute.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(c.handle.state().name(), StateName::Pausing);
+    assert_eq!(c.compute.starts.load(Ordering::SeqCst), 1);
+    assert_eq!(pause.await.unwrap(), Ok("cluster \"t\" paused".to_string()));
+    c.wait_for(StateName::Running).await;
+    assert_eq!(c.compute.starts.load(Ordering::SeqCst), 2, "started again");
+    assert_eq!(c.compute.stops.load(Ordering::SeqCst), 1);
+    assert_eq!(c.compute.most_live.load(Ordering::SeqCst), 1);
+    assert_eq!(c.events(EventKind::Paused), 1);
+    assert_eq!(c.events(EventKind::Resumed), 2);
+    assert_eq!(
+        c.events(EventKind::Starting),
+        2,
+        "each start is shown as it begins"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_and_pause_are_answered_while_a_slow_resize_runs() {
+    let c = cluster(None, |fake| *fake.resize_time.lock().unwrap() = LONG);
+    // The first resize (to the initial size, right after clients are let in) hangs.
+    c.wait_for(StateName::Running).await;
+    let status = c.handle.compute_status();
+    assert_eq!(status.acu, 0.5, "the size it started at");
+    assert!(status.limits.is_none(), "no resize has finished");
+    let asked = tokio::time::Instant::now();
+    let paused = tokio::time::timeout(super::scaling::RESIZE_TIMEOUT + AT_ONCE, c.handle.pause())
+        .await
+        .expect("a pause waits for a hung resize no longer than its timeout");
+    assert_eq!(paused, Ok("cluster \"t\" paused".to_string()));
+    assert!(asked.elapsed() <= super::scaling::RESIZE_TIMEOUT + AT_ONCE);
+    assert_eq!(c.events(EventKind::ResizeTimedOut), 1);
+    assert_eq!(c.compute.resizes.load(Ordering::SeqCst), 0);
+    assert_eq!(c.compute.stops.load(Ordering::SeqCst), 1);
+    assert_eq!(c.handle.state().name(), StateName::Paused);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_during_a_slow_stop_completes_when_the_stop_does_and_leaves_no_compute() {
+    let stop_time = Duration::from_secs(60);
+    let c = cluster(None, |fake| *fake.stop_time.lock().unwrap() = stop_time);
+    c.wait_for(StateName::Running).await;
+    let pause = tokio::spawn({
+        let handle = c.handle.clone();
+        async move { handle.pause().await }
+    });
+    c.wait_for(StateName::Pausing).await;
+    let stop_began = tokio::time::Instant::now();
+    let shutdown = tokio::spawn({
+        let handle = c.handle.clone();
+        async move { handle.shutdown().await }
+    });
+    // The shutdown waits for the stop; the task still answers meanwhile.
+    tokio::time::sleep(AT_ONCE).await;
+    assert!(!shutdown.is_finished());
+    let refused = tokio::time::timeout(AT_ONCE, c.handle.pause())
+        .await
+        .expect("a pause is answered while the shutdown's stop runs");
+    assert_eq!(refused, Err("pgtide is shutting down".to_string()));
+    shutdown.await.unwrap();
+    assert!(stop_began.elapsed() >= stop_time - AT_ONCE);
+    assert_eq!(c.compute.live.load(Ordering::SeqCst), 0, "no compute left");
+    assert_eq!(
+        c.compute.stops.load(Ordering::SeqCst),
+        1,
+        "one stop, shared"
+    );
+    assert_eq!(c.events(EventKind::Stopped), 1);
+    assert_eq!(c.handle.state().name(), StateName::Paused);
+    assert_eq!(
+        pause.await.unwrap(),
+        Err("pgtide is shutting down".to_string())
+    );
+    assert!(c.handle.pause().await.is_err(), "the task has ended");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_data_directory_with_a_slow_kill_does_not_block_pause_or_status_and_is_rebuilt() {
+    let storage = Arc::new(StorageControl::default());
+    let c = cluster(Some(storage.clone()), |fake| {
+        *fake.kill_time.lock().unwrap() = Duration::from_secs(30)
+    });
+    c.wait_for(StateName::Running).await;
+    std::fs::remove_dir_all(c.pgdata()).unwrap();
+    wait_for_events(&c, EventKind::Stopping, 1).await;
+    // The kill takes 30 s; meanwhile the state says what happens and a pause is answered.
+    assert_eq!(c.events(EventKind::DataDirectoryLost), 1);
+    assert_eq!(c.handle.state().name(), StateName::Resuming);
+    assert_eq!(
+        c.handle.compute_status().acu,
+        0.5,
+        "until the compute is gone"
+    );
+    let paused = tokio::time::timeout(AT_ONCE, c.handle.pause())
+        .await
+        .expect("a pause is answered while the lost compute is killed");
+    assert_eq!(
+        paused,
+        Ok("cluster \"t\" is pausing: its compute is stopping".to_string())
+    );
+    assert_eq!(c.handle.state().name(), StateName::Pausing);
+    assert_eq!(
+        c.compute.live.load(Ordering::SeqCst),
+        1,
+        "still being killed"
+    );
+    c.wait_for(StateName::Paused).await;
+    assert_eq!(c.compute.kills.load(Ordering::SeqCst), 1);
+    assert_eq!(c.compute.live.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        c.events(EventKind::Restarted),
+        0,
+        "the pause won over the restart"
+    );
+    // The next client's start rebuilds the directory from the copies.
+    c.handle.attach("app").await.expect("resumed");
+    assert_eq!(storage.rebuilds_finished.load(Ordering::SeqCst), 1);
+    assert!(c.pgdata().join("PG_VERSION").exists());
+    assert_eq!(c.compute.most_live.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_data_directory_with_a_slow_kill_restarts_once_the_kill_is_done() {
+    let storage = Arc::new(StorageControl::default());
+    let kill_time = Duration::from_secs(30);
+    let c = cluster(Some(storage.clone()), |fake| {
+        *fake.kill_time.lock().unwrap() = kill_time
+    });
+    c.wait_for(StateName::Running).await;
+    std::fs::remove_dir_all(c.pgdata()).unwrap();
+    wait_for_events(&c, EventKind::Stopping, 1).await;
+    let lost_at = tokio::time::Instant::now();
+    assert_eq!(c.handle.state().name(), StateName::Resuming);
+    assert_eq!(
+        c.compute.starts.load(Ordering::SeqCst),
+        1,
+        "no start beside it"
+    );
+    wait_for_events(&c, EventKind::Restarted, 1).await;
+    assert!(lost_at.elapsed() >= kill_time - AT_ONCE);
+    c.wait_for(StateName::Running).await;
+    assert_eq!(c.compute.kills.load(Ordering::SeqCst), 1);
+    assert_eq!(storage.rebuilds_finished.load(Ordering::SeqCst), 1);
+    assert_eq!(c.events(EventKind::Stopped), 1);
+    assert_eq!(c.compute.most_live.load(Ordering::SeqCst), 1);
 }

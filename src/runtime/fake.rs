@@ -1,5 +1,6 @@
 //! An in-memory runtime for the cluster state machine's unit tests: computes that are not
-//! Postgres, whose start time, failures, crashes and data directory the test controls. No
+//! Postgres, whose start, stop, kill and resize times, failures, crashes and data directory the
+//! test controls. No
 //! end-to-end test uses it: those run real Postgres.
 
 use std::collections::VecDeque;
@@ -24,10 +25,15 @@ pub struct FakeControl {
     pub failures: Mutex<VecDeque<String>>,
     /// How long each resize takes.
     pub resize_time: Mutex<Duration>,
+    /// How long each clean stop takes before the compute exits.
+    pub stop_time: Mutex<Duration>,
+    /// How long each kill takes before the compute exits.
+    pub kill_time: Mutex<Duration>,
     /// Usage reported by every compute.
     pub usage: Mutex<Usage>,
     pub starts: AtomicUsize,
     pub stops: AtomicUsize,
+    pub kills: AtomicUsize,
     pub resizes: AtomicUsize,
     /// Computes started and not yet stopped or crashed: never more than one per cluster.
     pub live: AtomicUsize,
@@ -147,19 +153,35 @@ impl Compute for FakeCompute {
     }
 
     async fn stop(&mut self) -> anyhow::Result<()> {
-        if self.exited.borrow().is_none() {
+        let stop_time = *self.control.stop_time.lock().unwrap();
+        tokio::time::sleep(stop_time).await;
+        if self.exit("stopped") {
             self.control.stops.fetch_add(1, Ordering::SeqCst);
-            if let Some(exit) = self.control.current.lock().unwrap().take() {
-                self.control.live.fetch_sub(1, Ordering::SeqCst);
-                exit.send_replace(Some(ExitInfo {
-                    description: "stopped".to_string(),
-                }));
-            }
         }
         Ok(())
     }
 
     async fn kill(&mut self) {
-        let _ = self.stop().await;
+        let kill_time = *self.control.kill_time.lock().unwrap();
+        tokio::time::sleep(kill_time).await;
+        if self.exit("killed") {
+            self.control.kills.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl FakeCompute {
+    /// Ends this compute, if it still runs; whether it did.
+    fn exit(&self, description: &str) -> bool {
+        if self.exited.borrow().is_some() {
+            return false;
+        }
+        if let Some(exit) = self.control.current.lock().unwrap().take() {
+            self.control.live.fetch_sub(1, Ordering::SeqCst);
+            exit.send_replace(Some(ExitInfo {
+                description: description.to_string(),
+            }));
+        }
+        true
     }
 }
