@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::errors::send_fatal;
 use super::{ClientStream, ProxyShared};
-use crate::wire::{self, StartupError, StartupPacket};
+use crate::wire::{self, ReadStartupError, StartupPacket};
 
 /// Handshake and authentication must finish within this (Postgres's authentication_timeout is
 /// 60 s; a proxy facing many clients should be quicker to drop silent sockets).
@@ -87,7 +87,7 @@ pub async fn handshake(
 ) -> Option<(ClientStream, Startup)> {
     let mut tls_offered = false;
     let mut stream = loop {
-        match read_startup_packet(&mut tcp).await {
+        match wire::read_startup_packet(&mut tcp).await {
             Ok(StartupPacket::SslRequest) if !tls_offered => {
                 tls_offered = true;
                 match tls {
@@ -120,7 +120,7 @@ pub async fn handshake(
         }
     };
     // Under TLS: a StartupMessage, or a CancelRequest.
-    match read_startup_packet(&mut stream).await {
+    match wire::read_startup_packet(&mut stream).await {
         Ok(StartupPacket::Startup { minor, params }) => startup(stream, minor, params).await,
         Ok(StartupPacket::Cancel { pid, secret }) => {
             shared.cancels.cancel(pid, secret).await;
@@ -158,29 +158,9 @@ pub async fn refuse_busy(mut tcp: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
-#[derive(Debug, thiserror::Error)]
-enum PacketError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Startup(#[from] StartupError),
-}
-
-async fn read_startup_packet<S: AsyncRead + Unpin>(
-    stream: &mut S,
-) -> Result<StartupPacket, PacketError> {
-    let len = stream.read_i32().await?;
-    if !(8..=wire::MAX_STARTUP_PACKET as i32).contains(&len) {
-        return Err(StartupError::BadLength.into());
-    }
-    let mut body = vec![0u8; len as usize - 4];
-    stream.read_exact(&mut body).await?;
-    Ok(wire::parse_startup_packet(&body)?)
-}
-
-async fn reject(mut stream: ClientStream, e: PacketError) -> Option<(ClientStream, Startup)> {
+async fn reject(mut stream: ClientStream, e: ReadStartupError) -> Option<(ClientStream, Startup)> {
     tracing::debug!(error = %e, "bad startup packet");
-    if let PacketError::Startup(e) = e {
+    if let ReadStartupError::Startup(e) = e {
         send_fatal(&mut stream, "08P01", &e.to_string()).await;
     }
     None

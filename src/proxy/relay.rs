@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::cluster::load::ActiveGuard;
 use crate::cluster::LoadCounters;
+use crate::wire;
 
 const CLIENT_TO_COMPUTE_BUFFER: usize = 16 * 1024;
 const COMPUTE_TO_CLIENT_BUFFER: usize = 32 * 1024;
@@ -37,7 +38,7 @@ pub enum RelayEnd {
 /// Follows the compute → client message stream across reads.
 #[derive(Debug, Default)]
 pub struct BackendTap {
-    header: [u8; 5],
+    header: [u8; wire::HEADER_LEN],
     header_len: usize,
     in_body: bool,
     body_left: usize,
@@ -63,20 +64,18 @@ impl BackendTap {
     pub fn scan(&mut self, mut data: &[u8], events: &mut TapEvents) {
         while !data.is_empty() {
             if !self.in_body {
-                let take = (5 - self.header_len).min(data.len());
+                let take = (wire::HEADER_LEN - self.header_len).min(data.len());
                 self.header[self.header_len..self.header_len + take].copy_from_slice(&data[..take]);
                 self.header_len += take;
                 data = &data[take..];
-                if self.header_len == 5 {
+                if self.header_len == wire::HEADER_LEN {
                     self.header_len = 0;
-                    self.kind = self.header[0];
-                    let len = i32::from_be_bytes([
-                        self.header[1],
-                        self.header[2],
-                        self.header[3],
-                        self.header[4],
-                    ]);
-                    self.body_left = (len.max(4) - 4) as usize;
+                    // The compute is trusted: a length it should never send is read as an
+                    // empty body, and the relay goes on copying bytes as they are.
+                    let (kind, body_len) = wire::decode_header(&self.header, usize::MAX)
+                        .unwrap_or((self.header[0], 0));
+                    self.kind = kind;
+                    self.body_left = body_len;
                     self.in_body = true;
                     self.capture_len = 0;
                     self.capture_want = match self.kind {

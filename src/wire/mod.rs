@@ -49,17 +49,49 @@ impl Message {
     }
 }
 
-/// The type and total length (header included) of the message at the start of `buf`, once its
-/// header is there.
-pub fn peek_header(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, BadLength> {
-    if buf.len() < HEADER_LEN {
-        return Ok(None);
-    }
-    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+/// A message header's type byte and the length of the body after it (the i32 length counts
+/// itself, not the type byte). A length below 4 or above `max_len` is an error.
+pub fn decode_header(header: &[u8; HEADER_LEN], max_len: usize) -> Result<(u8, usize), BadLength> {
+    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     if len < 4 || len as usize > max_len {
         return Err(BadLength(len as i64));
     }
-    Ok(Some((buf[0], 1 + len as usize)))
+    Ok((header[0], len as usize - 4))
+}
+
+/// The type and total length (header included) of the message at the start of `buf`, once its
+/// header is there.
+pub fn peek_header(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, BadLength> {
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let (kind, body_len) = decode_header(header, max_len)?;
+    Ok(Some((kind, HEADER_LEN + body_len)))
+}
+
+/// Reads one startup-phase packet (an i32 length that counts itself, then the body; no type
+/// byte) and parses it. A length outside Postgres's own bounds is refused before any read of
+/// that size.
+pub async fn read_startup_packet<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<StartupPacket, ReadStartupError> {
+    use tokio::io::AsyncReadExt;
+    let len = stream.read_i32().await?;
+    if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
+        return Err(StartupError::BadLength.into());
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    stream.read_exact(&mut body).await?;
+    Ok(parse_startup_packet(&body)?)
+}
+
+/// Why a startup packet could not be read: the socket, or what was on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadStartupError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Startup(#[from] StartupError),
 }
 
 /// Takes the next complete message off the front of `buf`, if it is all there. When only part
