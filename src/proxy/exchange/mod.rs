@@ -32,50 +32,32 @@
 //! lock, a WITH HOLD cursor, an SQL-level prepared statement): such a connection is closed
 //! rather than reused. pgtide's own queries and their replies never reach the client.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
-use std::io::IoSlice;
-use std::sync::Arc;
+use std::collections::VecDeque;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+mod client;
+mod outbox;
+mod prepared;
+mod settings;
+
+pub use client::{ClientState, ConnState, Statement};
+pub use outbox::Outbox;
+use prepared::put_close;
+pub use prepared::MAX_PREPARED_PER_CONNECTION;
+pub use settings::Settings;
+use settings::READ_BACK;
 
 use super::errors::Fatal;
 use super::sql::{self, Verdict};
 use crate::cluster::LoadCounters;
 use crate::wire::{self, Message};
 
-/// Statements kept prepared on one compute connection, at most.
-pub const MAX_PREPARED_PER_CONNECTION: usize = 500;
 /// The largest compute message pgtide reads whole (ReadyForQuery, its own queries' rows);
 /// everything else streams through whatever its size.
 const MAX_WHOLE_MESSAGE: usize = 1 << 20;
 /// The largest message accepted from the compute at all (Postgres's own limit is 1 GB).
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
-
-/// The name, as seen by pg_settings, and value of each session setting.
-pub type Settings = BTreeMap<String, String>;
-
-/// Settings that are never carried to another connection: a role cannot follow a client.
-const NOT_CARRIED: [&str; 2] = ["role", "session_authorization"];
-
-/// The query that reads back a connection's session settings, and two last rows: `#leaks`
-/// counts session state that cannot follow a client (a LISTEN, a WITH HOLD cursor, an advisory
-/// lock, a temporary table, an SQL-level prepared statement, a role or session user other than
-/// the one the connection logged in as: pg_stat_activity keeps the login user), and
-/// `#prepared` counts the protocol-level statements, which must be the ones pgtide prepared
-/// (code that ran DEALLOCATE would have dropped other clients' statements).
-const READ_BACK: &str = "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings \
-     WHERE source = 'session' UNION ALL SELECT '#leaks', (\
-     (SELECT count(*) FROM pg_catalog.pg_listening_channels()) + \
-     (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable) + \
-     (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()) + \
-     (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) + \
-     (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql) + \
-     (CASE WHEN current_user = session_user THEN 0 ELSE 1 END) + \
-     (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid() \
-       AND usename IS DISTINCT FROM session_user))::text \
-     UNION ALL SELECT '#prepared', \
-     (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql)::text";
 
 /// Sent instead of a refused statement: it fails at once, and its error is replaced by pgtide's.
 const REFUSED_SQL: &[u8] = b"pgtide refused this statement";
@@ -83,113 +65,6 @@ const REFUSED_SQL: &[u8] = b"pgtide refused this statement";
 const REFUSED_NAME: &[u8] = b"pgtide_refused";
 /// The portal a client's Close of a named statement becomes: nobody has it.
 const NO_PORTAL: &[u8] = b"pgtide_no_portal";
-
-/// A client statement, as the pool knows it.
-#[derive(Debug, Clone)]
-pub struct Statement {
-    /// The name on compute connections: the same text and types give the same name.
-    pool_name: Arc<str>,
-    /// The Parse body with the pool-wide name, to prepare it on a connection that lacks it.
-    parse_body: Bytes,
-    /// Running it may change session settings (a prepared SET): each Bind of it counts so.
-    settings: bool,
-}
-
-/// What a transaction-mode client carries from one compute connection to the next.
-#[derive(Debug, Default)]
-pub struct ClientState {
-    statements: HashMap<Vec<u8>, Statement>,
-    /// Its unnamed statement (what follows the empty name in its last unnamed Parse), which a
-    /// Bind after a Sync may use on another connection, and whether it may change settings.
-    unnamed: Option<(Bytes, bool)>,
-    /// The session settings the client has now.
-    pub settings: Settings,
-    /// Its settings right after startup: what DISCARD ALL goes back to.
-    pub startup_settings: Settings,
-}
-
-impl ClientState {
-    /// A client that logged in with `settings` (what the compute made of its startup
-    /// parameters): they are its settings now and what DISCARD ALL goes back to.
-    pub fn starting_with(settings: Settings) -> ClientState {
-        ClientState {
-            startup_settings: settings.clone(),
-            settings,
-            ..ClientState::default()
-        }
-    }
-}
-
-/// What pgtide knows of one compute connection; kept with it in the pool.
-#[derive(Debug, Default)]
-pub struct ConnState {
-    /// Pool-wide names of the statements prepared on it.
-    pub prepared: HashSet<String>,
-    /// The session settings pgtide gave it.
-    pub settings: Settings,
-    /// What its unnamed statement was parsed from, if pgtide knows.
-    unnamed: Option<Bytes>,
-}
-
-/// Bytes waiting to be written, as a queue of chunks (written with vectored writes, never
-/// copied into one buffer).
-#[derive(Debug, Default)]
-pub struct Outbox {
-    chunks: VecDeque<Bytes>,
-    len: usize,
-}
-
-impl Outbox {
-    pub fn push(&mut self, bytes: Bytes) {
-        if !bytes.is_empty() {
-            self.len += bytes.len();
-            self.chunks.push_back(bytes);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn clear(&mut self) {
-        self.chunks.clear();
-        self.len = 0;
-    }
-
-    /// Up to `slices.len()` chunks, for a vectored write; returns how many were filled.
-    pub fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
-        let mut n = 0;
-        for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
-            *slot = IoSlice::new(chunk);
-            n += 1;
-        }
-        n
-    }
-
-    /// Drops `n` written bytes from the front.
-    pub fn advance(&mut self, mut n: usize) {
-        self.len -= n;
-        while n > 0 {
-            let front = self.chunks.front_mut().expect("advance within the queue");
-            if front.len() <= n {
-                n -= front.len();
-                self.chunks.pop_front();
-            } else {
-                front.advance(n);
-                n = 0;
-            }
-        }
-    }
-
-    /// Everything, joined (for tests and small answers).
-    pub fn concat(&self) -> Vec<u8> {
-        self.chunks.iter().flat_map(|c| c.iter().copied()).collect()
-    }
-}
 
 /// pgtide's own simple queries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,104 +181,8 @@ impl Default for Exchange {
     }
 }
 
-impl ClientState {
-    /// Answers a message that needs no compute connection when none is held (the client is
-    /// idle): a refused query, DEALLOCATE, DISCARD ALL.
-    pub fn answer_without_server(&mut self, message: &Message) -> Option<Bytes> {
-        if message.kind != b'Q' {
-            return None;
-        }
-        let mut out = BytesMut::new();
-        match sql::classify(&query_text(message.body()), true) {
-            Verdict::Pass { .. } => return None,
-            Verdict::Refuse(refusal) => {
-                wire::error_response(&mut out, b'E', "ERROR", "0A000", &refusal);
-                wire::ready_for_query(&mut out, b'I');
-            }
-            Verdict::Deallocate(name) => self.deallocate(name, b'I', &mut out),
-            Verdict::DiscardAll => self.discard_all(b'I', &mut out),
-        }
-        Some(out.freeze())
-    }
-
-    fn deallocate(&mut self, name: Option<String>, status: u8, out: &mut BytesMut) {
-        if status == b'E' {
-            return aborted(out);
-        }
-        match name {
-            None => {
-                self.statements.clear();
-                command_complete(out, "DEALLOCATE ALL");
-                wire::ready_for_query(out, status);
-            }
-            Some(name) if self.statements.remove(name.as_bytes()).is_some() => {
-                command_complete(out, "DEALLOCATE");
-                wire::ready_for_query(out, status);
-            }
-            Some(name) => {
-                let message = format!("prepared statement \"{name}\" does not exist");
-                wire::error_response(out, b'E', "ERROR", "26000", &message);
-                wire::ready_for_query(out, if status == b'T' { b'E' } else { status });
-            }
-        }
-    }
-
-    fn discard_all(&mut self, status: u8, out: &mut BytesMut) {
-        match status {
-            b'I' => {
-                self.statements.clear();
-                self.settings = self.startup_settings.clone();
-                command_complete(out, "DISCARD ALL");
-                wire::ready_for_query(out, b'I');
-            }
-            b'T' => {
-                wire::error_response(
-                    out,
-                    b'E',
-                    "ERROR",
-                    "25001",
-                    "DISCARD ALL cannot run inside a transaction block",
-                );
-                wire::ready_for_query(out, b'E');
-            }
-            _ => aborted(out),
-        }
-    }
-}
-
-fn aborted(out: &mut BytesMut) {
-    wire::error_response(
-        out,
-        b'E',
-        "ERROR",
-        "25P02",
-        "current transaction is aborted, commands ignored until end of transaction block",
-    );
-    wire::ready_for_query(out, b'E');
-}
-
-fn command_complete(out: &mut BytesMut, tag: &str) {
-    let start = wire::begin_message(out, b'C');
-    wire::put_cstr(out, tag.as_bytes());
-    wire::end_message(out, start);
-}
-
 fn query_text(body: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body))
-}
-
-/// The same statement text and parameter types give the same name on every connection.
-fn pool_statement_name(text_and_types: &[u8]) -> String {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text_and_types.hash(&mut hasher);
-    format!("pgtide_{:016x}", hasher.finish())
-}
-
-fn put_close(out: &mut BytesMut, what: u8, name: &[u8]) {
-    let start = wire::begin_message(out, b'C');
-    out.put_u8(what);
-    wire::put_cstr(out, name);
-    wire::end_message(out, start);
 }
 
 impl Exchange {
@@ -455,42 +234,6 @@ impl Exchange {
     /// The transaction status of the last ReadyForQuery.
     pub fn status(&self) -> u8 {
         self.status
-    }
-
-    /// Called when the client gets the connection: gives it the client's settings if it has
-    /// others.
-    pub fn begin(&mut self, client: &ClientState, conn: &mut ConnState, to_server: &mut Outbox) {
-        if client.settings != conn.settings {
-            let mut sql = String::from("RESET ALL");
-            if !client.settings.is_empty() {
-                sql.push_str("; SELECT ");
-                let calls: Vec<String> = client
-                    .settings
-                    .iter()
-                    .map(|(name, value)| {
-                        format!(
-                            "pg_catalog.set_config({}, {}, false)",
-                            sql::literal(name),
-                            sql::literal(value)
-                        )
-                    })
-                    .collect();
-                sql.push_str(&calls.join(", "));
-            }
-            self.own_query(Own::Settings, &sql, conn, to_server);
-        }
-    }
-
-    /// (A simple query drops the connection's unnamed statement, whoever sends it.)
-    fn own_query(&mut self, own: Own, sql: &str, conn: &mut ConnState, to_server: &mut Outbox) {
-        conn.unnamed = None;
-        let mut out = BytesMut::new();
-        wire::query(&mut out, sql);
-        to_server.push(out.freeze());
-        self.queue.push_back(Entry::Query {
-            own: Some(own),
-            refused: None,
-        });
     }
 
     /// Handles one complete client message: forwards it (rewritten where statement names must
@@ -692,183 +435,6 @@ impl Exchange {
             _ => to_server.push(message.frame),
         }
         Step::Taken
-    }
-
-    /// The scratch buffer with room for `n` more bytes (taken out so that `self` stays free).
-    fn take_scratch(&mut self, n: usize) -> BytesMut {
-        let mut out = std::mem::take(&mut self.scratch);
-        out.reserve(n.max(4096));
-        out
-    }
-
-    fn put_scratch(&mut self, mut out: BytesMut, to_server: &mut Outbox) {
-        to_server.push(out.split().freeze());
-        self.scratch = out;
-    }
-
-    fn parse(
-        &mut self,
-        client: &mut ClientState,
-        conn: &mut ConnState,
-        message: Message,
-        to_server: &mut Outbox,
-    ) {
-        let body = message.body();
-        let Some((name, rest)) = wire::split_cstr(body) else {
-            // Malformed: the compute will say so.
-            to_server.push(message.frame);
-            return self.queue.push_back(Entry::Parse {
-                ours: false,
-                name: None,
-                after_close: false,
-                client_name: None,
-                refused: None,
-            });
-        };
-        let text = wire::split_cstr(rest).map(|(text, _)| text).unwrap_or(rest);
-        let settings = match sql::classify(&String::from_utf8_lossy(text), false) {
-            Verdict::Refuse(refusal) => {
-                let mut out = BytesMut::new();
-                let start = wire::begin_message(&mut out, b'P');
-                wire::put_cstr(&mut out, REFUSED_NAME);
-                wire::put_cstr(&mut out, REFUSED_SQL);
-                out.put_i16(0);
-                wire::end_message(&mut out, start);
-                to_server.push(out.freeze());
-                self.queue.push_back(Entry::Parse {
-                    ours: false,
-                    name: None,
-                    after_close: false,
-                    client_name: None,
-                    refused: Some(refusal),
-                });
-                return;
-            }
-            Verdict::Pass { settings } => settings,
-            Verdict::Deallocate(_) | Verdict::DiscardAll => unreachable!("simple protocol only"),
-        };
-        if name.is_empty() {
-            let rest = message.body_bytes().slice(1..);
-            client.unnamed = Some((rest.clone(), settings));
-            conn.unnamed = Some(rest);
-            to_server.push(message.frame);
-            return self.queue.push_back(Entry::Parse {
-                ours: false,
-                name: None,
-                after_close: false,
-                client_name: None,
-                refused: None,
-            });
-        }
-        let pool_name: Arc<str> = pool_statement_name(rest).into();
-        let mut parse_body = BytesMut::with_capacity(body.len() + 24);
-        wire::put_cstr(&mut parse_body, pool_name.as_bytes());
-        parse_body.put_slice(rest);
-        let parse_body = parse_body.freeze();
-        let mut out = BytesMut::with_capacity(parse_body.len() + 32);
-        let after_close = conn.prepared.contains(&*pool_name);
-        if after_close {
-            // Already there: closed first, so that the client's Parse succeeds and its
-            // ParseComplete is a real one, in order.
-            put_close(&mut out, b'S', pool_name.as_bytes());
-            self.queue.push_back(Entry::Close {
-                ours: true,
-                name: None,
-                forgotten: None,
-            });
-        } else {
-            self.make_room(conn, &mut out);
-        }
-        wire::put_message(&mut out, b'P', &parse_body);
-        to_server.push(out.freeze());
-        conn.prepared.insert(pool_name.to_string());
-        self.queue.push_back(Entry::Parse {
-            ours: false,
-            name: Some(pool_name.to_string()),
-            after_close,
-            client_name: Some(name.to_vec()),
-            refused: None,
-        });
-        client.statements.insert(
-            name.to_vec(),
-            Statement {
-                pool_name,
-                parse_body,
-                settings,
-            },
-        );
-    }
-
-    /// Slips a Parse of the client's unnamed statement in front when the connection's unnamed
-    /// statement is another one (the client parsed it on another connection, before a Sync).
-    fn ensure_unnamed(
-        &mut self,
-        client: &ClientState,
-        conn: &mut ConnState,
-        to_server: &mut Outbox,
-    ) {
-        let Some((rest, _)) = &client.unnamed else {
-            return;
-        };
-        if conn.unnamed.as_ref() == Some(rest) {
-            return;
-        }
-        let mut out = BytesMut::with_capacity(rest.len() + 6);
-        let start = wire::begin_message(&mut out, b'P');
-        out.put_u8(0);
-        out.put_slice(rest);
-        wire::end_message(&mut out, start);
-        to_server.push(out.freeze());
-        conn.unnamed = Some(rest.clone());
-        self.queue.push_back(Entry::Parse {
-            ours: true,
-            name: None,
-            after_close: false,
-            client_name: None,
-            refused: None,
-        });
-    }
-
-    /// Slips a Parse in front when the connection lacks the statement.
-    fn ensure_prepared(
-        &mut self,
-        conn: &mut ConnState,
-        statement: &Statement,
-        out: &mut BytesMut,
-        counters: &LoadCounters,
-    ) {
-        if conn.prepared.contains(&*statement.pool_name) {
-            counters.prepared_hit();
-            return;
-        }
-        counters.prepared_miss();
-        self.make_room(conn, out);
-        wire::put_message(out, b'P', &statement.parse_body);
-        conn.prepared.insert(statement.pool_name.to_string());
-        self.queue.push_back(Entry::Parse {
-            ours: true,
-            name: Some(statement.pool_name.to_string()),
-            after_close: false,
-            client_name: None,
-            refused: None,
-        });
-    }
-
-    /// Keeps a connection's statements under [`MAX_PREPARED_PER_CONNECTION`]: one is closed
-    /// (its CloseComplete swallowed) before another is prepared.
-    fn make_room(&mut self, conn: &mut ConnState, out: &mut BytesMut) {
-        if conn.prepared.len() < MAX_PREPARED_PER_CONNECTION {
-            return;
-        }
-        if let Some(victim) = conn.prepared.iter().next().cloned() {
-            put_close(out, b'S', victim.as_bytes());
-            conn.prepared.remove(&victim);
-            self.queue.push_back(Entry::Close {
-                ours: true,
-                name: Some(victim),
-                forgotten: None,
-            });
-        }
     }
 
     /// Takes the compute's bytes off the front of `buf` (all complete messages, and the part
@@ -1147,45 +713,6 @@ impl Exchange {
             }
         }
         own.is_none()
-    }
-
-    fn finish_read_back(&mut self, client: &mut ClientState, conn: &mut ConnState) {
-        let mut settings = Settings::new();
-        for (name, value) in std::mem::take(&mut self.read_back) {
-            if name == "#leaks" {
-                if value != "0" {
-                    tracing::info!(
-                        "session state that cannot follow a client was left on a pooled connection; it is closed"
-                    );
-                    self.poisoned = true;
-                }
-            } else if name == "#prepared" {
-                if value != conn.prepared.len().to_string() {
-                    tracing::info!(
-                        found = %value,
-                        expected = conn.prepared.len(),
-                        "the prepared statements of a pooled connection are not the ones pgtide made; it is closed"
-                    );
-                    self.poisoned = true;
-                }
-            } else if !NOT_CARRIED.contains(&name.as_str()) {
-                settings.insert(name, value);
-            } else {
-                self.poisoned = true;
-            }
-        }
-        if !self.poisoned {
-            conn.settings = settings.clone();
-        }
-        // RESET (and SET … TO DEFAULT) return a setting to its startup value in Postgres; on a
-        // pooled connection they went to the server's default, so the client's startup value
-        // is given back (see `server_message`).
-        for (name, value) in &client.startup_settings {
-            settings
-                .entry(name.clone())
-                .or_insert_with(|| value.clone());
-        }
-        client.settings = settings;
     }
 }
 
