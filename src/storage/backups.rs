@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::copies::CopiesView;
+use super::private::create_private;
 use super::quorum::Health;
 use super::repair::install_file;
 use super::segment::sync_dir;
@@ -32,7 +33,7 @@ impl CopiesView {
             let write = || -> std::io::Result<()> {
                 // The checksum, then the WAL position a restore must reach (the backup's end).
                 let tmp = sidecar.with_extension("crc32.tmp");
-                let mut file = File::create(&tmp)?;
+                let mut file = create_private(&tmp)?;
                 file.write_all(format!("{sum:08x}\n{end}\n").as_bytes())?;
                 file.sync_all()?;
                 fs::rename(&tmp, &sidecar)?;

@@ -16,6 +16,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use super::private::create_private;
 use super::wal::{parse_segment_file_name, Lsn, SEGMENT_SIZE};
 
 pub const IDENTITY_FILE: &str = "identity";
@@ -135,7 +136,7 @@ impl Identity {
     /// Writes a copy's identity file atomically and durably.
     pub fn write(&self, copy: &Path) -> std::io::Result<()> {
         let tmp = copy.join("identity.tmp");
-        let mut file = File::create(&tmp)?;
+        let mut file = create_private(&tmp)?;
         file.write_all(self.encode().as_bytes())?;
         file.sync_all()?;
         fs::rename(&tmp, copy.join(IDENTITY_FILE))?;

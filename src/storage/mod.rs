@@ -7,7 +7,8 @@
 //! ([`identity`]). A segment file's first 16 MiB are the segment exactly as Postgres names and
 //! lays it out; after them come one checksum record per write, in the same file, so that one
 //! `fdatasync` makes data and record durable together and a corrupted range in one copy is read
-//! from another ([`segment`]).
+//! from another ([`segment`]). Only pgtide may read a copy: its directories are 0700 and every
+//! file pgtide creates in it 0600 (`private.rs`).
 //!
 //! **Which copies count.** [`copies::CopySet::open`] looks at every copy first: one holding
 //! another cluster's WAL is refused and never written; one that comes back empty, replaced,
@@ -52,26 +53,36 @@
 //! outside the set's lock ([`ClusterStorage::check_copies`]).
 //!
 //! **Base backups.** [`ClusterStorage::maybe_base_backup`] runs `pg_basebackup` off the
-//! cluster's task; once the copies hold the WAL up to the backup's end, [`backups`] stores the
-//! tar into every member (streamed, without the set's lock) with a checksum sidecar, both synced
-//! and renamed into place, and prunes older backups and the WAL only they needed, counting only
-//! backups that a quorum of copies holds whole.
+//! cluster's task (`basebackup.rs`); once the copies hold the WAL up to the backup's end,
+//! [`backups`] stores the tar into every member (streamed, without the set's lock) with a
+//! checksum sidecar, both synced and renamed into place, and prunes older backups and the WAL
+//! only they needed, counting only backups that a quorum of copies holds whole.
 //!
-//! **Rebuild.** [`ClusterStorage::rebuild`] puts a missing data directory back: [`read`] finds
-//! the newest intact base backup in the readable copies of this cluster (at least 3, which
-//! overlap every write quorum), extracts it, and assembles every WAL segment after it, each range
-//! from a copy whose checksum holds (and only as far as that copy's WAL is the set's history),
-//! into `pg_wal`; the result is synced before it takes pgdata's name. Postgres's own recovery
-//! from the backup label replays to the end of that WAL. No archive recovery happens, so the
-//! timeline does not change.
+//! **Rebuild.** [`ClusterStorage::rebuild`] puts a missing data directory back, as blocking work
+//! (`rebuild.rs`): [`read`] finds the newest intact base backup in the readable copies of this
+//! cluster (at least 3, which overlap every write quorum), extracts it, and assembles every WAL
+//! segment after it, each range from a copy whose checksum holds (and only as far as that copy's
+//! WAL is the set's history), into `pg_wal`; the result is synced before it takes pgdata's name.
+//! Postgres's own recovery from the backup label replays to the end of that WAL. No archive
+//! recovery happens, so the timeline does not change.
+//!
+//! **Where things are.** This file is the front the cluster talks to ([`ClusterStorage`]);
+//! `copies/` is the set and its data path (`open.rs`, `stream.rs`, `view.rs`), `writer.rs` and
+//! `repair.rs` what each copy's thread does, `segment.rs` the file format, `quorum.rs` the
+//! durable position, `receiver.rs` the replication connection, `backups.rs`, `basebackup.rs`,
+//! `read.rs` and `rebuild.rs` the base backups and the way back from them. The stories in prose,
+//! function by function, are `docs/commit.md` and `docs/rebuild.md`.
 
 pub mod backups;
+mod basebackup;
 pub mod copies;
 pub mod identity;
 pub mod notices;
 pub mod overlap;
+mod private;
 pub mod quorum;
 pub mod read;
+mod rebuild;
 pub mod receiver;
 pub mod repair;
 pub mod segment;
@@ -82,7 +93,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
@@ -92,11 +103,6 @@ use notices::Notices;
 pub use notices::StorageNotice;
 pub use receiver::ReceiverStatus;
 use wal::Lsn;
-
-/// How long a finished base backup waits for the copies to hold the WAL up to its end.
-const BACKUP_WAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
-/// Base backups kept in the copies; older ones, and the WAL only they needed, are deleted.
-const KEEP_BASE_BACKUPS: usize = 2;
 
 /// How long a started compute may take to begin streaming to the receiver.
 const STREAMING_TIMEOUT: Duration = Duration::from_secs(30);
@@ -363,7 +369,7 @@ impl ClusterStorage {
             Some(last) => durable.0.saturating_sub(last.0) >= self.base_backup_every,
         };
         if due {
-            self.backup_task = Some(tokio::spawn(base_backup(
+            self.backup_task = Some(tokio::spawn(basebackup::base_backup(
                 self.pg_basebackup.clone(),
                 self.dirs.clone(),
                 self.view.clone(),
@@ -384,7 +390,7 @@ impl ClusterStorage {
         let identity = self.view.identity();
         tokio::task::spawn_blocking(move || {
             let _reading = store_lock.lock().unwrap_or_else(|e| e.into_inner());
-            rebuild_blocking(&dirs, identity.as_ref(), &pgdata)
+            rebuild::rebuild_blocking(&dirs, identity.as_ref(), &pgdata)
         })
         .await?
     }
@@ -432,161 +438,4 @@ fn fill_status(
     }
     status.degraded = (!degraded.is_empty()).then(|| degraded.join("; "));
     status.receiver = Some(receiver);
-}
-
-/// Takes a base backup of the running compute with pg_basebackup (a tar, no WAL: the copies
-/// have it) and stores it in every copy that is up, then prunes what the older backups needed.
-async fn base_backup(
-    pg_basebackup: PathBuf,
-    dirs: Vec<PathBuf>,
-    view: CopiesView,
-    quorum: usize,
-    store_lock: Arc<Mutex<()>>,
-    endpoint: ComputeEndpoint,
-) -> anyhow::Result<Lsn> {
-    let scratch = dirs
-        .iter()
-        .find(|d| d.is_dir())
-        .ok_or_else(|| anyhow!("no copy is usable for a base backup"))?
-        .join("base")
-        .join("in-progress.tmp");
-    let _ = std::fs::remove_dir_all(&scratch);
-    let output = tokio::process::Command::new(&pg_basebackup)
-        .arg("-h")
-        .arg(&endpoint.socket_dir)
-        .args([
-            "-p",
-            &endpoint.port.to_string(),
-            "-U",
-            crate::runtime::BOOTSTRAP_SUPERUSER,
-        ])
-        .arg("-D")
-        .arg(&scratch)
-        .args(["-Ft", "-X", "none", "-c", "fast", "--no-sync", "-w"])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .context("running pg_basebackup")?;
-    if !output.status.success() {
-        bail!(
-            "pg_basebackup failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(scratch.join("backup_manifest")).context("reading backup_manifest")?,
-    )?;
-    let lsn_of = |key: &str| {
-        manifest["WAL-Ranges"][0][key]
-            .as_str()
-            .and_then(Lsn::parse)
-            .ok_or_else(|| anyhow!("backup_manifest has no {key}"))
-    };
-    let start = lsn_of("Start-LSN")?;
-    let end = lsn_of("End-LSN")?;
-    // A backup is restorable only with the WAL up to its end: store it once the copies hold that.
-    let deadline = std::time::Instant::now() + BACKUP_WAL_TIMEOUT;
-    while view.durable() < end {
-        if std::time::Instant::now() > deadline {
-            bail!("the copies did not reach the backup's end {end} within {BACKUP_WAL_TIMEOUT:?}");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-
-    // Copying and fsyncing a database-sized file six times is blocking work.
-    let stored = tokio::task::spawn_blocking(move || {
-        let _storing = store_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let stored = view
-            .store_backup(&scratch.join("base.tar"), start, end)
-            .map_err(|e| anyhow!(e))
-            .and_then(|stored| {
-                // Fewer than a quorum: not a backup to count on, nor to prune for.
-                if stored < quorum {
-                    bail!("the base backup at {start} went into {stored} copies only");
-                }
-                Ok(stored)
-            });
-        if stored.is_ok() {
-            if let Some(kept_from) = view.prune(KEEP_BASE_BACKUPS, quorum) {
-                tracing::info!(%kept_from, "older base backups and the WAL below them pruned");
-            }
-        }
-        let _ = std::fs::remove_dir_all(&scratch);
-        stored
-    })
-    .await??;
-    tracing::info!(%start, copies = stored, "base backup stored");
-    Ok(start)
-}
-
-fn rebuild_blocking(
-    dirs: &[PathBuf],
-    identity: Option<&identity::Identity>,
-    pgdata: &Path,
-) -> anyhow::Result<String> {
-    let readable = read::readable(dirs, identity);
-    if readable.len() < 3 {
-        bail!(
-            "only {} of {} copies are readable; a rebuild needs 3 (any 3 overlap every write quorum)",
-            readable.len(),
-            dirs.len()
-        );
-    }
-    let backup = read::newest_backup(&readable)
-        .ok_or_else(|| anyhow!("the copies hold no intact base backup"))?;
-    let staging = pgdata.with_extension("rebuild");
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging)?;
-    let mut archive = tar::Archive::new(std::fs::File::open(&backup.tar)?);
-    archive.set_preserve_permissions(true);
-    archive
-        .unpack(&staging)
-        .with_context(|| format!("extracting {}", backup.tar.display()))?;
-    let label = std::fs::read_to_string(staging.join("backup_label"))
-        .context("the base backup has no backup_label")?;
-    let timeline: u32 = label
-        .lines()
-        .find_map(|l| l.strip_prefix("START TIMELINE: "))
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(1);
-    let pg_wal = staging.join("pg_wal");
-    std::fs::create_dir_all(&pg_wal)?;
-    let end = read::restore_wal(
-        &readable,
-        timeline,
-        receiver::segment_start(backup.start),
-        &pg_wal,
-    )
-    .map_err(|e| anyhow!(e))?;
-    if let Some(needed) = backup.end.filter(|needed| end < *needed) {
-        // Postgres could not reach consistency and would refuse to start on this directory,
-        // which, once in place, would never be rebuilt again: leave pgdata missing instead.
-        let _ = std::fs::remove_dir_all(&staging);
-        bail!(
-            "the copies' WAL ends at {end}, before the end of the base backup at {} ({needed}); \
-             bring back the missing copies",
-            backup.start
-        );
-    }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))?;
-    // Durable before it takes pgdata's name: a crash must not leave a data directory there
-    // whose files never reached the disk (it would never be rebuilt again).
-    sync_tree(&staging).context("syncing the rebuilt data directory")?;
-    // Ownership is the runtime's business: it hands the directory to the user Postgres runs as.
-    std::fs::rename(&staging, pgdata)?;
-    if let Some(parent) = pgdata.parent() {
-        segment::sync_dir(parent)?;
-    }
-    Ok(format!(
-        "rebuilt from the base backup at {} and WAL up to {end} from {} copies",
-        backup.start,
-        readable.len()
-    ))
-}
-
-/// Makes everything under `root` durable: one syncfs of its file system (a base backup is
-/// thousands of files; one fsync each costs far more).
-fn sync_tree(root: &Path) -> std::io::Result<()> {
-    nix::unistd::syncfs(std::fs::File::open(root)?).map_err(std::io::Error::from)
 }

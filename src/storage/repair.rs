@@ -15,10 +15,12 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::copies::SetShared;
 use super::identity::{infer_from_wal, Identity};
+use super::private::{create_private, make_copy_dirs};
 use super::quorum::Health;
 use super::segment::{
     extent, install_segment, list_segments, newest_wal_end, read_sums, read_verified, sync_dir,
@@ -49,8 +51,8 @@ pub(super) fn holds_wal(dir: &Path) -> bool {
 /// Whether a copy directory that was down can be written again, and whose WAL it holds.
 pub(super) fn examine(dir: &Path, set: Option<&Identity>, need_free: u64) -> Returning {
     let probe = dir.join(".probe");
-    let writable = super::copies::make_copy_dirs(dir)
-        .and_then(|()| fs::write(&probe, b"ok"))
+    let writable = make_copy_dirs(dir)
+        .and_then(|()| create_private(&probe)?.write_all(b"ok"))
         .and_then(|()| fs::remove_file(&probe));
     if let Err(e) = writable {
         return Returning::NotYet(e.to_string());
@@ -258,20 +260,26 @@ pub(super) fn copy_wal(
     })
 }
 
-/// Copies a file durably under its final name: written as `<to>.tmp`, synced, renamed. The
-/// caller syncs the directory.
+/// Copies a file durably under its final name: written as `<to>.tmp` (0600), synced, renamed.
+/// The caller syncs the directory.
 pub(super) fn install_file(from: &Path, to: &Path) -> std::io::Result<()> {
     let tmp = to.with_extension(format!(
         "{}.tmp",
         to.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
-    let result = fs::copy(from, &tmp)
-        .and_then(|_| File::open(&tmp)?.sync_all())
-        .and_then(|()| fs::rename(&tmp, to));
+    let result = copy_private(from, &tmp).and_then(|()| fs::rename(&tmp, to));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Copies `from` into a new file `to`, 0600 whatever `from`'s mode (`fs::copy` would take it
+/// over), and syncs it.
+fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut target = create_private(to)?;
+    std::io::copy(&mut File::open(from)?, &mut target)?;
+    target.sync_all()
 }
 
 /// Copies the base backups of `source` that `target` lacks (or holds with another length):

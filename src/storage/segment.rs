@@ -7,6 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use super::private::{create_private, private_options};
 use super::wal::{parse_segment_file_name, segment_file_name, Lsn, SEGMENT_SIZE};
 
 /// The segment file a writer is filling, kept open between writes.
@@ -42,7 +43,7 @@ impl OpenSegment {
     /// Opens (creating it full-size if need be) a segment file and finds its next record slot.
     fn open(wal_dir: &Path, timeline: u32, segment: u64) -> std::io::Result<OpenSegment> {
         let path = wal_dir.join(segment_file_name(timeline, segment));
-        let file = OpenOptions::new()
+        let file = private_options()
             .create(true)
             .read(true)
             .write(true)
@@ -249,11 +250,7 @@ const PIECE: usize = 1 << 20;
 /// Writes a new segment file at `path` holding `pieces` (offset, bytes) with their checksum
 /// records, and makes it durable (not its directory entry: see [`install_segment`]).
 fn write_segment_file(path: &Path, pieces: &[(u64, Vec<u8>)]) -> std::io::Result<()> {
-    let file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(path)?;
+    let file = create_private(path)?;
     let mut records = Vec::new();
     for (offset, bytes) in pieces {
         for (i, chunk) in bytes.chunks(PIECE).enumerate() {
