@@ -94,8 +94,7 @@ async fn the_handshake_slots_once_full_refuse_with_53300_then_free_up() {
     let refused = pgtide
         .connect_as("postgres", PASSWORD, "postgres")
         .await
-        .err()
-        .expect("a connection past MAX_HANDSHAKES was refused");
+        .expect_err("a connection past MAX_HANDSHAKES was refused");
     assert_eq!(
         refused.code(),
         Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS),
