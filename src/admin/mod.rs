@@ -6,7 +6,10 @@
 //! Nothing here counts as client activity: reading status never wakes or keeps a cluster awake.
 //! When `[admin] token` is set every call needs it, as `Authorization: Bearer TOKEN` or, for a
 //! browser opening the page, `?token=TOKEN`; without a token, pause and resume are refused unless
-//! the admin address is loopback.
+//! the admin address is loopback, and every call must name the endpoint by a loopback address,
+//! `localhost` or its listen address in `Host`: a DNS-rebinding page (a name of the attacker's
+//! that resolves to 127.0.0.1 after the page loaded) sends its own name there, and its `Origin`
+//! matches that name, so the origin check alone would let it read /status and pause clusters.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -124,7 +127,7 @@ type Denied = (StatusCode, String);
 
 fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), Denied> {
     let Some(token) = &state.token else {
-        return Ok(());
+        return host_names_this_endpoint(state, headers);
     };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -138,6 +141,47 @@ fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), Denied> {
             "an admin token is required: Authorization: Bearer TOKEN\n".to_string(),
         ))
     }
+}
+
+/// Without a token, the only proof that a request was meant for this endpoint is the name it was
+/// sent to: a loopback address, `localhost`, or the configured listen address. Any other name may
+/// be a DNS-rebinding attacker's (421 Misdirected Request: this endpoint does not serve that name).
+fn host_names_this_endpoint(state: &AdminState, headers: &HeaderMap) -> Result<(), Denied> {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if host_is_trusted(host, state.listen) {
+        return Ok(());
+    }
+    Err((
+        StatusCode::MISDIRECTED_REQUEST,
+        format!(
+            "the admin endpoint answers only to a loopback address, localhost or {} (Host: {host:?}); \
+             set [admin] token to reach it by another name\n",
+            state.listen
+        ),
+    ))
+}
+
+/// Whether `host` (a Host header: `name`, `name:port`, `1.2.3.4:port`, `[::1]:port`) is a
+/// loopback address, `localhost`, or `listen` itself.
+fn host_is_trusted(host: &str, listen: SocketAddr) -> bool {
+    if host == listen.to_string() {
+        return true;
+    }
+    let name = match host.strip_prefix('[') {
+        // [v6] or [v6]:port
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((address, rest)) if rest.is_empty() || rest.starts_with(':') => address,
+            _ => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// For the page, which a browser opens by URL: the token may come as `?token=`.
@@ -384,5 +428,41 @@ async fn post_resume(
         )
             .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_is_trusted;
+
+    #[test]
+    fn only_loopback_localhost_and_the_listen_address_are_trusted_hosts() {
+        let loopback = "127.0.0.1:9187".parse().unwrap();
+        let public = "10.1.2.3:9187".parse().unwrap();
+        for host in [
+            "127.0.0.1:9187",
+            "127.0.0.1",
+            "127.5.6.7:1",
+            "localhost",
+            "LocalHost:9187",
+            "[::1]:9187",
+            "[::1]",
+        ] {
+            assert!(host_is_trusted(host, loopback), "{host}");
+        }
+        assert!(host_is_trusted("10.1.2.3:9187", public));
+        for host in [
+            "",
+            "evil.example",
+            "evil.example:9187",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example:9187",
+            "10.1.2.3:9188",
+            "10.1.2.3",
+            "[::1]x",
+            "[::2]:9187",
+        ] {
+            assert!(!host_is_trusted(host, public), "{host}");
+        }
     }
 }

@@ -139,23 +139,46 @@ pub async fn handshake(
     }
 }
 
-/// Answers a connection over the handshake bound and closes it.
+/// Answers a connection over the handshake bound and closes it. The client's packets are read
+/// whole before the answer: closing a socket with unread bytes in it sends a reset, which may
+/// reach the client before it read the error, and libpq then reports only "server closed the
+/// connection unexpectedly".
 pub async fn refuse_busy(mut tcp: TcpStream) {
     let answer = async {
-        // An SSLRequest first gets its 'N', so that the error reaches libpq as an error.
-        let mut first = [0u8; 8];
-        if tcp.read_exact(&mut first).await.is_ok() && first[4..] == wire::SSL_REQUEST.to_be_bytes()
-        {
-            let _ = tcp.write_all(b"N").await;
+        let mut code = read_packet_code(&mut tcp).await?;
+        // An SSLRequest or GSSENCRequest first gets its 'N' (as Postgres answers without TLS),
+        // so that the error reaches libpq as an error; then comes the StartupMessage.
+        if code == wire::SSL_REQUEST || code == wire::GSSENC_REQUEST {
+            tcp.write_all(b"N").await?;
+            code = read_packet_code(&mut tcp).await?;
         }
-        send_fatal(
-            &mut tcp,
-            "53300",
-            "sorry, too many connections are starting at once",
-        )
-        .await;
+        tracing::debug!(code, "refused: too many connections in their handshake");
+        // Says which bound was hit, so that it is not mistaken for max_client_connections.
+        let message = format!(
+            "sorry, too many connections are starting at once ({} are still logging in); \
+             try again shortly",
+            super::MAX_HANDSHAKES
+        );
+        send_fatal(&mut tcp, "53300", &message).await;
+        tcp.shutdown().await
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}
+
+/// Reads one startup-phase packet whole (length, then as many bytes as it says, at most
+/// Postgres's own bound) and returns its code: the protocol version or a request code.
+async fn read_packet_code(tcp: &mut TcpStream) -> std::io::Result<i32> {
+    let len = tcp.read_i32().await?;
+    let Ok(len) = usize::try_from(len) else {
+        return Err(std::io::ErrorKind::InvalidData.into());
+    };
+    if !(8..=wire::MAX_STARTUP_PACKET).contains(&len) {
+        return Err(std::io::ErrorKind::InvalidData.into());
+    }
+    let code = tcp.read_i32().await?;
+    let mut rest = vec![0u8; len - 8];
+    tcp.read_exact(&mut rest).await?;
+    Ok(code)
 }
 
 async fn reject(mut stream: ClientStream, e: ReadStartupError) -> Option<(ClientStream, Startup)> {

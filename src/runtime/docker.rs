@@ -543,7 +543,7 @@ impl DockerSlots {
         let mut cmd = vec!["initdb", "-D", &scratch];
         cmd.extend(INITDB_OPTIONS);
         let (code, text) = self.exec_output(&slot.container, &cmd).await?;
-        let _ = std::fs::write(cluster_dir.join("initdb.log"), &text);
+        let _ = crate::files::write_private_log(&cluster_dir.join("initdb.log"), text.as_bytes());
         if code != Some(0) {
             bail!(
                 "initdb in {} failed ({code:?}): {}",
@@ -796,12 +796,9 @@ async fn watch_exit(
     stopping: Arc<AtomicBool>,
     exit_tx: watch::Sender<Option<ExitInfo>>,
 ) {
-    let mut log = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .await
-        .ok();
+    let mut log = crate::files::open_private_log(&log_path)
+        .ok()
+        .map(tokio::fs::File::from_std);
     while let Some(Ok(chunk)) = output.next().await {
         if let Some(log) = log.as_mut() {
             let _ = log.write_all(&chunk.into_bytes()).await;

@@ -106,7 +106,7 @@ impl Host {
             .context("running initdb")?;
         let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&output.stderr));
-        let _ = std::fs::write(log.with_file_name("initdb.log"), &text);
+        let _ = crate::files::write_private_log(&log.with_file_name("initdb.log"), text.as_bytes());
         if !output.status.success() {
             bail!("initdb of {} failed: {}", pgdata.display(), text.trim());
         }

@@ -245,10 +245,9 @@ impl Runtime for ProcessRuntime {
             port: COMPUTE_PORT,
         };
 
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
+        // pgtide opens the log (0600, its own) and Postgres inherits the descriptor: the
+        // compute writes its log, and no other cluster's compute user can read it.
+        let log = crate::files::open_private_log(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         super::quiet_postmaster_settings(&pgdata, spec)
             .with_context(|| format!("editing {}/postgresql.conf", pgdata.display()))?;

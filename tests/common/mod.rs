@@ -239,6 +239,49 @@ superuser = true
         self.status()["clusters"][0].clone()
     }
 
+    /// `GET /status` read into the structs pgtide serialises it from: a renamed or retyped
+    /// field fails here, at the contract, rather than as a `Value::Null` deep in a test.
+    pub fn status_typed(&self) -> pgtide::admin::StatusResponse {
+        let body = self.admin_get("/status").expect("GET /status");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status: {e}: {body}"))
+    }
+
+    /// The typed `/status` entry of the cluster called `name`.
+    pub fn cluster(&self, name: &str) -> pgtide::admin::ClusterStatus {
+        let status = self.status_typed();
+        let names: Vec<String> = status.clusters.iter().map(|c| c.name.clone()).collect();
+        status
+            .clusters
+            .into_iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name:?} in /status (there are {names:?})"))
+    }
+
+    /// Waits (at most `timeout`) until the cluster called `name` is in `state`; panics with
+    /// pgtide's log otherwise.
+    pub fn wait_cluster_state(
+        &self,
+        name: &str,
+        state: pgtide::cluster::state::StateName,
+        timeout: Duration,
+    ) {
+        let reached = wait_until(timeout, || {
+            self.admin_get("/status")
+                .and_then(|body| serde_json::from_str::<pgtide::admin::StatusResponse>(&body).ok())
+                .is_some_and(|s| {
+                    s.clusters
+                        .iter()
+                        .any(|c| c.name == name && c.state == state)
+                })
+        });
+        assert!(
+            reached,
+            "cluster {name} not {} after {timeout:?}; log:\n{}",
+            state.as_str(),
+            self.log()
+        );
+    }
+
     /// The cluster's recent events, as (kind, message).
     /// Waits (30 s at most) until the cluster has noticed that its compute's data directory is
     /// gone.
