@@ -67,40 +67,14 @@ fn python_client(pgtide: &Pgtide, script: &str) -> String {
 }
 
 /// The drivers' own pools on top of pgtide's, with their statement caches on: asyncpg's and
-/// psycopg 3's, and node-postgres's where Node finds the `pg` module (Debian's node-pg; set
-/// `PGTIDE_NODE_PATH` to where it is unpacked when it is not installed system-wide).
+/// psycopg 3's (node-postgres's and JDBC's are in tests/drivers.rs).
 #[test]
 fn driver_pools_with_statement_caches() {
     let pgtide = pooled("");
-    let clients = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
     let stdout = python_client(&pgtide, "client_pools.py");
     assert!(
         stdout.contains("ok asyncpg pool") && stdout.contains("ok psycopg pool"),
         "{stdout}"
-    );
-    let node_path =
-        std::env::var("PGTIDE_NODE_PATH").unwrap_or_else(|_| "/usr/share/nodejs".into());
-    let has_pg = std::process::Command::new("node")
-        .args(["-e", "require('pg')"])
-        .env("NODE_PATH", &node_path)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_pg {
-        eprintln!("node-postgres not found (NODE_PATH={node_path}): its part is not run");
-        return;
-    }
-    let out = std::process::Command::new("node")
-        .arg(clients.join("node_pool.js"))
-        .arg(pgtide.port.to_string())
-        .arg(PASSWORD)
-        .env("NODE_PATH", &node_path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("ok node-postgres pool"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 
