@@ -609,17 +609,24 @@ impl Soak {
                     }
                 }
                 // Postgres follows pgtide (PR_SET_PDEATHSIG); whatever still runs on this data
-                // goes too.
-                std::thread::sleep(Duration::from_millis(500));
-                for pid in processes_matching(&path_str(&data_dir)) {
-                    send_signal(pid, Signal::SIGKILL);
+                // goes too, until nothing does (bounded: the watchdog must exit).
+                let data = path_str(&data_dir);
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    let left = processes_matching(&data);
+                    if left.is_empty() || std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    for pid in left {
+                        send_signal(pid, Signal::SIGKILL);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 remove_containers_of(&data_dir);
                 if let Some(mount) = &mount {
                     unmount(mount);
                 }
                 if !keep {
-                    std::thread::sleep(Duration::from_millis(500));
                     let _ = std::fs::remove_dir_all(data_dir.parent().expect("the test directory"));
                     if let Some(root) = mount.as_ref().and_then(|m| m.parent()) {
                         let _ = std::fs::remove_dir_all(root);

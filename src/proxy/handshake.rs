@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::errors::send_fatal;
@@ -145,14 +145,20 @@ pub async fn handshake(
 /// connection unexpectedly".
 pub async fn refuse_busy(mut tcp: TcpStream) {
     let answer = async {
-        let mut code = read_packet_code(&mut tcp).await?;
+        let mut packet = wire::read_startup_packet(&mut tcp).await;
         // An SSLRequest or GSSENCRequest first gets its 'N' (as Postgres answers without TLS),
         // so that the error reaches libpq as an error; then comes the StartupMessage.
-        if code == wire::SSL_REQUEST || code == wire::GSSENC_REQUEST {
+        if matches!(
+            packet,
+            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest)
+        ) {
             tcp.write_all(b"N").await?;
-            code = read_packet_code(&mut tcp).await?;
+            packet = wire::read_startup_packet(&mut tcp).await;
         }
-        tracing::debug!(code, "refused: too many connections in their handshake");
+        if let Err(ReadStartupError::Io(e)) = packet {
+            return Err(e);
+        }
+        tracing::debug!("refused: too many connections in their handshake");
         // Says which bound was hit, so that it is not mistaken for max_client_connections.
         let message = format!(
             "sorry, too many connections are starting at once ({} are still logging in); \
@@ -163,22 +169,6 @@ pub async fn refuse_busy(mut tcp: TcpStream) {
         tcp.shutdown().await
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
-}
-
-/// Reads one startup-phase packet whole (length, then as many bytes as it says, at most
-/// Postgres's own bound) and returns its code: the protocol version or a request code.
-async fn read_packet_code(tcp: &mut TcpStream) -> std::io::Result<i32> {
-    let len = tcp.read_i32().await?;
-    let Ok(len) = usize::try_from(len) else {
-        return Err(std::io::ErrorKind::InvalidData.into());
-    };
-    if !(8..=wire::MAX_STARTUP_PACKET).contains(&len) {
-        return Err(std::io::ErrorKind::InvalidData.into());
-    }
-    let code = tcp.read_i32().await?;
-    let mut rest = vec![0u8; len - 8];
-    tcp.read_exact(&mut rest).await?;
-    Ok(code)
 }
 
 async fn reject(mut stream: ClientStream, e: ReadStartupError) -> Option<(ClientStream, Startup)> {
