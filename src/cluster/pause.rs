@@ -80,7 +80,8 @@ impl ClusterTask {
         self.no_compute_status();
         self.publish_storage_status();
         if job.kind == StopKind::Lost {
-            self.move_lost_data_directory_aside();
+            // The next start moves the remains aside, after the runtime gave back all it held.
+            self.data_lost = true;
         }
         self.shared.events.record(EventKind::Stopped, stopped);
         match job.then {

@@ -84,7 +84,7 @@ impl ClusterTask {
     /// A running compute whose data directory is gone is lost: a stop job kills it (no clean
     /// stop: with its directory gone it can neither checkpoint nor be found by `pg_ctl`, and a
     /// compute left running would keep serving, and holding, sessions); when it is done what is
-    /// left of the directory is moved aside ([`ClusterTask::move_lost_data_directory_aside`])
+    /// left of the directory is moved aside ([`move_lost_data_directory_aside`], by the next start)
     /// and a restart rebuilds it from the copies.
     pub(super) fn check_data_directory(&mut self) {
         let Phase::Running(running) = &self.phase else {
@@ -111,24 +111,29 @@ impl ClusterTask {
         );
         self.begin_stop(running.compute, StopKind::Lost, AfterStop::Restart);
     }
+}
 
-    /// After a lost compute's stop: the runtime has put back (renamed) whatever it held; what
-    /// remains is moved aside, never deleted, so that the next start sees a missing directory
-    /// and rebuilds it.
-    pub(super) fn move_lost_data_directory_aside(&self) {
-        let home = crate::runtime::pgdata_of(self.cluster_dir());
-        if !home.exists() {
-            return;
+/// After a lost compute's stop: the runtime has put back (renamed) whatever it held; what
+/// remains is moved aside, never deleted, so that the next start sees a missing directory and
+/// rebuilds it.
+pub(super) fn move_lost_data_directory_aside(cluster_dir: &Path) {
+    let home = crate::runtime::pgdata_of(cluster_dir);
+    if !home.exists() {
+        return;
+    }
+    let aside = home.with_extension(format!(
+        "lost-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    ));
+    match std::fs::rename(&home, &aside) {
+        Ok(()) => {
+            tracing::warn!(aside = %aside.display(), "the remains of a lost data directory were moved aside")
         }
-        let aside = home.with_extension(format!(
-            "lost-{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        ));
-        if let Err(e) = std::fs::rename(&home, &aside) {
-            tracing::warn!(cluster = %self.name(), error = %e, "could not move the remains of the data directory aside");
+        Err(e) => {
+            tracing::warn!(error = %e, "could not move the remains of the data directory aside")
         }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! [`StartJob::spawn`] takes what a start needs (the runtime, the cluster's directory, the
 //! storage, which it lends back when it ends) and runs, in order:
-//! 1. [`Runtime::reclaim`]: a runtime that still holds the data directory gives it back;
+//! 1. [`Runtime::reclaim`]: a runtime that still holds the data directory gives it back; after
+//!    a lost data directory, whatever came back of it is moved aside
+//!    ([`move_lost_data_directory_aside`](super::restart::move_lost_data_directory_aside));
 //! 2. the previous compute's base backup is ended;
 //! 3. a missing data directory is rebuilt from the copies ([`Durability::rebuild`]) — or, when
 //!    the cluster has existed and nothing can rebuild it, the start fails saying so: a cluster
@@ -64,6 +66,8 @@ pub(super) struct StartInput {
     pub cluster_dir: PathBuf,
     pub storage: Option<Box<dyn Durability>>,
     pub users_synced: bool,
+    /// The last compute lost its data directory: what is there now is remains, moved aside.
+    pub data_lost: bool,
     pub size: ComputeSize,
     pub postmaster_settings: Vec<(&'static str, String)>,
 }
@@ -133,6 +137,11 @@ async fn steps(
     let shared = input.shared.clone();
     let events = &shared.events;
     input.runtime.reclaim(&input.cluster_dir).await?;
+    // Only now: a runtime may hand the remains of a lost directory back as late as `reclaim`
+    // (a docker slot whose container was still being removed when the kill returned).
+    if input.data_lost {
+        super::restart::move_lost_data_directory_aside(&input.cluster_dir);
+    }
     let pgdata = crate::runtime::pgdata_of(&input.cluster_dir);
     let marker = initialised_marker(&input.cluster_dir);
     if let Some(storage) = &mut input.storage {

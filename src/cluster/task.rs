@@ -86,6 +86,10 @@ pub(super) struct ClusterTask {
     has_copies: bool,
     /// The config's users were created in the compute during this run.
     users_synced: bool,
+    /// The data directory was lost (its compute was killed for it) and no start has succeeded
+    /// since: the next start moves whatever came back of it aside before it looks, so that it
+    /// rebuilds from the copies instead of trusting remains.
+    pub(super) data_lost: bool,
     pub(super) scaler: Scaler,
     pub(super) metering: Metering,
     last_tick: Instant,
@@ -124,6 +128,7 @@ impl ClusterTask {
             phase: Phase::Paused,
             storage,
             users_synced: false,
+            data_lost: false,
             scaler,
             metering,
             last_tick: Instant::now(),
@@ -187,6 +192,7 @@ impl ClusterTask {
             cluster_dir: self.cluster_dir.clone(),
             storage: self.storage.take(),
             users_synced: self.users_synced,
+            data_lost: self.data_lost,
             size: self.initial_size(),
             postmaster_settings,
         };
@@ -306,6 +312,7 @@ impl ClusterTask {
 
     /// A compute is up: record how it went, let clients in, then size it.
     async fn on_started(&mut self, job: StartJob, compute: Box<dyn Compute>) {
+        self.data_lost = false;
         let elapsed = job.started_at.elapsed();
         let ms = elapsed.as_millis();
         let name = self.name().to_string();
@@ -529,9 +536,5 @@ async fn phase_event(phase: &mut Phase) -> PhaseEvent {
 impl ClusterTask {
     pub(super) fn has_copies(&self) -> bool {
         self.has_copies
-    }
-
-    pub(super) fn cluster_dir(&self) -> &std::path::Path {
-        &self.cluster_dir
     }
 }

@@ -350,6 +350,39 @@ async fn a_lost_data_directory_is_rebuilt_from_the_copies() {
     );
 }
 
+/// The runtime gives the remains of the lost directory back only at the next start's reclaim
+/// (a docker container still being removed when its kill returned): they are moved aside then,
+/// and the directory is rebuilt from the copies, not started from the remains.
+#[tokio::test(start_paused = true)]
+async fn remains_given_back_late_are_moved_aside_and_the_directory_rebuilt() {
+    let storage = Arc::new(StorageControl::default());
+    let c = cluster(Some(storage.clone()), |_| {});
+    c.wait_for(StateName::Running).await;
+    c.compute.remains_at_reclaim.store(true, Ordering::SeqCst);
+    std::fs::remove_dir_all(c.pgdata()).unwrap();
+    while c.events(EventKind::Restarted) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.wait_for(StateName::Running).await;
+    assert!(
+        !c.compute.remains_at_reclaim.load(Ordering::SeqCst),
+        "reclaim ran"
+    );
+    assert_eq!(
+        storage.rebuilds_finished.load(Ordering::SeqCst),
+        1,
+        "rebuilt from the copies, not started on the remains"
+    );
+    assert!(!c.pgdata().join("base").join("remains").exists());
+    let parent = c.pgdata().parent().unwrap().to_path_buf();
+    let aside = std::fs::read_dir(&parent)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pgdata.lost-"))
+        .count();
+    assert_eq!(aside, 1, "the remains are kept aside, never deleted");
+}
+
 #[tokio::test(start_paused = true)]
 async fn copies_with_wal_but_no_backup_are_never_initialised_over() {
     let storage = Arc::new(StorageControl::default());

@@ -29,6 +29,9 @@ pub struct FakeControl {
     pub stop_time: Mutex<Duration>,
     /// How long each kill takes before the compute exits.
     pub kill_time: Mutex<Duration>,
+    /// The next `reclaim` hands back the remains of a data directory (files, no PG_VERSION), as
+    /// a docker slot does whose container was still being removed when the kill returned.
+    pub remains_at_reclaim: std::sync::atomic::AtomicBool,
     /// Usage reported by every compute.
     pub usage: Mutex<Usage>,
     pub starts: AtomicUsize,
@@ -77,6 +80,19 @@ impl Runtime for FakeRuntime {
     }
 
     async fn shutdown(&self) {}
+
+    async fn reclaim(&self, cluster_dir: &std::path::Path) -> anyhow::Result<()> {
+        if self
+            .control
+            .remains_at_reclaim
+            .swap(false, Ordering::SeqCst)
+        {
+            let pgdata = super::pgdata_of(cluster_dir);
+            std::fs::create_dir_all(pgdata.join("base"))?;
+            std::fs::write(pgdata.join("base").join("remains"), b"half deleted")?;
+        }
+        Ok(())
+    }
 
     async fn start(&self, spec: &ComputeSpec) -> anyhow::Result<Box<dyn Compute>> {
         let control = &self.control;
