@@ -643,6 +643,17 @@ password = "secret"
     }
 
     #[test]
+    fn the_tenants_example_loads() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/tenants.toml"));
+        let config = Config::load(path).unwrap();
+        assert_eq!(
+            config.tenants.unwrap().listen,
+            "127.0.0.1:5432".parse().unwrap()
+        );
+        assert_eq!(config.clusters[1].listen, None);
+    }
+
+    #[test]
     fn embedded_default_parses() {
         let config = parse(DEFAULT_CONFIG).expect("default config is valid");
         assert_eq!(config.clusters.len(), 1);

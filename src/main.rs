@@ -1,7 +1,7 @@
 //! pgtide: serverless PostgreSQL you run yourself.
 //!
-//! `pgtide serve` runs the proxy, the clusters and the admin endpoint; `status`, `pause` and
-//! `resume` are clients of the admin endpoint.
+//! `pgtide serve` runs the proxy, the clusters and the admin endpoint; `status`, `pause`,
+//! `resume`, `create`, `drop` and `list` are clients of the admin endpoint.
 
 use pgtide::{admin, cluster, config, proxy, runtime, tenants};
 
