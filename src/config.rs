@@ -28,8 +28,18 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub storage: StorageConfig,
+    /// The shared endpoint of every cluster (`[tenants]`), routed by TLS SNI, `options` or the
+    /// database name; with it, config clusters may leave out `listen`.
+    pub tenants: Option<TenantsConfig>,
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,7 +142,8 @@ pub enum PoolMode {
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub name: String,
-    pub listen: SocketAddr,
+    /// The cluster's own port; optional when `[tenants]` serves every cluster on one endpoint.
+    pub listen: Option<SocketAddr>,
     #[serde(default)]
     pub min_acu: f64,
     pub max_acu: f64,
@@ -151,19 +162,69 @@ pub struct ClusterConfig {
     pub users: Vec<UserConfig>,
 }
 
-fn default_auto_pause_after() -> Duration {
+impl ClusterConfig {
+    /// The checks of `min_acu`, `max_acu` and `auto_pause_after`, which clusters created at run
+    /// time pass too: the offending key and what is wrong.
+    pub fn check_capacity(&self, step: f64) -> Result<(), (&'static str, String)> {
+        if !(self.min_acu >= 0.0 && is_step_multiple(self.min_acu, step)) {
+            return Err((
+                "min_acu",
+                format!(
+                    "must be 0 or a positive multiple of step_acu ({step}), got {}",
+                    self.min_acu
+                ),
+            ));
+        }
+        if !(self.max_acu >= step && is_step_multiple(self.max_acu, step)) {
+            return Err((
+                "max_acu",
+                format!(
+                    "must be a multiple of step_acu ({step}) of at least one step, got {}",
+                    self.max_acu
+                ),
+            ));
+        }
+        if self.max_acu < self.min_acu {
+            return Err((
+                "max_acu",
+                format!(
+                    "must be at least min_acu ({}), got {}",
+                    self.min_acu, self.max_acu
+                ),
+            ));
+        }
+        if self.max_acu > 256.0 {
+            return Err((
+                "max_acu",
+                format!("must be at most 256, got {}", self.max_acu),
+            ));
+        }
+        if self.auto_pause_after < Duration::from_secs(1) {
+            return Err((
+                "auto_pause_after",
+                format!(
+                    "must be at least 1s, got {}",
+                    humantime::format_duration(self.auto_pause_after)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub fn default_auto_pause_after() -> Duration {
     Duration::from_secs(300)
 }
-fn default_scale_down_after() -> Duration {
+pub fn default_scale_down_after() -> Duration {
     Duration::from_secs(30)
 }
-fn default_pool_mode() -> PoolMode {
+pub fn default_pool_mode() -> PoolMode {
     PoolMode::Session
 }
-fn default_resume_timeout() -> Duration {
+pub fn default_resume_timeout() -> Duration {
     Duration::from_secs(30)
 }
-fn default_max_client_connections() -> usize {
+pub fn default_max_client_connections() -> usize {
     10_000
 }
 
@@ -286,6 +347,10 @@ impl Config {
                 *copy = absolute(copy);
             }
         }
+        if let Some(tls) = self.tenants.as_mut().and_then(|t| t.tls.as_mut()) {
+            tls.cert = absolute(&tls.cert);
+            tls.key = absolute(&tls.key);
+        }
         for cluster in &mut self.clusters {
             if let Some(tls) = &mut cluster.tls {
                 tls.cert = absolute(&tls.cert);
@@ -349,6 +414,14 @@ impl Config {
         let mut names = HashSet::new();
         let mut listens = HashSet::new();
         listens.insert(self.admin.listen);
+        if let Some(tenants) = &self.tenants {
+            if !listens.insert(tenants.listen) {
+                return Err(Invalid::at(
+                    &[Key("tenants"), Key("listen")],
+                    format!("{} is already used by the admin endpoint", tenants.listen),
+                ));
+            }
+        }
         for (i, cluster) in self.clusters.iter().enumerate() {
             let at = |key: &'static str| [Key("clusters"), Index(i), Key(key)];
             let valid_name = !cluster.name.is_empty()
@@ -372,57 +445,30 @@ impl Config {
                     format!("cluster \"{}\" is defined twice", cluster.name),
                 ));
             }
-            if !listens.insert(cluster.listen) {
-                return Err(Invalid::at(
-                    &at("listen"),
-                    format!(
-                        "{} is already used by the admin endpoint or another cluster",
-                        cluster.listen
-                    ),
-                ));
+            match cluster.listen {
+                None if self.tenants.is_none() => {
+                    return Err(Invalid::at(
+                        &[Key("clusters"), Index(i)],
+                        format!(
+                            "cluster \"{}\" needs listen (it may be left out only when [tenants] \
+                             serves every cluster on one endpoint)",
+                            cluster.name
+                        ),
+                    ));
+                }
+                Some(listen) if !listens.insert(listen) => {
+                    return Err(Invalid::at(
+                        &at("listen"),
+                        format!(
+                            "{listen} is already used by the admin endpoint, [tenants] or \
+                             another cluster"
+                        ),
+                    ));
+                }
+                _ => {}
             }
-            let step = capacity.step_acu;
-            if !(cluster.min_acu >= 0.0 && is_step_multiple(cluster.min_acu, step)) {
-                return Err(Invalid::at(
-                    &at("min_acu"),
-                    format!(
-                        "must be 0 or a positive multiple of step_acu ({step}), got {}",
-                        cluster.min_acu
-                    ),
-                ));
-            }
-            if !(cluster.max_acu >= step && is_step_multiple(cluster.max_acu, step)) {
-                return Err(Invalid::at(
-                    &at("max_acu"),
-                    format!(
-                        "must be a multiple of step_acu ({step}) of at least one step, got {}",
-                        cluster.max_acu
-                    ),
-                ));
-            }
-            if cluster.max_acu < cluster.min_acu {
-                return Err(Invalid::at(
-                    &at("max_acu"),
-                    format!(
-                        "must be at least min_acu ({}), got {}",
-                        cluster.min_acu, cluster.max_acu
-                    ),
-                ));
-            }
-            if cluster.max_acu > 256.0 {
-                return Err(Invalid::at(
-                    &at("max_acu"),
-                    format!("must be at most 256, got {}", cluster.max_acu),
-                ));
-            }
-            if cluster.auto_pause_after < Duration::from_secs(1) {
-                return Err(Invalid::at(
-                    &at("auto_pause_after"),
-                    format!(
-                        "must be at least 1s, got {}",
-                        humantime::format_duration(cluster.auto_pause_after)
-                    ),
-                ));
+            if let Err((key, message)) = cluster.check_capacity(capacity.step_acu) {
+                return Err(Invalid::at(&at(key), message));
             }
             if cluster.resume_timeout < Duration::from_millis(100) {
                 return Err(Invalid::at(
@@ -597,12 +643,23 @@ password = "secret"
     }
 
     #[test]
+    fn the_tenants_example_loads() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/tenants.toml"));
+        let config = Config::load(path).unwrap();
+        assert_eq!(
+            config.tenants.unwrap().listen,
+            "127.0.0.1:5432".parse().unwrap()
+        );
+        assert_eq!(config.clusters[1].listen, None);
+    }
+
+    #[test]
     fn embedded_default_parses() {
         let config = parse(DEFAULT_CONFIG).expect("default config is valid");
         assert_eq!(config.clusters.len(), 1);
         let main = &config.clusters[0];
         assert_eq!(main.name, "main");
-        assert_eq!(main.listen, "127.0.0.1:6432".parse().unwrap());
+        assert_eq!(main.listen, Some("127.0.0.1:6432".parse().unwrap()));
         assert_eq!(main.auto_pause_after, Duration::from_secs(300));
         assert_eq!(main.users[0].name, "postgres");
         assert_eq!(config.storage_copies().len(), 6);
@@ -694,6 +751,24 @@ password = "secret"
         let err = parse(&text).unwrap_err();
         assert_eq!(err.line, Some(6), "{err}");
         assert!(err.message.contains("statement"), "{err}");
+    }
+
+    #[test]
+    fn listen_may_be_left_out_only_with_tenants() {
+        let text = MINIMAL.replace("listen = \"127.0.0.1:6432\"\n", "");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("clusters[0]"), "{err}");
+        assert!(err.message.contains("[tenants]"), "{err}");
+        let shared = format!("[tenants]\nlisten = \"127.0.0.1:5432\"\n{text}");
+        let config = parse(&shared).unwrap();
+        assert_eq!(config.clusters[0].listen, None);
+        assert_eq!(
+            config.tenants.unwrap().listen,
+            "127.0.0.1:5432".parse().unwrap()
+        );
+        let clash = format!("[tenants]\nlisten = \"127.0.0.1:6432\"\n{MINIMAL}");
+        let err = parse(&clash).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("clusters[0].listen"), "{err}");
     }
 
     #[test]

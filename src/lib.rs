@@ -10,4 +10,5 @@ pub mod proxy;
 pub mod runtime;
 pub mod scaler;
 pub mod storage;
+pub mod tenants;
 pub mod wire;

@@ -1,9 +1,9 @@
 //! pgtide: serverless PostgreSQL you run yourself.
 //!
-//! `pgtide serve` runs the proxy, the clusters and the admin endpoint; `status`, `pause` and
-//! `resume` are clients of the admin endpoint.
+//! `pgtide serve` runs the proxy, the clusters and the admin endpoint; `status`, `pause`,
+//! `resume`, `create`, `drop` and `list` are clients of the admin endpoint.
 
-use pgtide::{admin, cluster, config, proxy, runtime, storage};
+use pgtide::{admin, cluster, config, proxy, runtime, tenants};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +56,42 @@ enum CommandLine {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Create a cluster now, served on the [tenants] endpoint and kept across restarts.
+    Create {
+        /// A DNS label: lowercase letters, digits and '-', starting with a letter.
+        name: String,
+        #[arg(long)]
+        min_acu: Option<f64>,
+        #[arg(long)]
+        max_acu: Option<f64>,
+        #[arg(long, value_parser = ["session", "transaction"])]
+        pool_mode: Option<String>,
+        /// e.g. 90s, 5m, 1h.
+        #[arg(long)]
+        auto_pause_after: Option<String>,
+        /// The postgres user's password (made up and shown once when left out).
+        #[arg(long)]
+        password: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Drop a created cluster: its compute, its data and its copies (config clusters cannot).
+    Drop {
+        name: String,
+        /// Move the data and the copies aside (under dropped/NAME-SECONDS) instead of deleting.
+        #[arg(long)]
+        keep_data: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// List every cluster, config and created.
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the raw JSON of GET /clusters.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +109,35 @@ fn main() -> std::process::ExitCode {
         CommandLine::Resume { cluster, config } => {
             admin_client::action(config.as_deref(), &cluster, "resume")
         }
+        CommandLine::Create {
+            name,
+            min_acu,
+            max_acu,
+            pool_mode,
+            auto_pause_after,
+            password,
+            config,
+        } => {
+            let pool_mode = pool_mode.map(|mode| match mode.as_str() {
+                "transaction" => config::PoolMode::Transaction,
+                _ => config::PoolMode::Session,
+            });
+            let request = tenants::CreateRequest {
+                name,
+                min_acu,
+                max_acu,
+                pool_mode,
+                auto_pause_after,
+                password,
+            };
+            admin_client::create(config.as_deref(), &request)
+        }
+        CommandLine::Drop {
+            name,
+            keep_data,
+            config,
+        } => admin_client::drop_cluster(config.as_deref(), &name, keep_data),
+        CommandLine::List { config, json } => admin_client::list(config.as_deref(), json),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -143,63 +208,69 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Bind everything first, so that a port in use fails the start before any compute runs.
     let mut listeners = Vec::new();
     for cluster in &config.clusters {
-        let listener = TcpListener::bind(cluster.listen).await.with_context(|| {
-            format!(
-                "cluster \"{}\": cannot listen on {}",
-                cluster.name, cluster.listen
-            )
-        })?;
+        let Some(listen) = cluster.listen else {
+            listeners.push(None);
+            continue;
+        };
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cluster \"{}\": cannot listen on {listen}", cluster.name))?;
         let tls = cluster.tls.as_ref().map(proxy::tls::acceptor).transpose()?;
-        listeners.push((listener, tls));
+        listeners.push(Some((listener, tls)));
     }
+    let shared_listener = match &config.tenants {
+        Some(tenants) => {
+            let listener = TcpListener::bind(tenants.listen)
+                .await
+                .with_context(|| format!("[tenants]: cannot listen on {}", tenants.listen))?;
+            let tls = tenants.tls.as_ref().map(proxy::tls::acceptor).transpose()?;
+            Some((listener, tls))
+        }
+        None => None,
+    };
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("admin: cannot listen on {}", config.admin.listen))?;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let proxy_shared = Arc::new(proxy::ProxyShared::default());
-    let copies = config.storage_copies();
-    let bin_dir = if copies.is_empty() {
-        None
-    } else {
-        Some(
-            runtime::binaries::PostgresBinaries::find(config.runtime.postgres_bin_dir.as_deref())?
-                .bin_dir,
-        )
-    };
-    let mut clusters = Vec::new();
-    for (cluster_config, (listener, tls)) in config.clusters.iter().zip(listeners) {
-        let storage = bin_dir
-            .as_ref()
-            .map(|bin_dir| -> Box<dyn cluster::Durability> {
-                Box::new(storage::ClusterStorage::open(
-                    &copies,
-                    &cluster_config.name,
-                    config.storage.write_quorum,
-                    bin_dir,
-                    config.storage.base_backup_after_mib * 1024 * 1024,
-                ))
-            });
-        let handle = cluster::spawn(
-            cluster_config.clone(),
-            config.capacity,
-            compute_runtime.clone(),
-            config.runtime.data_dir.clone(),
-            storage,
-        );
-        tracing::info!(cluster = %cluster_config.name, listen = %cluster_config.listen, "accepting clients");
+    let spawner =
+        tenants::spawner::Spawner::new(&config, compute_runtime.clone(), shutdown_rx.clone())?;
+    let registry = Arc::new(tenants::registry::Registry::new(
+        config.tenants.as_ref().map(|t| t.listen),
+    ));
+    for (cluster_config, listener) in config.clusters.iter().zip(listeners) {
+        let handle = spawner.spawn(cluster_config.clone(), cluster::Initially::Started);
+        registry.insert(handle.clone(), tenants::registry::Source::Config);
+        if let Some((listener, tls)) = listener {
+            tracing::info!(cluster = %cluster_config.name, listen = ?cluster_config.listen, "accepting clients");
+            tokio::spawn(proxy::serve(
+                listener,
+                proxy::client::Serves::One(handle),
+                tls,
+                proxy_shared.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
+    }
+    let tenants = Arc::new(tenants::Tenants::open(
+        registry.clone(),
+        spawner,
+        proxy_shared.clone(),
+    )?);
+    if let (Some((listener, tls)), Some(shared)) = (shared_listener, &config.tenants) {
+        tracing::info!(listen = %shared.listen, "accepting clients of every cluster");
         tokio::spawn(proxy::serve(
             listener,
-            handle.clone(),
+            proxy::client::Serves::Routed(registry.clone()),
             tls,
             proxy_shared.clone(),
             shutdown_rx.clone(),
         ));
-        clusters.push(handle);
     }
 
     let admin_state = Arc::new(admin::AdminState {
-        clusters: clusters.clone(),
+        tenants: tenants.clone(),
         metrics,
         token: config.admin.token.clone(),
         listen: config.admin.listen,
@@ -217,8 +288,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: stopping every compute");
     let _ = shutdown_tx.send(true);
     let mut stops = tokio::task::JoinSet::new();
-    for cluster in clusters {
-        stops.spawn(async move { cluster.shutdown().await });
+    for registered in registry.all() {
+        stops.spawn(async move { registered.handle.shutdown().await });
     }
     let all_stopped = async { while stops.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(90), all_stopped)
@@ -267,6 +338,16 @@ mod admin_client {
     }
 
     fn request(config: &Config, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        send(config, method, path, None)
+    }
+
+    /// One call of the admin API; `body` is sent as JSON (POST only).
+    fn send(
+        config: &Config,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<(u16, String)> {
         let url = format!("http://{}{}", config.admin.listen, path);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -284,7 +365,17 @@ mod admin_client {
                 if let Some(value) = &authorization {
                     request = request.header("authorization", value);
                 }
-                request.send_empty()
+                match body {
+                    Some(body) => request.send_json(body),
+                    None => request.send_empty(),
+                }
+            }
+            "DELETE" => {
+                let mut request = agent.delete(&url);
+                if let Some(value) = &authorization {
+                    request = request.header("authorization", value);
+                }
+                request.call()
             }
             _ => {
                 let mut request = agent.get(&url);
@@ -424,6 +515,80 @@ mod admin_client {
                 .unwrap_or_default()
         ));
         out
+    }
+
+    pub fn create(
+        config: Option<&Path>,
+        request: &pgtide::tenants::CreateRequest,
+    ) -> anyhow::Result<()> {
+        let config = load(config)?;
+        let body = serde_json::to_value(request)?;
+        let (code, text) = send(&config, "POST", "/clusters", Some(&body))?;
+        if code != 201 {
+            bail!("{}", text.trim());
+        }
+        let created: pgtide::tenants::Created = parse(&text)?;
+        println!(
+            "cluster \"{}\" created and running ({} ms)",
+            created.name, created.started_ms
+        );
+        if let Some(password) = &created.password {
+            println!(
+                "user {}, password {password} (shown only now)",
+                created.user
+            );
+        }
+        if let Some(listen) = &created.listen {
+            let (host, port) = listen.rsplit_once(':').unwrap_or((listen, "5432"));
+            println!(
+                "psql \"host={host} port={port} user={} dbname=postgres options=endpoint={}\"",
+                created.user, created.name
+            );
+        }
+        Ok(())
+    }
+
+    pub fn drop_cluster(config: Option<&Path>, name: &str, keep_data: bool) -> anyhow::Result<()> {
+        let config = load(config)?;
+        let path = format!("/clusters/{name}?keep_data={keep_data}");
+        let (code, text) = request(&config, "DELETE", &path)?;
+        if code != 200 {
+            bail!("{}", text.trim());
+        }
+        let dropped: pgtide::tenants::Dropped = parse(&text)?;
+        println!("cluster \"{}\" dropped", dropped.name);
+        for place in &dropped.kept_at {
+            println!("data kept at {place}");
+        }
+        Ok(())
+    }
+
+    pub fn list(config: Option<&Path>, json: bool) -> anyhow::Result<()> {
+        let config = load(config)?;
+        let body = get(&config, "/clusters")?;
+        if json {
+            println!("{body}");
+            return Ok(());
+        }
+        let list: pgtide::admin::ClusterList = parse(&body)?;
+        println!(
+            "{:<24} {:<8} {:<9} {:>9} {:<12} LISTEN",
+            "CLUSTER", "SOURCE", "STATE", "MIN-MAX", "POOL"
+        );
+        for cluster in &list.clusters {
+            println!(
+                "{:<24} {:<8} {:<9} {:>9} {:<12} {}",
+                cluster.name,
+                serde_json::to_value(cluster.source)?.as_str().unwrap_or(""),
+                cluster.state.as_str(),
+                format!("{}-{}", cluster.min_acu, cluster.max_acu),
+                serde_json::to_value(cluster.pool_mode)?
+                    .as_str()
+                    .unwrap_or(""),
+                cluster.listen
+            );
+        }
+        Ok(())
     }
 
     pub fn action(config: Option<&Path>, cluster: &str, action: &str) -> anyhow::Result<()> {

@@ -1,7 +1,9 @@
 //! The admin endpoint: `GET /status` (JSON), `GET /metrics` (Prometheus text),
 //! `GET /history?cluster=NAME&since=UNIX_SECONDS` (the last hour, one point a second),
-//! `GET /dashboard` (a live page built on those), and `POST /clusters/{name}/pause|resume`,
-//! which `pgtide status/pause/resume` and the page's buttons call.
+//! `GET /dashboard` (a live page built on those), `POST /clusters/{name}/pause|resume`,
+//! which `pgtide status/pause/resume` and the page's buttons call, and the clusters made at run
+//! time ([`crate::tenants`]): `GET /clusters`, `POST /clusters` (a JSON body) and
+//! `DELETE /clusters/{name}` (`?keep_data=true`), for `pgtide list/create/drop`.
 //!
 //! Nothing here counts as client activity: reading status never wakes or keeps a cluster awake.
 //! When `[admin] token` is set every call needs it, as `Authorization: Bearer TOKEN` or, for a
@@ -18,20 +20,25 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::cluster::{ClusterHandle, ClusterState};
 use crate::storage::StorageStatus;
+use crate::tenants::{CreateRequest, TenantError, Tenants};
 
 pub mod server;
 pub mod status;
 
-pub use status::{ClusterStatus, HistoryResponse, MeteringStatus, PoolStatus, StatusResponse};
+pub use status::{
+    ClusterList, ClusterListing, ClusterStatus, HistoryResponse, MeteringStatus, PoolStatus,
+    StatusResponse,
+};
 
 pub struct AdminState {
-    pub clusters: Vec<ClusterHandle>,
+    /// Every cluster (through its registry), and creating and dropping them.
+    pub tenants: Arc<Tenants>,
     pub metrics: PrometheusHandle,
     pub token: Option<String>,
     pub listen: SocketAddr,
@@ -41,10 +48,12 @@ pub struct AdminState {
 }
 
 pub fn status(state: &AdminState) -> StatusResponse {
-    let clusters = state
-        .clusters
+    let registry = &state.tenants.registry;
+    let clusters = registry
+        .all()
         .iter()
-        .map(|cluster| {
+        .map(|registered| {
+            let cluster = &registered.handle;
             let config = cluster.config();
             let counters = cluster.counters();
             let compute = cluster.compute_status();
@@ -62,7 +71,8 @@ pub fn status(state: &AdminState) -> StatusResponse {
                 clients: counters.clients(),
                 active: counters.active(),
                 transactions: counters.transactions(),
-                listen: config.listen.to_string(),
+                listen: listen_text(registry.listen_of(cluster)),
+                source: registered.source,
                 pool_mode: config.pool_mode,
                 since: compute.since,
                 failure: match cluster_state {
@@ -91,6 +101,10 @@ pub fn status(state: &AdminState) -> StatusResponse {
     }
 }
 
+fn listen_text(listen: Option<SocketAddr>) -> String {
+    listen.map(|l| l.to_string()).unwrap_or_default()
+}
+
 fn pool_status(state: &AdminState, cluster: &ClusterHandle) -> PoolStatus {
     let counters = cluster.counters();
     let (busy, idle) = match cluster.config().pool_mode {
@@ -117,6 +131,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/history", get(get_history))
         .route("/dashboard", get(get_dashboard))
         .route("/assets/d3.min.js", get(get_d3))
+        .route("/clusters", get(get_clusters).post(post_clusters))
+        .route("/clusters/{name}", delete(delete_cluster))
         .route("/clusters/{name}/pause", post(post_pause))
         .route("/clusters/{name}/resume", post(post_resume))
         .with_state(state)
@@ -242,7 +258,8 @@ fn actions_allowed(state: &AdminState, headers: &HeaderMap) -> Result<(), Denied
     if state.token.is_none() && !state.listen.ip().is_loopback() {
         return Err((
             StatusCode::FORBIDDEN,
-            "pause and resume need [admin] token when the admin endpoint is not on loopback\n"
+            "pause, resume, create and drop need [admin] token when the admin endpoint is not \
+             on loopback\n"
                 .to_string(),
         ));
     }
@@ -341,7 +358,8 @@ async fn get_metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -
     metrics::counter!("pgtide_warm_pool_misses_total").absolute(warm.misses);
     metrics::counter!("pgtide_warm_pool_refills_total").absolute(warm.refills);
     metrics::counter!("pgtide_warm_pool_refill_failures_total").absolute(warm.refill_failures);
-    for cluster in &state.clusters {
+    for registered in state.tenants.registry.all() {
+        let cluster = &registered.handle;
         let name = cluster.name().to_string();
         let counters = cluster.counters();
         metrics::gauge!("pgtide_cluster_clients", "cluster" => name.clone())
@@ -373,8 +391,8 @@ async fn get_metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -
         .into_response()
 }
 
-fn find<'a>(state: &'a AdminState, name: &str) -> Result<&'a ClusterHandle, Denied> {
-    let found = state.clusters.iter().find(|c| c.name() == name);
+fn find(state: &AdminState, name: &str) -> Result<ClusterHandle, Denied> {
+    let found = state.tenants.registry.get(name).map(|r| r.handle);
     found.ok_or_else(|| {
         (
             StatusCode::NOT_FOUND,
@@ -384,11 +402,11 @@ fn find<'a>(state: &'a AdminState, name: &str) -> Result<&'a ClusterHandle, Deni
 }
 
 /// The cluster a pause or resume is for, once the caller may act.
-fn action_target<'a>(
-    state: &'a AdminState,
+fn action_target(
+    state: &AdminState,
     headers: &HeaderMap,
     name: &str,
-) -> Result<&'a ClusterHandle, Denied> {
+) -> Result<ClusterHandle, Denied> {
     actions_allowed(state, headers)?;
     find(state, name)
 }
@@ -428,6 +446,101 @@ async fn post_resume(
         )
             .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn get_clusters(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorized(&state, &headers) {
+        return denied.into_response();
+    }
+    let registry = &state.tenants.registry;
+    let clusters = state
+        .tenants
+        .list()
+        .into_iter()
+        .map(|registered| {
+            let cluster = &registered.handle;
+            let config = cluster.config();
+            ClusterListing {
+                name: config.name.clone(),
+                source: registered.source,
+                state: cluster.state().name(),
+                min_acu: config.min_acu,
+                max_acu: config.max_acu,
+                pool_mode: config.pool_mode,
+                listen: listen_text(registry.listen_of(cluster)),
+            }
+        })
+        .collect();
+    Json(ClusterList { clusters }).into_response()
+}
+
+/// A refusal of the tenants' part, as HTTP: the status says what kind, the body says it in
+/// Postgres's words, with its SQLSTATE.
+fn tenant_refusal(e: TenantError) -> Response {
+    let status = match &e {
+        TenantError::Name(_) | TenantError::Invalid(_) => StatusCode::BAD_REQUEST,
+        TenantError::Exists(_) | TenantError::DataLeft(..) | TenantError::FromConfig(_) => {
+            StatusCode::CONFLICT
+        }
+        TenantError::NotFound(_) => StatusCode::NOT_FOUND,
+        TenantError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        TenantError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (
+        status,
+        format!("ERROR: {} (SQLSTATE {})\n", e, e.sqlstate()),
+    )
+        .into_response()
+}
+
+async fn post_clusters(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(denied) = actions_allowed(&state, &headers) {
+        return denied.into_response();
+    }
+    let request: CreateRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("the body must be JSON like {{\"name\": \"shop\", \"max_acu\": 2}}: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    match state.tenants.create(request).await {
+        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
+        Err(e) => tenant_refusal(e),
+    }
+}
+
+async fn delete_cluster(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(denied) = actions_allowed(&state, &headers) {
+        return denied.into_response();
+    }
+    let keep_data = match query.get("keep_data").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("keep_data must be true or false, got {other:?}\n"),
+            )
+                .into_response()
+        }
+    };
+    match state.tenants.drop_cluster(&name, keep_data).await {
+        Ok(dropped) => Json(dropped).into_response(),
+        Err(e) => tenant_refusal(e),
     }
 }
 

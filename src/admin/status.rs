@@ -33,7 +33,11 @@ pub struct ClusterStatus {
     pub clients: usize,
     pub active: usize,
     pub transactions: u64,
+    /// The cluster's own port, else the shared endpoint (`[tenants] listen`).
     pub listen: String,
+    /// "config" (a `[[clusters]]` entry) or "created" (at run time, kept in the catalog).
+    #[serde(default = "config_source")]
+    pub source: crate::tenants::registry::Source,
     pub pool_mode: crate::config::PoolMode,
     pub since: String,
     pub failure: Option<String>,
@@ -42,6 +46,28 @@ pub struct ClusterStatus {
     pub metering: MeteringStatus,
     pub limits: Option<Limits>,
     pub events: Vec<Event>,
+}
+
+fn config_source() -> crate::tenants::registry::Source {
+    crate::tenants::registry::Source::Config
+}
+
+/// One cluster of `GET /clusters` (and `pgtide list`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterListing {
+    pub name: String,
+    pub source: crate::tenants::registry::Source,
+    pub state: crate::cluster::state::StateName,
+    pub min_acu: f64,
+    pub max_acu: f64,
+    pub pool_mode: crate::config::PoolMode,
+    pub listen: String,
+}
+
+/// `GET /clusters`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterList {
+    pub clusters: Vec<ClusterListing>,
 }
 
 /// Compute connections and the transaction-mode queue.

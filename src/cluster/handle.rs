@@ -82,6 +82,12 @@ impl ClusterHandle {
         self.state.borrow().clone()
     }
 
+    /// The state as a watch: `changed()` wakes at each transition and fails once the
+    /// cluster's task has ended (a shutdown or a drop), so a follower costs nothing between.
+    pub fn watch_state(&self) -> watch::Receiver<ClusterState> {
+        self.state.clone()
+    }
+
     pub fn storage_status(&self) -> Option<StorageStatus> {
         self.shared
             .storage_status

@@ -94,9 +94,20 @@ pub(crate) struct Shared {
     storage_status: Mutex<Option<StorageStatus>>,
 }
 
-/// Starts a cluster's task; the compute is started at once (the first client should not wait),
-/// and pauses later if `min_acu` is 0 and nobody comes.
+/// How a cluster's task begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initially {
+    /// The compute starts at once (the first client should not wait), and pauses later if
+    /// `min_acu` is 0 and nobody comes: config clusters at pgtide's start.
+    Started,
+    /// No compute until a client comes: clusters created at run time, after a pgtide restart
+    /// (many tenants on one machine must not all start at once).
+    Paused,
+}
+
+/// Starts a cluster's task, its compute started or not as `initially` says.
 pub fn spawn(
+    initially: Initially,
     config: ClusterConfig,
     capacity: CapacityConfig,
     runtime: Arc<dyn Runtime>,
@@ -104,6 +115,7 @@ pub fn spawn(
     storage: Option<Box<dyn Durability>>,
 ) -> ClusterHandle {
     spawn_with(
+        initially,
         config,
         capacity,
         runtime,
@@ -116,6 +128,7 @@ pub fn spawn(
 /// [`spawn`], with the way roles are read from the compute given (tests use computes that are
 /// not Postgres).
 pub(crate) fn spawn_with(
+    initially: Initially,
     config: ClusterConfig,
     capacity: CapacityConfig,
     runtime: Arc<dyn Runtime>,
@@ -154,7 +167,9 @@ pub(crate) fn spawn_with(
     );
     tokio::spawn(task.run());
     let handle = ClusterHandle::new(shared, state_rx, command_tx);
-    handle.request_resume("pgtide start");
+    if initially == Initially::Started {
+        handle.request_resume("pgtide start");
+    }
     handle
 }
 

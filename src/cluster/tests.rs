@@ -16,7 +16,7 @@ use super::compute_roles::ComputeRoles;
 use super::durability::Durability;
 use super::events::EventKind;
 use super::state::{ClusterState, StateName};
-use super::{spawn_with, ClusterHandle};
+use super::{spawn_with, ClusterHandle, Initially};
 use crate::config::{CapacityConfig, ClusterConfig, PoolMode, UserConfig};
 use crate::runtime::fake::{FakeControl, FakeRuntime};
 use crate::runtime::ComputeEndpoint;
@@ -136,7 +136,7 @@ impl Cluster {
 fn config() -> ClusterConfig {
     ClusterConfig {
         name: "t".to_string(),
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
         min_acu: 0.0,
         max_acu: 4.0,
         auto_pause_after: Duration::from_secs(3600),
@@ -157,6 +157,7 @@ fn cluster(storage: Option<Arc<StorageControl>>, prepare: impl FnOnce(&FakeContr
     let compute = runtime.control.clone();
     let storage = storage.map(|s| Box::new(FakeStorage(s)) as Box<dyn Durability>);
     let handle = spawn_with(
+        Initially::Started,
         config(),
         CapacityConfig::default(),
         Arc::new(runtime),

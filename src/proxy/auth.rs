@@ -20,17 +20,26 @@ use crate::wire::{self, Authentication};
 /// Limit for one message during authentication (SASL messages are small).
 const MAX_AUTH_MESSAGE: usize = 10_000;
 
-/// Authenticates `user`. On success `out` holds AuthenticationOk (after anything already in it),
-/// not yet sent: it goes out together with the startup answer.
+/// The iteration count of the made-up verifier when there is no cluster to take it from
+/// (Postgres's default `scram_iterations`).
+const DEFAULT_ITERATIONS: u32 = 4096;
+
+/// Authenticates `user` against `cluster`; `None` (the shared endpoint was asked for a cluster
+/// that does not exist) takes the very steps of an unknown user and fails at the proof, so that
+/// the answer tells nothing before a password was checked. On success `out` holds
+/// AuthenticationOk (after anything already in it), not yet sent: it goes out together with the
+/// startup answer.
 pub async fn authenticate(
     stream: &mut ClientStream,
-    cluster: &ClusterHandle,
+    cluster: Option<&ClusterHandle>,
     tls_binding: Option<&[u8]>,
     user: &str,
     out: &mut BytesMut,
 ) -> Result<(), Fatal> {
-    super::verifiers::settled(cluster).await;
-    let verifier = match cluster.role_secret(user) {
+    if let Some(cluster) = cluster {
+        super::verifiers::settled(cluster).await;
+    }
+    let verifier = match cluster.and_then(|cluster| cluster.role_secret(user)) {
         Some(RoleSecret::Trust) => {
             wire::authentication(out, Authentication::Ok);
             return Ok(());
@@ -55,7 +64,7 @@ pub async fn authenticate(
     }
     let mock = Mock {
         seed: user,
-        iterations: cluster.typical_iterations(),
+        iterations: cluster.map_or(DEFAULT_ITERATIONS, ClusterHandle::typical_iterations),
     };
     let exchange = ScramExchange::start(verifier.as_ref(), mock, mechanism, binding, client_first)
         .map_err(scram_fatal)?;

@@ -37,6 +37,12 @@ impl Fatal {
         }
     }
 
+    /// The shared endpoint was asked for a cluster that does not exist: Postgres's answer for
+    /// a database that does not exist, with no hint of the names that do.
+    pub fn unknown_cluster(name: &str) -> Fatal {
+        Fatal::new("3D000", format!("database \"{name}\" does not exist"))
+    }
+
     /// The compute closed or broke a connection the client was using.
     pub fn compute_lost(cluster: &str) -> Fatal {
         Fatal::new(

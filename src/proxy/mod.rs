@@ -1,10 +1,10 @@
-//! The Postgres-wire proxy: one listener per cluster.
+//! The Postgres-wire proxy: one listener per cluster, and the shared endpoint of every cluster.
 //!
 //! The life of one client connection, phase by phase, one module each; each phase depends only
 //! on the ones after it, never back:
 //!
 //! 1. **Accept** (here). A socket is not a client yet: it costs a handshake slot (at most
-//!    [`MAX_HANDSHAKES`] per cluster) and nothing else. It is not counted in `clients`, does not
+//!    [`MAX_HANDSHAKES`] per listener) and nothing else. It is not counted in `clients`, does not
 //!    reset the idle timer and cannot keep a cluster awake or fill `max_client_connections`; a
 //!    load balancer's TCP probe or `pg_isready` leave no trace.
 //! 2. **Handshake** ([`handshake`]): SSLRequest (TLS if the cluster has a certificate),
@@ -22,6 +22,10 @@
 //!    held while a transaction is open, with [`exchange`] following what each one still owes).
 //!
 //! Errors that end a connection are written once, in [`errors`]. Framing is [`crate::wire`].
+//!
+//! A listener serves one cluster (its own `listen`) or, on the shared endpoint
+//! (`[tenants] listen`), every cluster: there [`route`] picks the cluster from the TLS server
+//! name, the `endpoint` option or the database name between phases 2 and 3.
 
 pub mod attach;
 pub mod auth;
@@ -34,6 +38,7 @@ pub mod exchange;
 pub mod handshake;
 pub mod pool;
 pub mod relay;
+pub mod route;
 pub mod scram;
 pub mod session;
 pub mod sql;
@@ -50,9 +55,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::cluster::ClusterHandle;
-
-/// Connections of one cluster that may be in their handshake or authentication at once.
+/// Connections of one listener that may be in their handshake or authentication at once.
 /// More are answered 53300 at once and closed.
 pub const MAX_HANDSHAKES: usize = 512;
 
@@ -65,6 +68,11 @@ pub struct ProxyShared {
 }
 
 impl ProxyShared {
+    /// Forgets a dropped cluster's transaction-mode pools.
+    pub fn forget(&self, cluster: &str) {
+        self.pools.lock().expect("pools lock").remove(cluster);
+    }
+
     pub fn pools_of(&self, cluster: &str) -> Arc<pool::ClusterPools> {
         self.pools
             .lock()
@@ -75,15 +83,16 @@ impl ProxyShared {
     }
 }
 
-/// Accepts clients of one cluster until `shutdown` turns true.
+/// Accepts clients of one cluster, or of every cluster on the shared endpoint, until
+/// `shutdown` turns true. (Each cluster's verifiers are kept fresh by
+/// [`verifiers::keep_fresh`], which whoever spawns the cluster starts.)
 pub async fn serve(
     listener: TcpListener,
-    cluster: ClusterHandle,
+    serves: client::Serves,
     tls: Option<tls::TlsServer>,
     shared: Arc<ProxyShared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    tokio::spawn(verifiers::keep_fresh(cluster.clone(), shutdown.clone()));
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         tokio::select! {
@@ -95,7 +104,7 @@ pub async fn serve(
                         continue;
                     };
                     let connection = client::ClientConnection {
-                        cluster: cluster.clone(),
+                        serves: serves.clone(),
                         tls: tls.clone(),
                         shared: shared.clone(),
                         peer,
@@ -104,7 +113,7 @@ pub async fn serve(
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off a little instead of spinning.
-                    tracing::warn!(cluster = %cluster.name(), error = %e, "accept failed");
+                    tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },

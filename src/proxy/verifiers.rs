@@ -17,8 +17,9 @@ use crate::cluster::roles::read_compute_roles;
 use crate::cluster::{ClusterHandle, ClusterState};
 
 pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
-/// How often the cluster's state is looked at while no compute runs.
-const LOOK_EVERY: Duration = Duration::from_millis(200);
+/// While the compute runs but refuses the refresher's connection (it is just starting), try
+/// again after this.
+const RETRY_CONNECT: Duration = Duration::from_millis(200);
 /// How long a login waits at most for a refresh after a role change.
 const LOGIN_WAIT: Duration = Duration::from_secs(2);
 
@@ -33,22 +34,21 @@ pub async fn settled(cluster: &ClusterHandle) {
     }
 }
 
+/// Follows the cluster until its task ends (a shutdown or a drop) or `shutdown` says stop.
+/// While no compute runs it sleeps on the cluster's state watch and costs nothing: with many
+/// tenants on one machine, most of them are paused.
 pub async fn keep_fresh(cluster: ClusterHandle, mut shutdown: watch::Receiver<bool>) {
+    let mut state = cluster.watch_state();
     let mut connection: Option<(crate::runtime::ComputeEndpoint, tokio_postgres::Client)> = None;
     let mut last = Instant::now();
     loop {
-        let wait = if connection.is_some() {
-            REFRESH_EVERY.saturating_sub(last.elapsed())
-        } else {
-            LOOK_EVERY
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = cluster.counters().roles_marked() => {}
-            _ = super::stopped(&mut shutdown) => return,
-        }
-        let ClusterState::Running(endpoint) = cluster.state() else {
+        let current = state.borrow_and_update().clone();
+        let ClusterState::Running(endpoint) = current else {
             connection = None;
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return },
+                _ = super::stopped(&mut shutdown) => return,
+            }
             continue;
         };
         if connection.as_ref().is_some_and(|(e, _)| *e != endpoint) {
@@ -57,29 +57,50 @@ pub async fn keep_fresh(cluster: ClusterHandle, mut shutdown: watch::Receiver<bo
         let counters = cluster.counters();
         let marks = counters.roles_marks();
         let due = counters.roles_pending() || last.elapsed() >= REFRESH_EVERY;
-        if !due && connection.is_some() {
-            continue;
+        if due || connection.is_none() {
+            refresh(&cluster, &endpoint, &mut connection, marks, &mut last).await;
         }
-        if connection.is_none() {
-            match endpoint.admin_connect().await {
-                Ok(client) => connection = Some((endpoint.clone(), client)),
-                Err(e) => {
-                    tracing::debug!(cluster = %cluster.name(), error = %e, "verifier refresh cannot connect yet");
-                    continue;
-                }
-            }
+        let wait = if connection.is_some() {
+            REFRESH_EVERY.saturating_sub(last.elapsed())
+        } else {
+            RETRY_CONNECT
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cluster.counters().roles_marked() => {}
+            changed = state.changed() => if changed.is_err() { return },
+            _ = super::stopped(&mut shutdown) => return,
         }
-        let (_, client) = connection.as_ref().expect("connected");
-        match read_compute_roles(client).await {
-            Ok(roles) => {
-                cluster.set_compute_roles(roles);
-                counters.roles_refreshed_to(marks);
-                last = Instant::now();
-            }
+    }
+}
+
+/// One read of `pg_authid` into the cluster's store, connecting first if needed.
+async fn refresh(
+    cluster: &ClusterHandle,
+    endpoint: &crate::runtime::ComputeEndpoint,
+    connection: &mut Option<(crate::runtime::ComputeEndpoint, tokio_postgres::Client)>,
+    marks: u64,
+    last: &mut Instant,
+) {
+    if connection.is_none() {
+        match endpoint.admin_connect().await {
+            Ok(client) => *connection = Some((endpoint.clone(), client)),
             Err(e) => {
-                tracing::debug!(cluster = %cluster.name(), error = %e, "verifier refresh failed");
-                connection = None;
+                tracing::debug!(cluster = %cluster.name(), error = %e, "verifier refresh cannot connect yet");
+                return;
             }
+        }
+    }
+    let (_, client) = connection.as_ref().expect("connected");
+    match read_compute_roles(client).await {
+        Ok(roles) => {
+            cluster.set_compute_roles(roles);
+            cluster.counters().roles_refreshed_to(marks);
+            *last = Instant::now();
+        }
+        Err(e) => {
+            tracing::debug!(cluster = %cluster.name(), error = %e, "verifier refresh failed");
+            *connection = None;
         }
     }
 }
