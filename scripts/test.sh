@@ -28,6 +28,7 @@ if command -v node >/dev/null && ! NODE_PATH="$PGTIDE_NODE_PATH" node -e "requir
   if ! apt_install node-pg 2>/dev/null; then
     log "node-pg does not install beside this node; unpacking it into $node_debs_dir…"
     download_dir=$(mktemp -d)
+    mkdir -p "$node_debs_dir"
     (cd "$download_dir" && apt-get download node-pg node-split2 >&2)
     for deb in "$download_dir"/*.deb; do dpkg-deb -x "$deb" "$node_debs_dir"; done
     rm -rf "$download_dir"
