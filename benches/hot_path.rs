@@ -7,6 +7,8 @@
 //! - **transaction mode**: the [`Exchange`] taking a client's query and the compute's reply
 //!   (what it forwards, what it swallows, when the connection is free).
 //!
+//! - **the statement check** of transaction mode ([`pgtide::proxy::sql::classify`]).
+//!
 //! Run: `cargo bench --bench hot_path` (criterion; reports go to target/criterion).
 
 use bytes::BytesMut;
@@ -147,5 +149,31 @@ fn transaction(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tap, transaction);
+/// Transaction mode judges every simple query's text (and every Parse) for session state that
+/// cannot follow a client; most queries are passed on a substring search alone, those with a
+/// `(` are tokenized to tell a built-in or a keyword from a call of the user's code.
+fn classify(c: &mut Criterion) {
+    let mut group = c.benchmark_group("transaction-mode statement check");
+    for (what, text) in [
+        (
+            "select-only (no tokenizing)",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;",
+        ),
+        (
+            "tpcb-like INSERT (tokenized)",
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (7, 1, 4711, -1234, CURRENT_TIMESTAMP);",
+        ),
+        (
+            "a call of a user function",
+            "SELECT app.transfer(4711, 4712, 100.00::numeric(10, 2));",
+        ),
+    ] {
+        group.bench_function(what, |b| {
+            b.iter(|| pgtide::proxy::sql::classify(black_box(text), true))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, tap, transaction, classify);
 criterion_main!(benches);

@@ -666,11 +666,17 @@ const NEEDLES: [&[u8]; 14] = [
 ];
 
 fn may_matter(text: &str) -> bool {
-    let text = text.as_bytes();
-    NEEDLES.iter().any(|needle| {
-        text.windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
-    })
+    // Every simple query and Parse of a transaction-mode client passes here: one pass over the
+    // text for all the words at once, case-insensitively (a search per word, window by window,
+    // cost several microseconds per query).
+    static SEARCH: std::sync::LazyLock<aho_corasick::AhoCorasick> =
+        std::sync::LazyLock::new(|| {
+            aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(NEEDLES)
+                .expect("the needles make an automaton")
+        });
+    SEARCH.is_match(text)
 }
 
 /// Judges the text of a Query (`simple`) or of a Parse.
