@@ -341,6 +341,17 @@ mod admin_client {
         send(config, method, path, None)
     }
 
+    /// The request with the admin token, when the config has one.
+    fn authorized<B>(
+        request: ureq::RequestBuilder<B>,
+        authorization: Option<&str>,
+    ) -> ureq::RequestBuilder<B> {
+        match authorization {
+            Some(value) => request.header("authorization", value),
+            None => request,
+        }
+    }
+
     /// One call of the admin API; `body` is sent as JSON (POST only).
     fn send(
         config: &Config,
@@ -359,31 +370,17 @@ mod admin_client {
             .token
             .as_ref()
             .map(|token| format!("Bearer {token}"));
+        let authorization = authorization.as_deref();
         let response = match method {
             "POST" => {
-                let mut request = agent.post(&url);
-                if let Some(value) = &authorization {
-                    request = request.header("authorization", value);
-                }
+                let request = authorized(agent.post(&url), authorization);
                 match body {
                     Some(body) => request.send_json(body),
                     None => request.send_empty(),
                 }
             }
-            "DELETE" => {
-                let mut request = agent.delete(&url);
-                if let Some(value) = &authorization {
-                    request = request.header("authorization", value);
-                }
-                request.call()
-            }
-            _ => {
-                let mut request = agent.get(&url);
-                if let Some(value) = &authorization {
-                    request = request.header("authorization", value);
-                }
-                request.call()
-            }
+            "DELETE" => authorized(agent.delete(&url), authorization).call(),
+            _ => authorized(agent.get(&url), authorization).call(),
         }
         .with_context(|| {
             format!("cannot reach pgtide's admin endpoint at {url} (is `pgtide serve` running?)")

@@ -42,15 +42,29 @@ impl Startup {
     }
 }
 
-/// `-c name=value` and `--name=value` pairs of an `options` startup parameter (backslash
-/// escapes a space, as libpq's PGOPTIONS does).
-pub fn parse_options(options: &str) -> Vec<(String, String)> {
+/// What [`option_words`] does with a backslash escape.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Escapes {
+    /// `\ ` is a space inside the word (what the compute makes of it).
+    Resolve,
+    /// The backslash stays, so that words passed on read as the client wrote them.
+    Keep,
+}
+
+/// The whitespace-separated words of an `options` startup parameter, a backslash keeping the
+/// next character in the word (libpq's PGOPTIONS quoting).
+pub fn option_words(options: &str, escapes: Escapes) -> Vec<String> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut chars = options.chars();
     while let Some(c) = chars.next() {
         match c {
-            '\\' => word.extend(chars.next()),
+            '\\' => {
+                if escapes == Escapes::Keep {
+                    word.push(c);
+                }
+                word.extend(chars.next());
+            }
             c if c.is_whitespace() => {
                 if !word.is_empty() {
                     words.push(std::mem::take(&mut word));
@@ -62,6 +76,13 @@ pub fn parse_options(options: &str) -> Vec<(String, String)> {
     if !word.is_empty() {
         words.push(word);
     }
+    words
+}
+
+/// `-c name=value` and `--name=value` pairs of an `options` startup parameter (backslash
+/// escapes a space, as libpq's PGOPTIONS does).
+pub fn parse_options(options: &str) -> Vec<(String, String)> {
+    let words = option_words(options, Escapes::Resolve);
     let mut settings = Vec::new();
     let mut words = words.into_iter();
     while let Some(word) = words.next() {

@@ -6,7 +6,7 @@
 //! A pure function of what the handshake saw, so that every rule is unit-tested here; the
 //! `endpoint` option is pgtide's and is taken out of `options` before they reach the compute.
 
-use super::handshake::Startup;
+use super::handshake::{option_words, Escapes, Startup};
 use crate::cluster::ClusterHandle;
 
 /// The database a client routed by its database name is connected to.
@@ -97,7 +97,7 @@ fn sni_label(host: &str) -> Option<&str> {
 /// Splits `options` into the `endpoint` it names (the last one wins, as with any setting) and
 /// the words left, in order and with their escapes.
 fn take_endpoint(options: &str) -> (Option<String>, String) {
-    let words = split_words(options);
+    let words = option_words(options, Escapes::Keep);
     let mut endpoint = None;
     let mut kept: Vec<&str> = Vec::new();
     let mut i = 0;
@@ -125,32 +125,6 @@ fn take_endpoint(options: &str) -> (Option<String>, String) {
         i += used;
     }
     (endpoint, kept.join(" "))
-}
-
-/// Whitespace-separated words, a backslash keeping the next character (escapes are kept, so
-/// that the words left go to the compute as the client wrote them).
-fn split_words(options: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut chars = options.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                word.push(c);
-                word.extend(chars.next());
-            }
-            c if c.is_whitespace() => {
-                if !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
-                }
-            }
-            c => word.push(c),
-        }
-    }
-    if !word.is_empty() {
-        words.push(word);
-    }
-    words
 }
 
 fn unescape(text: &str) -> String {

@@ -115,6 +115,20 @@ enum Entry {
     CopyEnd,
 }
 
+impl Entry {
+    /// The client's Parse of its unnamed statement (or of a malformed or refused one, which
+    /// prepares nothing pgtide keeps).
+    fn client_unnamed_parse(refused: Option<String>) -> Entry {
+        Entry::Parse {
+            ours: false,
+            name: None,
+            after_close: false,
+            client_name: None,
+            refused,
+        }
+    }
+}
+
 /// What became of one client message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {

@@ -55,13 +55,7 @@ impl Exchange {
         let Some((name, rest)) = wire::split_cstr(body) else {
             // Malformed: the compute will say so.
             to_server.push(message.frame);
-            return self.queue.push_back(Entry::Parse {
-                ours: false,
-                name: None,
-                after_close: false,
-                client_name: None,
-                refused: None,
-            });
+            return self.queue.push_back(Entry::client_unnamed_parse(None));
         };
         let text = wire::split_cstr(rest).map(|(text, _)| text).unwrap_or(rest);
         let settings = match sql::classify(&String::from_utf8_lossy(text), false) {
@@ -73,13 +67,8 @@ impl Exchange {
                 out.put_i16(0);
                 wire::end_message(&mut out, start);
                 to_server.push(out.freeze());
-                self.queue.push_back(Entry::Parse {
-                    ours: false,
-                    name: None,
-                    after_close: false,
-                    client_name: None,
-                    refused: Some(refusal),
-                });
+                self.queue
+                    .push_back(Entry::client_unnamed_parse(Some(refusal)));
                 return;
             }
             Verdict::Pass { settings } => settings,
@@ -90,13 +79,7 @@ impl Exchange {
             client.unnamed = Some((rest.clone(), settings));
             conn.unnamed = Some(rest);
             to_server.push(message.frame);
-            return self.queue.push_back(Entry::Parse {
-                ours: false,
-                name: None,
-                after_close: false,
-                client_name: None,
-                refused: None,
-            });
+            return self.queue.push_back(Entry::client_unnamed_parse(None));
         }
         let pool_name: Arc<str> = pool_statement_name(rest).into();
         let mut parse_body = BytesMut::with_capacity(body.len() + 24);
