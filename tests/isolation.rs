@@ -14,20 +14,9 @@ use pgtide::cluster::state::StateName;
 /// so the refusal is isolation, not a broken attack.
 #[test]
 fn a_superuser_of_one_cluster_cannot_reach_another() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: clusters are kept apart by OS users only when pgtide runs as root");
+    let Some((pgtide, _)) = main_and_b(true) else {
         return;
-    }
-    let b_port = free_port();
-    let pgtide = Pgtide::start_with(Options {
-        users: format!(
-            "\n[[clusters]]\nname = \"b\"\nlisten = \"127.0.0.1:{b_port}\"\nmax_acu = 2\nmin_acu = 1\n\n\
-             [[clusters.users]]\nname = \"postgres\"\npassword = \"{PASSWORD}\"\nsuperuser = true\n"
-        ),
-        copies: true,
-        ..Default::default()
-    });
-    pgtide.wait_cluster_state("b", StateName::Running, Duration::from_secs(60));
+    };
     let clusters = pgtide.data_dir().join("clusters");
     let socket = |name: &str| path_str(&clusters.join(name).join("socket"));
     let try_program = |target: &str| {
@@ -93,19 +82,9 @@ fn a_superuser_of_one_cluster_cannot_reach_another() {
 /// user may read, so the refusal is the file's mode, not a broken attack.
 #[test]
 fn a_superuser_of_one_cluster_cannot_read_another_clusters_logs() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: clusters are kept apart by OS users only when pgtide runs as root");
+    let Some((pgtide, b_port)) = main_and_b(false) else {
         return;
-    }
-    let b_port = free_port();
-    let pgtide = Pgtide::start_with(Options {
-        users: format!(
-            "\n[[clusters]]\nname = \"b\"\nlisten = \"127.0.0.1:{b_port}\"\nmax_acu = 2\nmin_acu = 1\n\n\
-             [[clusters.users]]\nname = \"postgres\"\npassword = \"{PASSWORD}\"\nsuperuser = true\n"
-        ),
-        ..Default::default()
-    });
-    pgtide.wait_cluster_state("b", StateName::Running, Duration::from_secs(60));
+    };
     // Something worth stealing in b's log: an error that quotes b's statement.
     let secret = "b-secret-7f3a";
     let failed = psql_as(
@@ -177,4 +156,24 @@ fn a_superuser_of_one_cluster_cannot_read_another_clusters_logs() {
         );
         assert_eq!(mode & 0o777, 0o600, "{}", log.display());
     }
+}
+
+/// pgtide with cluster "main" and a second cluster "b" (on its own port, running), or `None`
+/// where the test cannot mean anything: clusters are kept apart by OS users only as root.
+fn main_and_b(copies: bool) -> Option<(Pgtide, u16)> {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: clusters are kept apart by OS users only when pgtide runs as root");
+        return None;
+    }
+    let b_port = free_port();
+    let pgtide = Pgtide::start_with(Options {
+        users: format!(
+            "\n[[clusters]]\nname = \"b\"\nlisten = \"127.0.0.1:{b_port}\"\nmax_acu = 2\nmin_acu = 1\n\n\
+             [[clusters.users]]\nname = \"postgres\"\npassword = \"{PASSWORD}\"\nsuperuser = true\n"
+        ),
+        copies,
+        ..Default::default()
+    });
+    pgtide.wait_cluster_state("b", StateName::Running, Duration::from_secs(60));
+    Some((pgtide, b_port))
 }
