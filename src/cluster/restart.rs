@@ -116,24 +116,26 @@ impl ClusterTask {
 /// After a lost compute's stop: the runtime has put back (renamed) whatever it held; what
 /// remains is moved aside, never deleted, so that the next start sees a missing directory and
 /// rebuilds it.
-pub(super) fn move_lost_data_directory_aside(cluster_dir: &Path) {
+pub(super) fn move_lost_data_directory_aside(cluster_dir: &Path) -> Option<std::path::PathBuf> {
     let home = crate::runtime::pgdata_of(cluster_dir);
     if !home.exists() {
-        return;
+        return None;
     }
     let aside = home.with_extension(format!(
         "lost-{}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
+            .map(|d| d.as_millis())
             .unwrap_or(0)
     ));
     match std::fs::rename(&home, &aside) {
         Ok(()) => {
-            tracing::warn!(aside = %aside.display(), "the remains of a lost data directory were moved aside")
+            tracing::warn!(aside = %aside.display(), "the remains of a lost data directory were moved aside");
+            Some(aside)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "could not move the remains of the data directory aside")
+            tracing::warn!(error = %e, "could not move the remains of the data directory aside");
+            None
         }
     }
 }

@@ -149,6 +149,26 @@ async fn steps(
         if let Some(finished) = storage.end_backup().await {
             record_backup(&shared, finished);
         }
+        // A directory that is not a data directory (no PG_VERSION or pg_control), when the
+        // copies can rebuild one: the remains of a lost one, however the compute ended (it may
+        // exit on its own before the loss is seen, and a runtime may hand the remains back
+        // only now). They are moved aside, never deleted, and the directory is rebuilt.
+        if pgdata.exists()
+            && !super::restart::data_directory_present(&pgdata)
+            && storage.has_backup()
+        {
+            if let Some(aside) = super::restart::move_lost_data_directory_aside(&input.cluster_dir)
+            {
+                events.record(
+                    EventKind::DataDirectoryLost,
+                    format!(
+                        "{} is not a whole data directory (no PG_VERSION or pg_control): moved aside to {}; rebuilding it from the copies",
+                        pgdata.display(),
+                        aside.display()
+                    ),
+                );
+            }
+        }
         if !pgdata.exists() {
             if storage.has_backup() {
                 if is_cancelled() {

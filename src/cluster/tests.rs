@@ -384,6 +384,30 @@ async fn remains_given_back_late_are_moved_aside_and_the_directory_rebuilt() {
     assert_eq!(aside, 1, "the remains are kept aside, never deleted");
 }
 
+/// The compute exits on its own (Postgres notices its files gone) before the loss of its data
+/// directory is seen, and the runtime hands the remains back at the restart's reclaim: they are
+/// not a data directory, so they are moved aside and the directory is rebuilt.
+#[tokio::test(start_paused = true)]
+async fn remains_after_an_exit_are_moved_aside_when_the_copies_can_rebuild() {
+    let storage = Arc::new(StorageControl::default());
+    let c = cluster(Some(storage.clone()), |_| {});
+    c.wait_for(StateName::Running).await;
+    c.compute.remains_at_reclaim.store(true, Ordering::SeqCst);
+    std::fs::remove_dir_all(c.pgdata()).unwrap();
+    c.compute.crash();
+    while c.events(EventKind::Restarted) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.wait_for(StateName::Running).await;
+    assert_eq!(storage.rebuilds_finished.load(Ordering::SeqCst), 1);
+    assert!(!c.pgdata().join("base").join("remains").exists());
+    assert_eq!(
+        c.events(EventKind::DataDirectoryLost),
+        1,
+        "the start said why"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn copies_with_wal_but_no_backup_are_never_initialised_over() {
     let storage = Arc::new(StorageControl::default());
