@@ -97,6 +97,7 @@ pub fn status(state: &AdminState) -> StatusResponse {
     StatusResponse {
         runtime: state.runtime.kind().to_string(),
         warm_pool: state.runtime.warm_pool(),
+        capacity: Some(state.tenants.budget().status()),
         clusters,
     }
 }

@@ -43,6 +43,7 @@
 //! reason (the proxy answers 57P03). A resume asked for while a pause's [`stop::StopJob`] runs
 //! waits for it, then starts. `docs/resume.md` tells it with every function on the way.
 
+mod budget;
 mod compute_roles;
 pub mod durability;
 pub mod events;
@@ -66,6 +67,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::capacity::Budget;
 use crate::config::{CapacityConfig, ClusterConfig};
 use crate::runtime::Runtime;
 use crate::storage::StorageStatus;
@@ -83,6 +85,8 @@ pub use state::{ClusterState, ComputeStatus};
 pub(crate) struct Shared {
     config: ClusterConfig,
     capacity: CapacityConfig,
+    /// The machine budget every cluster shares.
+    budget: Arc<Budget>,
     counters: LoadCounters,
     events: EventLog,
     roles: Mutex<RoleStore>,
@@ -105,11 +109,18 @@ pub enum Initially {
     Paused,
 }
 
+/// What every cluster shares of the machine: the size of an ACU and the budget of them all.
+#[derive(Clone)]
+pub struct MachineShare {
+    pub capacity: CapacityConfig,
+    pub budget: Arc<Budget>,
+}
+
 /// Starts a cluster's task, its compute started or not as `initially` says.
 pub fn spawn(
     initially: Initially,
     config: ClusterConfig,
-    capacity: CapacityConfig,
+    machine: MachineShare,
     runtime: Arc<dyn Runtime>,
     data_dir: PathBuf,
     storage: Option<Box<dyn Durability>>,
@@ -117,7 +128,7 @@ pub fn spawn(
     spawn_with(
         initially,
         config,
-        capacity,
+        machine,
         runtime,
         data_dir,
         storage,
@@ -130,7 +141,7 @@ pub fn spawn(
 pub(crate) fn spawn_with(
     initially: Initially,
     config: ClusterConfig,
-    capacity: CapacityConfig,
+    machine: MachineShare,
     runtime: Arc<dyn Runtime>,
     data_dir: PathBuf,
     storage: Option<Box<dyn Durability>>,
@@ -152,7 +163,8 @@ pub(crate) fn spawn_with(
         history: History::default(),
         storage_status: Mutex::new(storage.as_ref().map(|s| s.status())),
         config,
-        capacity,
+        capacity: machine.capacity,
+        budget: machine.budget,
     });
     let (state_tx, state_rx) = watch::channel(ClusterState::Paused);
     let (command_tx, command_rx) = mpsc::channel(256);
@@ -166,6 +178,14 @@ pub(crate) fn spawn_with(
         command_rx,
     );
     tokio::spawn(task.run());
+    shared.budget.join(
+        &shared.config.name,
+        Arc::new(budget::Member {
+            shared: Arc::downgrade(&shared),
+            state: state_rx.clone(),
+            commands: command_tx.downgrade(),
+        }),
+    );
     let handle = ClusterHandle::new(shared, state_rx, command_tx);
     if initially == Initially::Started {
         handle.request_resume("pgtide start");

@@ -150,6 +150,7 @@ impl ClusterTask {
                     Some(Command::Resume { requested_by }) => self.resume(&requested_by),
                     Some(Command::Pause { reply }) => self.pause_on_request(reply),
                     Some(Command::Shutdown { reply }) => self.shutdown(Some(reply)).await,
+                    Some(Command::Reclaim { for_cluster }) => self.reclaim(&for_cluster),
                     None => {
                         self.commands_closed = true;
                         self.shutdown(None).await;
@@ -164,11 +165,15 @@ impl ClusterTask {
                 _ = tick.tick() => self.on_tick().await,
             }
         }
+        self.shared.budget.leave(self.name());
     }
 
     pub(super) fn set_state(&self, state: ClusterState) {
         metrics::gauge!("pgtide_cluster_state", "cluster" => self.name().to_string())
             .set(state.gauge());
+        if matches!(state, ClusterState::Paused | ClusterState::Failed(_)) {
+            self.shared.budget.release(self.name());
+        }
         self.state.send_replace(state);
     }
 
@@ -205,6 +210,7 @@ impl ClusterTask {
                 format!("restarting the compute, attempt {} ({slot})", attempt + 1)
             }
         };
+        self.shared.budget.hold(self.name(), input.size.acu);
         self.shared.events.record(EventKind::Starting, what);
         self.phase = Phase::Starting(StartJob::spawn(input, purpose));
         self.set_state(ClusterState::Resuming);

@@ -159,7 +159,10 @@ fn cluster(storage: Option<Arc<StorageControl>>, prepare: impl FnOnce(&FakeContr
     let handle = spawn_with(
         Initially::Started,
         config(),
-        CapacityConfig::default(),
+        super::MachineShare {
+            capacity: CapacityConfig::default(),
+            budget: Arc::new(crate::capacity::Budget::unlimited()),
+        },
         Arc::new(runtime),
         dir.path().to_path_buf(),
         storage,
