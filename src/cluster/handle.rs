@@ -110,6 +110,11 @@ impl ClusterHandle {
             .clone()
     }
 
+    /// Ticks the cluster's task has done since it started (none while paused).
+    pub fn ticks(&self) -> u64 {
+        self.shared.ticks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn history(&self) -> &History {
         &self.shared.history
     }

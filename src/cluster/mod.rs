@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     compute_roles: Arc<dyn compute_roles::ComputeRoles>,
     status: Mutex<ComputeStatus>,
     history: History,
+    /// Ticks the task has done: none while paused (`pgtide_cluster_ticks_total`).
+    ticks: std::sync::atomic::AtomicU64,
     /// `None` with `[storage] copies = []`: durability is the compute's local disk.
     storage_status: Mutex<Option<StorageStatus>>,
 }
@@ -161,6 +163,7 @@ pub(crate) fn spawn_with(
             ..ComputeStatus::idle()
         }),
         history: History::default(),
+        ticks: Default::default(),
         storage_status: Mutex::new(storage.as_ref().map(|s| s.status())),
         config,
         capacity: machine.capacity,
@@ -191,6 +194,14 @@ pub(crate) fn spawn_with(
         handle.request_resume("pgtide start");
     }
     handle
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn now_rfc3339() -> String {

@@ -136,6 +136,7 @@ impl ClusterTask {
             .increment(1);
         self.shared.events.record(EventKind::Paused, reason);
         self.set_state(ClusterState::Paused);
+        self.record_paused_history();
     }
 
     /// `pgtide pause`: refused while clients are busy; answered once the cluster is paused, or

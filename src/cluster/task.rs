@@ -5,7 +5,13 @@
 //! waiting before its next attempt is `Backoff`. The loop in [`ClusterTask::run`] waits for
 //! whichever comes first: a command from a handle, what the phase is waiting for (a start's or a
 //! stop's outcome, the compute's exit, the end of a backoff), or the 1 s tick (metering, scaling,
-//! storage, auto-pause). Nothing in the loop waits for a start or a stop, and a resize or a usage
+//! storage, auto-pause).
+//!
+//! A paused cluster's task does not tick: there is nothing to scale, store or pause, it meters 0
+//! ACU, and its history is one open run ([`History::push_open`](super::history::History::push_open)).
+//! It sleeps until a command comes, or until the next UTC day begins (the meter's day and month
+//! then roll over). The first tick after a resume meters and records the paused time, so many
+//! paused clusters cost no wake-ups. Nothing in the loop waits for a start or a stop, and a resize or a usage
 //! sample is bounded by a timeout, so pause, shutdown and status are always served. Pausing and
 //! shutting down, and what each command does while a stop runs, are in `pause.rs`.
 
@@ -144,7 +150,10 @@ impl ClusterTask {
     pub(super) async fn run(mut self) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Asleep until the first command: the history shows it paused meanwhile.
+        self.record_paused_history();
         while !matches!(self.phase, Phase::ShutDown) {
+            let paused = matches!(self.phase, Phase::Paused);
             tokio::select! {
                 command = self.commands.recv(), if !self.commands_closed => match command {
                     Some(Command::Resume { requested_by }) => self.resume(&requested_by),
@@ -162,7 +171,8 @@ impl ClusterTask {
                     PhaseEvent::Exited(exit) => self.on_compute_exit(exit),
                     PhaseEvent::BackoffOver => self.retry_restart(),
                 },
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick(), if !paused => self.on_tick().await,
+                _ = tokio::time::sleep(until_next_utc_day()), if paused => self.roll_meter(),
             }
         }
         self.shared.budget.leave(self.name());
@@ -409,6 +419,11 @@ impl ClusterTask {
     }
 
     async fn on_tick(&mut self) {
+        self.shared
+            .ticks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("pgtide_cluster_ticks_total", "cluster" => self.name().to_string())
+            .increment(1);
         let now = Instant::now();
         let elapsed = now.duration_since(self.last_tick);
         self.last_tick = now;
@@ -428,6 +443,14 @@ impl ClusterTask {
         {
             self.pause(format!("paused after {} s idle", idle.as_secs()));
         }
+    }
+
+    /// A paused cluster's one wake-up a day: the meter's day (and month) roll over.
+    fn roll_meter(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last_tick);
+        self.last_tick = now;
+        self.meter(elapsed);
     }
 
     fn meter(&mut self, elapsed: Duration) {
@@ -480,6 +503,17 @@ impl ClusterTask {
 
     /// One point a second for the dashboard.
     fn record_history(&mut self, elapsed: Duration) {
+        let point = self.history_point(elapsed);
+        self.shared.history.push(point);
+    }
+
+    /// The last point before the task sleeps, paused: it holds until the next tick.
+    pub(super) fn record_paused_history(&mut self) {
+        let point = self.history_point(self.last_tick.elapsed());
+        self.shared.history.push_open(point);
+    }
+
+    fn history_point(&mut self, elapsed: Duration) -> HistoryPoint {
         let counters = &self.shared.counters;
         let transactions = counters.transactions();
         let tps = transactions.saturating_sub(self.last_transactions) as f64
@@ -487,11 +521,8 @@ impl ClusterTask {
         self.last_transactions = transactions;
         let status = self.shared.status.lock().expect("status lock").clone();
         let limits = status.limits.as_ref();
-        self.shared.history.push(HistoryPoint {
-            t: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+        HistoryPoint {
+            t: super::unix_now(),
             state: self.state.borrow().name(),
             acu: status.acu,
             acu_target: status.acu_target,
@@ -501,7 +532,7 @@ impl ClusterTask {
             memory_limit_mib: limits.map(|l| l.memory_mib as f64).unwrap_or(0.0),
             clients: counters.clients() as u32,
             tps,
-        });
+        }
     }
 
     /// Clients that keep the cluster from pausing: in session mode every connected client; in
@@ -513,6 +544,12 @@ impl ClusterTask {
             PoolMode::Transaction => counters.active() + counters.waiting(),
         }
     }
+}
+
+/// How long until the next UTC day begins.
+fn until_next_utc_day() -> Duration {
+    const DAY: u64 = 24 * 3600;
+    Duration::from_secs(DAY - super::unix_now() % DAY)
 }
 
 /// Waits for what the phase waits for; never resolves in a phase that waits for nothing.
