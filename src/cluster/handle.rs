@@ -115,6 +115,16 @@ impl ClusterHandle {
         self.shared.ticks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The ACU meter as of today (UTC): total, today, this month, and each day kept.
+    pub fn usage(&self) -> super::MeterReading {
+        let today = &super::now_rfc3339()[..10];
+        self.shared
+            .metering
+            .lock()
+            .expect("metering lock")
+            .reading(today)
+    }
+
     pub fn history(&self) -> &History {
         &self.shared.history
     }

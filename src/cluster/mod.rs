@@ -78,6 +78,7 @@ use roles::RoleStore;
 pub use durability::Durability;
 pub use handle::{AttachError, ClusterHandle};
 pub use load::{ClientLease, LoadCounters};
+pub use metering::MeterReading;
 pub use state::{ClusterState, ComputeStatus};
 
 /// What the task and every handle share: read freely, written by the task (status, events,
@@ -94,6 +95,8 @@ pub(crate) struct Shared {
     compute_roles: Arc<dyn compute_roles::ComputeRoles>,
     status: Mutex<ComputeStatus>,
     history: History,
+    /// ACU-seconds by day and month: added to by the task, read by `/usage`.
+    metering: Mutex<metering::Metering>,
     /// Ticks the task has done: none while paused (`pgtide_cluster_ticks_total`).
     ticks: std::sync::atomic::AtomicU64,
     /// `None` with `[storage] copies = []`: durability is the compute's local disk.
@@ -163,6 +166,7 @@ pub(crate) fn spawn_with(
             ..ComputeStatus::idle()
         }),
         history: History::default(),
+        metering: Mutex::new(metering),
         ticks: Default::default(),
         storage_status: Mutex::new(storage.as_ref().map(|s| s.status())),
         config,
@@ -176,7 +180,6 @@ pub(crate) fn spawn_with(
         runtime,
         cluster_dir,
         storage,
-        metering,
         state_tx,
         command_rx,
     );

@@ -288,7 +288,7 @@ impl ClusterTask {
 
     /// No compute is left: save the meter, answer, and let the task end.
     fn shut_down(&mut self, replies: Vec<oneshot::Sender<()>>) {
-        self.metering.save();
+        self.shared.metering.lock().expect("metering lock").save();
         self.phase = Phase::ShutDown;
         self.set_state(ClusterState::Paused);
         for reply in replies {

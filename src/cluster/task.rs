@@ -25,7 +25,6 @@ use super::durability::Durability;
 use super::events::EventKind;
 use super::handle::Command;
 use super::history::HistoryPoint;
-use super::metering::Metering;
 use super::start::{self, StartInput, StartJob, StartPurpose, StartResult};
 use super::state::ClusterState;
 use super::stop::{AfterStop, StopJob, StopKind, StopOutcome};
@@ -97,7 +96,6 @@ pub(super) struct ClusterTask {
     /// rebuilds from the copies instead of trusting remains.
     pub(super) data_lost: bool,
     pub(super) scaler: Scaler,
-    pub(super) metering: Metering,
     last_tick: Instant,
     /// The last refusal recorded (so that a refusal that lasts is one event, not one a second).
     pub(super) last_notice: Option<EventKind>,
@@ -111,7 +109,6 @@ impl ClusterTask {
         runtime: Arc<dyn Runtime>,
         cluster_dir: PathBuf,
         storage: Option<Box<dyn Durability>>,
-        metering: Metering,
         state: watch::Sender<ClusterState>,
         commands: mpsc::Receiver<Command>,
     ) -> ClusterTask {
@@ -136,7 +133,6 @@ impl ClusterTask {
             users_synced: false,
             data_lost: false,
             scaler,
-            metering,
             last_tick: Instant::now(),
             last_notice: None,
             last_transactions: 0,
@@ -458,13 +454,20 @@ impl ClusterTask {
             Phase::Running(running) => running.acu,
             _ => 0.0,
         };
-        self.metering.add(acu, elapsed);
-        let acu_seconds = self.metering.acu_seconds();
+        let (acu_seconds, today, month) = {
+            let mut metering = self.shared.metering.lock().expect("metering lock");
+            metering.add(acu, elapsed);
+            (
+                metering.acu_seconds(),
+                metering.acu_hours_today(),
+                metering.acu_hours_month(),
+            )
+        };
         {
             let mut status = self.shared.status.lock().expect("status lock");
             status.acu_seconds = acu_seconds;
-            status.acu_hours_today = self.metering.acu_hours_today();
-            status.acu_hours_month = self.metering.acu_hours_month();
+            status.acu_hours_today = today;
+            status.acu_hours_month = month;
         }
         metrics::gauge!("pgtide_cluster_acu_seconds_total", "cluster" => self.name().to_string())
             .set(acu_seconds);
