@@ -546,6 +546,17 @@ mod admin_client {
                 .map(|e| format!(" (refill failing: {e})"))
                 .unwrap_or_default()
         ));
+        if let Some(budget) = &status.capacity {
+            out.push_str(&format!(
+                "machine budget: running clusters hold {} of {} ACU (max_total_acu, from the {})\n",
+                budget.held_acu,
+                budget.max_total_acu,
+                match budget.source {
+                    pgtide::capacity::BudgetSource::Config => "config",
+                    pgtide::capacity::BudgetSource::Machine => "machine",
+                }
+            ));
+        }
         out
     }
 

@@ -90,6 +90,12 @@ fn clusters_share_the_machine_budget() {
     assert_eq!(capacity.max_total_acu, 1.5);
     assert_eq!(capacity.source, BudgetSource::Config);
     assert_eq!(capacity.held_acu, 0.5, "main runs at its start size");
+    let table = pgtide.cli(&["status"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("machine budget: running clusters hold 0.5 of 1.5 ACU"),
+        "{table}"
+    );
 
     // The second cluster's load cannot take the first's share.
     create(&pgtide, "one", "4");
