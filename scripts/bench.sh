@@ -22,12 +22,22 @@
 #                              reaction from each load change to the applied ACU; then a 24-hour
 #                              synthetic trace through the policy alone (benches/day_trace.rs)
 #
+#   scripts/bench.sh tenants   many tenants on one pgtide: TENANTS clusters (default 500) created
+#                              through POST /clusters (time per creation, p50/p90), each written
+#                              once with psql, all left to pause (auto_pause_after = 3s); pgtide's
+#                              RSS per paused cluster and its wake-ups while they all sleep; then
+#                              20 random tenants woken at once (connect → first row, p50/p90) and
+#                              50 tenants running `pgbench -c 1 -T 5` at once (total TPS,
+#                              failures). Copies off unless TENANTS_COPIES=1; the machine budget
+#                              is TENANTS_BUDGET ACU (default 1000: off, so that the 50 all run)
+#
 #   scripts/bench.sh syscalls  per select-only transaction, for pgtide (both pool modes), PgBouncer
 #                              and the relay on one compute: CPU µs (median of interleaved rounds),
 #                              system calls and context switches (strace -c, /proc)
 #   scripts/bench.sh all       every mode above, one after the other, and then all their tables
 #
-# Knobs: ROUNDS (default 5), SECONDS_PER_ROUND (default 6), CLIENTS (default 8), SCALE (10).
+# Knobs: ROUNDS (default 5), SECONDS_PER_ROUND (default 6), CLIENTS (default 8), SCALE (10),
+# TENANTS (500), TENANTS_COPIES (0), TENANTS_BUDGET (1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -94,8 +104,10 @@ wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 
 log "building (release)…"
 cargo build --release --quiet
-cargo bench --bench relay --no-run --quiet 2>/dev/null
-RELAY_BIN=$(ls -t target/release/deps/relay-* | grep -v '\.d$' | head -1)
+if [ "$MODE" = proxy ] || [ "$MODE" = syscalls ]; then
+  cargo bench --bench relay --no-run --quiet 2>/dev/null
+  RELAY_BIN=$(ls -t target/release/deps/relay-* | grep -v '\.d$' | head -1)
+fi
 
 start_pgtide() { # $1 = name, $2 = extra cluster lines, $3 = [storage] lines, $4 = [runtime] lines; sets PGTIDE_PORT, ADMIN_PORT
   PGTIDE_PORT=$(free_port); ADMIN_PORT=$(free_port)
@@ -482,6 +494,134 @@ EOF
   done
 }
 
+# ---------------------------------------------------------------------------------------------
+bench_tenants() {
+  local tenants=${TENANTS:-500} shared_port copies=''
+  shared_port=$(free_port)
+  [ "${TENANTS_COPIES:-0}" = 1 ] || copies='copies = []'
+  # [tenants] and [capacity] ride on the [runtime] lines (each opens its own table).
+  start_pgtide tenants 'auto_pause_after = "3s"' "$copies" \
+    $'warm_pool_size = 1\n[tenants]\nlisten = "127.0.0.1:'"$shared_port"$'"\n[capacity]\nmax_total_acu = '"${TENANTS_BUDGET:-1000}"
+  local pid=${PIDS[-1]}
+  export PGPASSWORD=bench
+  python3 - "$tenants" "$shared_port" "$ADMIN_PORT" "$pid" "${TENANTS_COPIES:-0}" <<'EOF'
+import json, random, subprocess, sys, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+tenants, port, admin, pid, copies = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+names = [f"t{i:04d}" for i in range(tenants)]
+def log(*a): print(*a, file=sys.stderr, flush=True)
+def api(method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{admin}{path}", method=method, data=data,
+                                 headers={"content-type": "application/json"})
+    return urllib.request.urlopen(req, timeout=300).read()
+def status():
+    return json.loads(api("GET", "/status"))
+def rss_kib():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+def switches():
+    n = 0
+    for line in open(f"/proc/{pid}/status"):
+        if "ctxt_switches" in line:
+            n += int(line.split()[1])
+    return n
+def ticks():
+    total = 0.0
+    for line in api("GET", "/metrics").decode().splitlines():
+        if line.startswith("pgtide_cluster_ticks_total{"):
+            total += float(line.split()[-1])
+    return total
+def psql(name, sql):
+    t = time.perf_counter()
+    out = subprocess.run(["psql", "-X", "-tA", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", name,
+                          "-c", sql], capture_output=True, text=True)
+    return (time.perf_counter() - t) * 1000, out.returncode == 0, out.stderr.strip()
+def pct(values, p):
+    values = sorted(values); return values[min(len(values) - 1, int(round(p * (len(values) - 1))))]
+def wait_all_paused(limit_s):
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        states = [c["state"] for c in status()["clusters"] if c["name"] in wanted]
+        if states.count("paused") == len(wanted):
+            return True
+        time.sleep(0.5)
+    return False
+
+# The config cluster pauses first: the baseline is pgtide with nothing running.
+wanted = {"bench"}
+wait_all_paused(60)
+rss_before = rss_kib()
+create_ms, write_failures = [], 0
+for i, name in enumerate(names):
+    t = time.perf_counter()
+    api("POST", "/clusters", {"name": name, "password": "bench", "auto_pause_after": "3s", "max_acu": 2})
+    create_ms.append((time.perf_counter() - t) * 1000)
+    ms, ok, err = psql(name, "CREATE TABLE written AS SELECT now() AS at")
+    write_failures += not ok
+    if not ok:
+        log(f"{name}: {err}")
+    if (i + 1) % 50 == 0:
+        log(f"{i + 1} tenants created")
+wanted = set(names) | {"bench"}
+if not wait_all_paused(120):
+    log("not every tenant paused within 120 s")
+time.sleep(2)
+rss_after = rss_kib()
+t0, s0, k0 = time.monotonic(), switches(), ticks()
+time.sleep(10)
+elapsed = time.monotonic() - t0
+wakeups = (switches() - s0) / elapsed
+tick_rate = (ticks() - k0) / elapsed
+
+# 20 random tenants woken at once: connect → first row.
+woken = random.sample(names, min(20, tenants))
+with ThreadPoolExecutor(len(woken)) as pool:
+    wakes = list(pool.map(lambda n: psql(n, "SELECT 1"), woken))
+wake_ms = [ms for ms, ok, _ in wakes if ok]
+wake_failures = sum(1 for _, ok, _ in wakes if not ok)
+
+# 50 tenants running pgbench -c 1 -T 5 at once (tables made first, ten at a time).
+loaded = random.sample(names, min(50, tenants))
+def init(name):
+    return subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", port, "-U", "postgres",
+                           name], capture_output=True, text=True).returncode == 0
+with ThreadPoolExecutor(10) as pool:
+    inits = list(pool.map(init, loaded))
+def bench(name):
+    out = subprocess.run(["pgbench", "-c", "1", "-T", "5", "-h", "127.0.0.1", "-p", port, "-U", "postgres",
+                          name], capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    tps, failed = 0.0, 0
+    for line in text.splitlines():
+        if line.startswith("tps = "):
+            tps = float(line.split()[2])
+        if line.startswith("number of failed transactions:"):
+            failed = int(line.split()[4])
+    return tps, failed, out.returncode == 0
+with ThreadPoolExecutor(len(loaded)) as pool:
+    runs = list(pool.map(bench, loaded))
+budget = status().get("capacity") or {}
+
+print(f"\n{tenants} tenants on one pgtide (six copies {'on' if copies == '1' else 'off'}; "
+      f"max_total_acu {budget.get('max_total_acu')})")
+print(f"{'figure':<52} {'value':>12}   aim")
+print(f"{'creation, POST /clusters → answered: p50':<52} {pct(create_ms, .5):>10.0f}ms   ≤ 300 ms")
+print(f"{'creation: p90':<52} {pct(create_ms, .9):>10.0f}ms")
+print(f"{'first writes failed':<52} {write_failures:>12}")
+print(f"{'pgtide RSS before → after (all paused)':<52} {rss_before // 1024:>5}→{rss_after // 1024:<4}MiB")
+print(f"{'pgtide RSS per paused cluster':<52} {(rss_after - rss_before) / tenants:>9.1f}KiB   ≤ 64 KiB")
+print(f"{'pgtide wake-ups/s while all are paused (ctx switches)':<52} {wakeups:>12.1f}")
+print(f"{'cluster ticks/s while all are paused':<52} {tick_rate:>12.1f}")
+print(f"{'20 woken at once, connect → first row: p50':<52} {pct(wake_ms, .5) if wake_ms else 0:>10.0f}ms   ≤ 150 ms")
+print(f"{'20 woken at once: p90':<52} {pct(wake_ms, .9) if wake_ms else 0:>10.0f}ms")
+print(f"{'20 woken at once: failed':<52} {wake_failures:>12}")
+print(f"{'50 × pgbench -c 1 -T 5 at once: total TPS':<52} {sum(r[0] for r in runs):>12.0f}")
+print(f"{'50 × pgbench: failed transactions / failed runs':<52} {sum(r[1] for r in runs):>6} / {sum(1 for r in runs if not r[2]) + inits.count(False)}")
+EOF
+}
+
 case "$MODE" in
   proxy) bench_proxy ;;
   syscalls) bench_syscalls ;;
@@ -489,5 +629,6 @@ case "$MODE" in
   scale) bench_scale ;;
   storage) bench_storage ;;
   pool) bench_pool ;;
-  *) log "unknown benchmark $MODE (proxy, syscalls, pool, resume, scale, storage, all)"; exit 2 ;;
+  tenants) bench_tenants ;;
+  *) log "unknown benchmark $MODE (proxy, syscalls, pool, resume, scale, storage, tenants, all)"; exit 2 ;;
 esac

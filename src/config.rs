@@ -64,6 +64,9 @@ pub struct CapacityConfig {
     pub cpu_per_acu: f64,
     pub memory_mib_per_acu: u64,
     pub step_acu: f64,
+    /// What all running clusters may hold together; `None`: the machine's cores and memory in
+    /// ACUs, read at start (`crate::capacity`).
+    pub max_total_acu: Option<f64>,
 }
 
 impl Default for CapacityConfig {
@@ -72,6 +75,7 @@ impl Default for CapacityConfig {
             cpu_per_acu: 0.25,
             memory_mib_per_acu: 2048,
             step_acu: 0.5,
+            max_total_acu: None,
         }
     }
 }
@@ -385,6 +389,17 @@ impl Config {
                 &[Key("capacity"), Key("step_acu")],
                 format!("must be above 0 and at most 16, got {}", capacity.step_acu),
             ));
+        }
+        if let Some(max) = capacity.max_total_acu {
+            if !(max >= capacity.step_acu && max.is_finite()) {
+                return Err(Invalid::at(
+                    &[Key("capacity"), Key("max_total_acu")],
+                    format!(
+                        "must be at least one step ({} ACU), got {max}",
+                        capacity.step_acu
+                    ),
+                ));
+            }
         }
         if self.runtime.run_as.is_empty() {
             return Err(Invalid::at(

@@ -84,6 +84,17 @@ enum CommandLine {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// ACU-hours per cluster: today, this month and in all (GET /usage).
+    Usage {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// One row per cluster and day of this month instead.
+        #[arg(long)]
+        month: bool,
+        /// Print CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
+    },
     /// List every cluster, config and created.
     List {
         #[arg(long)]
@@ -138,6 +149,9 @@ fn main() -> std::process::ExitCode {
             config,
         } => admin_client::drop_cluster(config.as_deref(), &name, keep_data),
         CommandLine::List { config, json } => admin_client::list(config.as_deref(), json),
+        CommandLine::Usage { config, month, csv } => {
+            admin_client::usage(config.as_deref(), month, csv)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -431,6 +445,24 @@ mod admin_client {
         }
     }
 
+    /// `pgtide usage`: GET /usage, as a table or CSV.
+    pub fn usage(config: Option<&Path>, month: bool, csv: bool) -> anyhow::Result<()> {
+        use pgtide::admin::usage::{self, UsageResponse, UsageView};
+        let config = load(config)?;
+        let response: UsageResponse = parse(&get(&config, "/usage")?)?;
+        let view = if month {
+            UsageView::Month
+        } else {
+            UsageView::Summary
+        };
+        if csv {
+            print!("{}", usage::csv(&response, view));
+        } else {
+            print!("{}", usage::table(&response, view));
+        }
+        Ok(())
+    }
+
     const SPARKLINE_SECONDS: u64 = 300;
 
     fn status_time() -> String {
@@ -511,6 +543,17 @@ mod admin_client {
                 .map(|e| format!(" (refill failing: {e})"))
                 .unwrap_or_default()
         ));
+        if let Some(budget) = &status.capacity {
+            out.push_str(&format!(
+                "machine budget: running clusters hold {} of {} ACU (max_total_acu, from the {})\n",
+                budget.held_acu,
+                budget.max_total_acu,
+                match budget.source {
+                    pgtide::capacity::BudgetSource::Config => "config",
+                    pgtide::capacity::BudgetSource::Machine => "machine",
+                }
+            ));
+        }
         out
     }
 

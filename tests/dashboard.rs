@@ -231,3 +231,266 @@ fn status_watch_draws_in_a_pseudo_terminal() {
         "an ACU sparkline: {screen}"
     );
 }
+
+/// A headless Chromium driven through the DevTools protocol (a WebSocket, framed here by hand:
+/// the test needs text frames only), so that the test can click like a person and read the page.
+struct DevTools {
+    browser: std::process::Child,
+    socket: std::net::TcpStream,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl DevTools {
+    fn open(url: &str) -> DevTools {
+        let port = free_port();
+        let profile = test_dir();
+        let browser = Command::new("timeout")
+            .args([
+                "120",
+                chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+            ])
+            .arg(format!("--remote-debugging-port={port}"))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("--window-size=1280,900")
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromium runs");
+        let mut page = None;
+        wait_until(Duration::from_secs(30), || {
+            let Ok(response) = ureq::get(&format!("http://127.0.0.1:{port}/json/list")).call()
+            else {
+                return false;
+            };
+            let targets: serde_json::Value =
+                serde_json::from_str(&response.into_body().read_to_string().unwrap()).unwrap();
+            page = targets.as_array().unwrap().iter().find_map(|t| {
+                (t["type"] == "page")
+                    .then(|| t["webSocketDebuggerUrl"].as_str().map(String::from))
+                    .flatten()
+            });
+            page.is_some()
+        });
+        let page = page.expect("chromium's page target");
+        let path = &page[page.find("/devtools/").expect("a devtools path")..];
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        use std::io::{Read, Write};
+        write!(
+            socket,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            socket.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        DevTools {
+            browser,
+            socket,
+            next_id: 0,
+            _profile: profile,
+        }
+    }
+
+    fn send_frame(&mut self, text: &str) {
+        use std::io::Write;
+        let payload = text.as_bytes();
+        let mask = [0x5au8, 0x17, 0xc3, 0x88];
+        let mut frame = vec![0x81u8];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n < 65536 => {
+                frame.push(0x80 | 126);
+                frame.extend((n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend((n as u64).to_be_bytes());
+            }
+        }
+        frame.extend(mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.socket.write_all(&frame).unwrap();
+    }
+
+    /// The next whole text message (the server does not mask its frames).
+    fn read_message(&mut self) -> String {
+        use std::io::Read;
+        let mut message = Vec::new();
+        loop {
+            let mut head = [0u8; 2];
+            self.socket.read_exact(&mut head).unwrap();
+            let length = match head[1] & 0x7f {
+                126 => {
+                    let mut n = [0u8; 2];
+                    self.socket.read_exact(&mut n).unwrap();
+                    u16::from_be_bytes(n) as usize
+                }
+                127 => {
+                    let mut n = [0u8; 8];
+                    self.socket.read_exact(&mut n).unwrap();
+                    u64::from_be_bytes(n) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; length];
+            self.socket.read_exact(&mut payload).unwrap();
+            message.extend(payload);
+            if head[0] & 0x80 != 0 {
+                return String::from_utf8(message).unwrap();
+            }
+        }
+    }
+
+    /// Calls a DevTools method and returns its result.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let reply = self.try_call(method, params);
+        assert!(reply["error"].is_null(), "{method}: {reply}");
+        reply["result"].clone()
+    }
+
+    /// Calls a DevTools method and returns its whole reply, an error included (a page being
+    /// replaced by the next one answers with one).
+    fn try_call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let request = serde_json::json!({ "id": id, "method": method, "params": params });
+        self.send_frame(&request.to_string());
+        loop {
+            let reply: serde_json::Value = serde_json::from_str(&self.read_message()).unwrap();
+            if reply["id"] == id {
+                return reply;
+            }
+        }
+    }
+
+    fn evaluate(&mut self, expression: &str) -> serde_json::Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({ "expression": expression, "returnByValue": true }),
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// [`Self::evaluate`] while the page may be navigating: `null` until it is there.
+    fn evaluate_when_loaded(&mut self, expression: &str) -> serde_json::Value {
+        let reply = self.try_call(
+            "Runtime.evaluate",
+            serde_json::json!({ "expression": expression, "returnByValue": true }),
+        );
+        reply["result"]["result"]["value"].clone()
+    }
+
+    /// A left click in the middle of the element `selector` picks, as a mouse would.
+    fn click(&mut self, selector: &str) {
+        let point = self.evaluate(&format!(
+            "(() => {{ const r = document.querySelector({selector:?}).getBoundingClientRect(); \
+             return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
+        ));
+        let (x, y) = (point[0].as_f64().unwrap(), point[1].as_f64().unwrap());
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                serde_json::json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+            );
+        }
+    }
+}
+
+impl Drop for DevTools {
+    fn drop(&mut self) {
+        // `timeout` passes the signal on to Chromium, which closes its own processes.
+        send_signal(self.browser.id() as i32, Signal::SIGTERM);
+        let _ = self.browser.wait();
+    }
+}
+
+/// The names in the dashboard's list, top to bottom.
+const ROW_NAMES: &str =
+    "Array.from(document.querySelectorAll('#list tbody tr')).map(r => r.dataset.name).join(',')";
+
+#[test]
+fn the_list_shows_every_cluster_sorts_by_a_click_and_links_to_each() {
+    let shared_port = free_port();
+    let pgtide = Pgtide::start_with(Options {
+        top: format!("[tenants]\nlisten = \"127.0.0.1:{shared_port}\"\n"),
+        ..Default::default()
+    });
+    let out = pgtide.cli(&[
+        "create",
+        "other",
+        "--auto-pause-after",
+        "1s",
+        "--password",
+        "other-pw",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    pgtide.wait_cluster_state(
+        "other",
+        pgtide::cluster::state::StateName::Paused,
+        Duration::from_secs(30),
+    );
+
+    let mut page = DevTools::open(&pgtide.admin_url("/dashboard"));
+    let mut names = String::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            names = page.evaluate(ROW_NAMES).as_str().unwrap_or("").to_string();
+            names == "main,other"
+        }),
+        "both clusters listed by name: {names:?}"
+    );
+    let states = page.evaluate(
+        "Array.from(document.querySelectorAll('#list tbody tr .state')).map(s => s.textContent).join(',')",
+    );
+    assert_eq!(states, "running,paused");
+    assert_eq!(
+        page.evaluate("document.querySelectorAll('section.cluster').length"),
+        0,
+        "with two clusters the list comes alone"
+    );
+    let link = page.evaluate("document.querySelector('#list tr[data-name=other] a').href");
+    assert!(
+        link.as_str().unwrap().ends_with("/dashboard?cluster=other"),
+        "{link}"
+    );
+
+    // A click on the state header sorts by state: paused before running.
+    page.click("#list th[data-key=state]");
+    assert_eq!(page.evaluate(ROW_NAMES), "other,main");
+    // A second click reverses it.
+    page.click("#list th[data-key=state]");
+    assert_eq!(page.evaluate(ROW_NAMES), "main,other");
+
+    // The row's link opens that cluster's own page.
+    page.click("#list tr[data-name=other] a");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            page
+            .evaluate_when_loaded("document.querySelector('section.cluster') ? document.querySelector('section.cluster').id : ''")
+            == "cluster-other"
+        }),
+        "the cluster's page shows it"
+    );
+    assert_eq!(
+        page.evaluate_when_loaded("document.getElementById('list').hidden"),
+        true
+    );
+}

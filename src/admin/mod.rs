@@ -3,7 +3,8 @@
 //! `GET /dashboard` (a live page built on those), `POST /clusters/{name}/pause|resume`,
 //! which `pgtide status/pause/resume` and the page's buttons call, and the clusters made at run
 //! time ([`crate::tenants`]): `GET /clusters`, `POST /clusters` (a JSON body) and
-//! `DELETE /clusters/{name}` (`?keep_data=true`), for `pgtide list/create/drop`.
+//! `DELETE /clusters/{name}` (`?keep_data=true`), for `pgtide list/create/drop`; and
+//! `GET /usage` (ACU-hours by cluster and day, [`usage`]) for `pgtide usage`.
 //!
 //! Nothing here counts as client activity: reading status never wakes or keeps a cluster awake.
 //! When `[admin] token` is set every call needs it, as `Authorization: Bearer TOKEN` or, for a
@@ -30,6 +31,7 @@ use crate::tenants::{CreateRequest, TenantError, Tenants};
 
 pub mod server;
 pub mod status;
+pub mod usage;
 
 pub use status::{
     ClusterList, ClusterListing, ClusterStatus, HistoryResponse, MeteringStatus, PoolStatus,
@@ -97,6 +99,7 @@ pub fn status(state: &AdminState) -> StatusResponse {
     StatusResponse {
         runtime: state.runtime.kind().to_string(),
         warm_pool: state.runtime.warm_pool(),
+        capacity: Some(state.tenants.budget().status()),
         clusters,
     }
 }
@@ -135,6 +138,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/clusters/{name}", delete(delete_cluster))
         .route("/clusters/{name}/pause", post(post_pause))
         .route("/clusters/{name}/resume", post(post_resume))
+        .route("/usage", get(get_usage))
         .with_state(state)
 }
 
@@ -447,6 +451,14 @@ async fn post_resume(
             .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
+}
+
+async fn get_usage(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorized(&state, &headers) {
+        return denied.into_response();
+    }
+    let clusters = state.tenants.list();
+    Json(usage::usage(clusters.iter().map(|r| &r.handle))).into_response()
 }
 
 async fn get_clusters(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {

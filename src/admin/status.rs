@@ -16,6 +16,9 @@ pub struct StatusResponse {
     pub runtime: String,
     /// Compute slots made ready ahead of need (`runtime.warm_pool_size`).
     pub warm_pool: WarmPoolStatus,
+    /// The machine budget (`[capacity] max_total_acu`) and what running clusters hold of it.
+    #[serde(default)]
+    pub capacity: Option<crate::capacity::BudgetStatus>,
     pub clusters: Vec<ClusterStatus>,
 }
 

@@ -46,6 +46,12 @@ pub enum EventKind {
     DownRefused,
     /// The scaler wanted more than `max_acu`.
     AtMax,
+    /// A scale-up was capped or refused: running clusters hold all of `max_total_acu`.
+    BudgetCapped,
+    /// A resume waits for room in `max_total_acu` (a cluster pausing for it, or none pausable).
+    BudgetWaiting,
+    /// The cluster pauses, idle, to make room for another cluster's resume.
+    BudgetPaused,
     ResizeFailed,
     /// A resize did not finish in time and was given up; the next tick decides again.
     ResizeTimedOut,
@@ -98,6 +104,9 @@ impl EventKind {
             EventKind::ScaledDown => "scaled_down",
             EventKind::DownRefused => "down_refused",
             EventKind::AtMax => "at_max",
+            EventKind::BudgetCapped => "budget_capped",
+            EventKind::BudgetWaiting => "budget_waiting",
+            EventKind::BudgetPaused => "budget_paused",
             EventKind::ResizeFailed => "resize_failed",
             EventKind::ResizeTimedOut => "resize_timed_out",
             EventKind::BaseBackup => "base_backup",

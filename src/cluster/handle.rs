@@ -28,6 +28,10 @@ pub(super) enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// The machine budget asks this cluster to pause, if it may, for another's resume.
+    Reclaim {
+        for_cluster: String,
+    },
 }
 
 /// Why a client could not be attached to the compute.
@@ -37,6 +41,16 @@ pub enum AttachError {
     ResumeFailed { cluster: String, reason: String },
     #[error("cluster \"{cluster}\" did not resume within {timeout:?}")]
     ResumeTimeout { cluster: String, timeout: Duration },
+    #[error(
+        "cluster \"{cluster}\" could not resume: no capacity (SQLSTATE 53000): it needs \
+         {need} ACU, running clusters hold all of max_total_acu = {max_total_acu}, and none \
+         could be paused in time"
+    )]
+    NoCapacity {
+        cluster: String,
+        need: f64,
+        max_total_acu: f64,
+    },
     #[error("pgtide is shutting down")]
     ShuttingDown,
 }
@@ -96,6 +110,21 @@ impl ClusterHandle {
             .clone()
     }
 
+    /// Ticks the cluster's task has done since it started (none while paused).
+    pub fn ticks(&self) -> u64 {
+        self.shared.ticks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The ACU meter as of today (UTC): total, today, this month, and each day kept.
+    pub fn usage(&self) -> super::MeterReading {
+        let today = &super::now_rfc3339()[..10];
+        self.shared
+            .metering
+            .lock()
+            .expect("metering lock")
+            .reading(today)
+    }
+
     pub fn history(&self) -> &History {
         &self.shared.history
     }
@@ -129,6 +158,7 @@ impl ClusterHandle {
                 }
                 ClusterState::Paused | ClusterState::Failed(_) => {
                     waited_for_resume = true;
+                    self.make_room(deadline).await?;
                     let command = Command::Resume {
                         requested_by: requested_by.to_string(),
                     };

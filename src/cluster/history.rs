@@ -2,7 +2,9 @@
 //! draw, served by `GET /history`.
 //!
 //! Memory is bounded and follows what happened, not the clock: consecutive points that differ
-//! only in their time (a paused cluster's seconds, all zeros) are kept as one run. A cluster
+//! only in their time (a paused cluster's seconds, all zeros) are kept as one run. A paused
+//! cluster's task does not tick at all: it pushes one point with [`History::push_open`], whose run
+//! lasts until the next point, and queries read it up to now. A cluster
 //! busy for the whole hour holds [`HISTORY_POINTS`] runs of 80 bytes (about 281 KiB); one that
 //! sat paused holds a handful, and the ring gives back what it no longer needs. Queries see one
 //! point per second either way.
@@ -59,8 +61,10 @@ impl Run {
 #[derive(Debug, Default)]
 struct Ring {
     runs: VecDeque<Run>,
-    /// Points over all runs.
+    /// Points over all runs (an open run counts the seconds it was closed at).
     points: usize,
+    /// The last run lasts until the next point (the cluster is paused and its task asleep).
+    open: bool,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +75,14 @@ pub struct History {
 impl History {
     pub fn push(&self, point: HistoryPoint) {
         let mut ring = self.ring.lock().expect("history lock");
+        if std::mem::take(&mut ring.open) {
+            // The open run held every second until this point.
+            if let Some(last) = ring.runs.back_mut() {
+                let gap = point.t.saturating_sub(last.end());
+                last.seconds += u32::try_from(gap).unwrap_or(u32::MAX / 2);
+                ring.points += gap as usize;
+            }
+        }
         match ring.runs.back_mut() {
             Some(last) if last.end() == point.t && last.first.same_as(&point) => last.seconds += 1,
             _ => ring.runs.push_back(Run {
@@ -80,13 +92,15 @@ impl History {
         }
         ring.points += 1;
         while ring.points > HISTORY_POINTS {
+            let excess = ring.points - HISTORY_POINTS;
             let oldest = ring.runs.front_mut().expect("points are in runs");
-            oldest.first.t += 1;
-            oldest.seconds -= 1;
+            let cut = excess.min(oldest.seconds as usize);
+            oldest.first.t += cut as u64;
+            oldest.seconds -= cut as u32;
             if oldest.seconds == 0 {
                 ring.runs.pop_front();
             }
-            ring.points -= 1;
+            ring.points -= cut;
         }
         // Give back room an hour of activity left behind once runs have replaced it.
         if ring.runs.capacity() > 64 && ring.runs.len() < ring.runs.capacity() / 4 {
@@ -95,13 +109,43 @@ impl History {
         }
     }
 
+    /// Pushes `point` as a run that lasts until the next push: the last point before the
+    /// cluster's task goes to sleep (paused).
+    pub fn push_open(&self, point: HistoryPoint) {
+        self.push(point);
+        self.ring.lock().expect("history lock").open = true;
+    }
+
     /// Points with `t >= since`, oldest first, one a second.
     pub fn since(&self, since: u64) -> Vec<HistoryPoint> {
+        self.since_at(since, super::unix_now())
+    }
+
+    /// [`Self::since`] at Unix time `now`: an open run is read up to now, and then only the
+    /// last hour is.
+    fn since_at(&self, since: u64, now: u64) -> Vec<HistoryPoint> {
         let ring = self.ring.lock().expect("history lock");
-        let start = ring.runs.partition_point(|run| run.end() <= since);
+        let last = ring.runs.len().saturating_sub(1);
+        let open_end = |i: usize, run: &Run| {
+            if ring.open && i == last {
+                run.end().max(now + 1)
+            } else {
+                run.end()
+            }
+        };
+        let since = match ring.runs.back() {
+            Some(run) if ring.open => {
+                since.max(open_end(last, run).saturating_sub(HISTORY_POINTS as u64))
+            }
+            _ => since,
+        };
+        let mut start = ring.runs.partition_point(|run| run.end() <= since);
+        if ring.open {
+            start = start.min(last);
+        }
         let mut points = Vec::new();
-        for run in ring.runs.range(start..) {
-            for t in run.first.t.max(since)..run.end() {
+        for (i, run) in ring.runs.iter().enumerate().skip(start) {
+            for t in run.first.t.max(since)..open_end(i, run) {
                 points.push(HistoryPoint { t, ..run.first });
             }
         }
@@ -200,6 +244,27 @@ mod tests {
         assert_eq!(all.len(), HISTORY_POINTS);
         assert_eq!(all[0], paused(HISTORY_POINTS as u64 + 1800));
         assert_eq!(history.since(2 * HISTORY_POINTS as u64 + 1799).len(), 1);
+        // An open run (a paused cluster's task asleep) reads up to now, and is closed by the
+        // next point.
+        history.push_open(paused(9_000));
+        assert_eq!(history.since_at(9_000, 9_009).len(), 10);
+        assert_eq!(
+            history.since_at(0, 20_000).len(),
+            HISTORY_POINTS,
+            "only the last hour"
+        );
+        assert_eq!(
+            history.since_at(0, 20_000)[0].t,
+            20_001 - HISTORY_POINTS as u64
+        );
+        let mut back = point(9_100);
+        back.tps = 1.0;
+        history.push(back);
+        let after = history.since_at(9_000, 99_999);
+        assert_eq!(after.len(), 101, "the paused run held until the next point");
+        assert!(after[..100].iter().all(|p| p.state == StateName::Paused));
+        assert_eq!(after[100], back);
+        assert_eq!(history.since(0).len(), HISTORY_POINTS);
         // A gap in time (pgtide was not running) starts a new run.
         history.push(paused(10_000));
         history.push(paused(10_005));

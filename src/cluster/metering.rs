@@ -1,6 +1,9 @@
 //! ACU-seconds, saved beside the cluster's data so that the meter survives restarts; also
-//! bucketed by UTC day and month, as a bill would be.
+//! bucketed by UTC day and month, as a bill would be, with every day of this month and the
+//! previous one kept (`pgtide usage --month`). The file is rewritten atomically
+//! (`files::write_private`), so a crash leaves the old meter or the new one.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -26,6 +29,19 @@ struct SavedMetering {
     month: String,
     #[serde(default)]
     month_acu_seconds: f64,
+    /// ACU-seconds by UTC day (`YYYY-MM-DD`), this month's and the previous month's.
+    #[serde(default)]
+    days: BTreeMap<String, f64>,
+}
+
+/// What the meter says on a given day, for `/usage`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeterReading {
+    pub acu_seconds_total: f64,
+    pub acu_seconds_today: f64,
+    pub acu_seconds_month: f64,
+    /// ACU-seconds by UTC day, oldest first: this month's and the previous month's days.
+    pub days: Vec<(String, f64)>,
 }
 
 impl Metering {
@@ -75,6 +91,32 @@ impl Metering {
         self.saved.acu_seconds += used;
         self.saved.day_acu_seconds += used;
         self.saved.month_acu_seconds += used;
+        if used > 0.0 || !self.saved.days.contains_key(today) {
+            *self.saved.days.entry(today.to_string()).or_default() += used;
+        }
+        let keep_from = format!("{}-01", previous_month(&today[..7]));
+        self.saved
+            .days
+            .retain(|day, _| day.as_str() >= keep_from.as_str());
+    }
+
+    /// The meter as of `today` (`YYYY-MM-DD`): buckets of another day or month read as 0.
+    pub(super) fn reading(&self, today: &str) -> MeterReading {
+        let saved = &self.saved;
+        MeterReading {
+            acu_seconds_total: saved.acu_seconds,
+            acu_seconds_today: if saved.day == today {
+                saved.day_acu_seconds
+            } else {
+                0.0
+            },
+            acu_seconds_month: if saved.month == today[..7] {
+                saved.month_acu_seconds
+            } else {
+                0.0
+            },
+            days: saved.days.iter().map(|(d, s)| (d.clone(), *s)).collect(),
+        }
     }
 
     /// Writes the meter atomically and privately.
@@ -87,9 +129,51 @@ impl Metering {
     }
 }
 
+/// The month before `month` (`YYYY-MM`).
+fn previous_month(month: &str) -> String {
+    let year: i32 = month[..4].parse().unwrap_or(1970);
+    let number: u32 = month[5..7].parse().unwrap_or(1);
+    if number <= 1 {
+        format!("{:04}-12", year - 1)
+    } else {
+        format!("{year:04}-{:02}", number - 1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_of_this_month_and_the_previous_are_kept_and_survive_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metering.json");
+        let mut meter = Metering::load(path.clone());
+        meter.add_on("2026-10-31", 1.0, Duration::from_secs(3600));
+        meter.add_on("2026-11-02", 2.0, Duration::from_secs(1800));
+        meter.add_on("2026-11-02", 2.0, Duration::from_secs(1800));
+        meter.add_on("2026-12-01", 0.0, Duration::from_secs(60));
+        let reading = meter.reading("2026-12-01");
+        assert_eq!(
+            reading.days,
+            [
+                ("2026-11-02".to_string(), 7200.0),
+                ("2026-12-01".to_string(), 0.0)
+            ],
+            "October is gone, November is kept, a paused day is listed"
+        );
+        assert_eq!(reading.acu_seconds_total, 3600.0 + 7200.0);
+        assert_eq!(reading.acu_seconds_month, 0.0);
+        meter.save();
+        let again = Metering::load(path).reading("2026-12-02");
+        assert_eq!(again.days.len(), 2);
+        assert_eq!(
+            again.acu_seconds_today, 0.0,
+            "a day not metered yet reads 0"
+        );
+        assert_eq!(previous_month("2027-01"), "2026-12");
+        assert_eq!(previous_month("2026-10"), "2026-09");
+    }
 
     #[test]
     fn days_and_months_start_from_zero_and_the_total_survives_a_reload() {

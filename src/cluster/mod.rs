@@ -43,6 +43,7 @@
 //! reason (the proxy answers 57P03). A resume asked for while a pause's [`stop::StopJob`] runs
 //! waits for it, then starts. `docs/resume.md` tells it with every function on the way.
 
+mod budget;
 mod compute_roles;
 pub mod durability;
 pub mod events;
@@ -66,6 +67,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::capacity::Budget;
 use crate::config::{CapacityConfig, ClusterConfig};
 use crate::runtime::Runtime;
 use crate::storage::StorageStatus;
@@ -76,6 +78,7 @@ use roles::RoleStore;
 pub use durability::Durability;
 pub use handle::{AttachError, ClusterHandle};
 pub use load::{ClientLease, LoadCounters};
+pub use metering::MeterReading;
 pub use state::{ClusterState, ComputeStatus};
 
 /// What the task and every handle share: read freely, written by the task (status, events,
@@ -83,6 +86,8 @@ pub use state::{ClusterState, ComputeStatus};
 pub(crate) struct Shared {
     config: ClusterConfig,
     capacity: CapacityConfig,
+    /// The machine budget every cluster shares.
+    budget: Arc<Budget>,
     counters: LoadCounters,
     events: EventLog,
     roles: Mutex<RoleStore>,
@@ -90,6 +95,10 @@ pub(crate) struct Shared {
     compute_roles: Arc<dyn compute_roles::ComputeRoles>,
     status: Mutex<ComputeStatus>,
     history: History,
+    /// ACU-seconds by day and month: added to by the task, read by `/usage`.
+    metering: Mutex<metering::Metering>,
+    /// Ticks the task has done: none while paused (`pgtide_cluster_ticks_total`).
+    ticks: std::sync::atomic::AtomicU64,
     /// `None` with `[storage] copies = []`: durability is the compute's local disk.
     storage_status: Mutex<Option<StorageStatus>>,
 }
@@ -105,11 +114,18 @@ pub enum Initially {
     Paused,
 }
 
+/// What every cluster shares of the machine: the size of an ACU and the budget of them all.
+#[derive(Clone)]
+pub struct MachineShare {
+    pub capacity: CapacityConfig,
+    pub budget: Arc<Budget>,
+}
+
 /// Starts a cluster's task, its compute started or not as `initially` says.
 pub fn spawn(
     initially: Initially,
     config: ClusterConfig,
-    capacity: CapacityConfig,
+    machine: MachineShare,
     runtime: Arc<dyn Runtime>,
     data_dir: PathBuf,
     storage: Option<Box<dyn Durability>>,
@@ -117,7 +133,7 @@ pub fn spawn(
     spawn_with(
         initially,
         config,
-        capacity,
+        machine,
         runtime,
         data_dir,
         storage,
@@ -130,7 +146,7 @@ pub fn spawn(
 pub(crate) fn spawn_with(
     initially: Initially,
     config: ClusterConfig,
-    capacity: CapacityConfig,
+    machine: MachineShare,
     runtime: Arc<dyn Runtime>,
     data_dir: PathBuf,
     storage: Option<Box<dyn Durability>>,
@@ -150,9 +166,12 @@ pub(crate) fn spawn_with(
             ..ComputeStatus::idle()
         }),
         history: History::default(),
+        metering: Mutex::new(metering),
+        ticks: Default::default(),
         storage_status: Mutex::new(storage.as_ref().map(|s| s.status())),
         config,
-        capacity,
+        capacity: machine.capacity,
+        budget: machine.budget,
     });
     let (state_tx, state_rx) = watch::channel(ClusterState::Paused);
     let (command_tx, command_rx) = mpsc::channel(256);
@@ -161,16 +180,31 @@ pub(crate) fn spawn_with(
         runtime,
         cluster_dir,
         storage,
-        metering,
         state_tx,
         command_rx,
     );
     tokio::spawn(task.run());
+    shared.budget.join(
+        &shared.config.name,
+        Arc::new(budget::Member {
+            shared: Arc::downgrade(&shared),
+            state: state_rx.clone(),
+            commands: command_tx.downgrade(),
+        }),
+    );
     let handle = ClusterHandle::new(shared, state_rx, command_tx);
     if initially == Initially::Started {
         handle.request_resume("pgtide start");
     }
     handle
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn now_rfc3339() -> String {

@@ -136,6 +136,7 @@ impl ClusterTask {
             .increment(1);
         self.shared.events.record(EventKind::Paused, reason);
         self.set_state(ClusterState::Paused);
+        self.record_paused_history();
     }
 
     /// `pgtide pause`: refused while clients are busy; answered once the cluster is paused, or
@@ -287,7 +288,7 @@ impl ClusterTask {
 
     /// No compute is left: save the meter, answer, and let the task end.
     fn shut_down(&mut self, replies: Vec<oneshot::Sender<()>>) {
-        self.metering.save();
+        self.shared.metering.lock().expect("metering lock").save();
         self.phase = Phase::ShutDown;
         self.set_state(ClusterState::Paused);
         for reply in replies {

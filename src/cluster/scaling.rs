@@ -34,6 +34,7 @@ impl ClusterTask {
         let name = shared.config.name.clone();
         let applied = tokio::time::timeout(RESIZE_TIMEOUT, running.compute.apply_size(size)).await;
         let Ok(applied) = applied else {
+            shared.budget.hold(&name, running.acu);
             shared.events.record(
                 EventKind::ResizeTimedOut,
                 format!(
@@ -46,6 +47,7 @@ impl ClusterTask {
         match applied {
             Ok(limits) => {
                 running.acu = acu;
+                shared.budget.hold(&name, acu);
                 metrics::gauge!("pgtide_cluster_acu", "cluster" => name.clone()).set(acu);
                 metrics::gauge!("pgtide_cluster_acu_target", "cluster" => name.clone()).set(acu);
                 metrics::gauge!("pgtide_cluster_cpu_limit_cores", "cluster" => name.clone())
@@ -59,6 +61,7 @@ impl ClusterTask {
                 true
             }
             Err(e) => {
+                shared.budget.hold(&name, running.acu);
                 shared.events.record(
                     EventKind::ResizeFailed,
                     format!("applying {acu} ACU failed: {e:#}"),
@@ -106,8 +109,22 @@ impl ClusterTask {
                 self.last_notice = None;
                 return;
             }
-            Decision::Up { to, signal, reason } => (to, EventKind::ScaledUp, signal, reason),
-            Decision::Down { to, signal, reason } => (to, EventKind::ScaledDown, signal, reason),
+            Decision::Up { to, signal, reason } => {
+                let Some(granted) = self.granted(from, to) else {
+                    return;
+                };
+                if granted < to {
+                    let reason = format!("{reason}; capped by the machine budget");
+                    (granted, EventKind::ScaledUp, signal, reason)
+                } else {
+                    self.last_notice = None;
+                    (to, EventKind::ScaledUp, signal, reason)
+                }
+            }
+            Decision::Down { to, signal, reason } => {
+                self.last_notice = None;
+                (to, EventKind::ScaledDown, signal, reason)
+            }
             Decision::DownRefused { reason } => {
                 return self.notice(EventKind::DownRefused, format!("down refused: {reason}"));
             }
@@ -115,7 +132,6 @@ impl ClusterTask {
                 return self.notice(EventKind::AtMax, format!("up refused: {reason}"))
             }
         };
-        self.last_notice = None;
         shared.status.lock().expect("status lock").acu_target = to;
         if self.apply(to).await {
             let direction = if kind == EventKind::ScaledUp {
@@ -132,7 +148,7 @@ impl ClusterTask {
     }
 
     /// Records a refusal once for as long as it lasts.
-    fn notice(&mut self, kind: EventKind, message: String) {
+    pub(super) fn notice(&mut self, kind: EventKind, message: String) {
         if self.last_notice != Some(kind) {
             self.last_notice = Some(kind);
             metrics::counter!("pgtide_cluster_scaling_events_total", "cluster" => self.name().to_string(), "direction" => kind.as_str(), "reason" => "refused")

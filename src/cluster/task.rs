@@ -5,7 +5,13 @@
 //! waiting before its next attempt is `Backoff`. The loop in [`ClusterTask::run`] waits for
 //! whichever comes first: a command from a handle, what the phase is waiting for (a start's or a
 //! stop's outcome, the compute's exit, the end of a backoff), or the 1 s tick (metering, scaling,
-//! storage, auto-pause). Nothing in the loop waits for a start or a stop, and a resize or a usage
+//! storage, auto-pause).
+//!
+//! A paused cluster's task does not tick: there is nothing to scale, store or pause, it meters 0
+//! ACU, and its history is one open run ([`History::push_open`](super::history::History::push_open)).
+//! It sleeps until a command comes, or until the next UTC day begins (the meter's day and month
+//! then roll over). The first tick after a resume meters and records the paused time, so many
+//! paused clusters cost no wake-ups. Nothing in the loop waits for a start or a stop, and a resize or a usage
 //! sample is bounded by a timeout, so pause, shutdown and status are always served. Pausing and
 //! shutting down, and what each command does while a stop runs, are in `pause.rs`.
 
@@ -19,7 +25,6 @@ use super::durability::Durability;
 use super::events::EventKind;
 use super::handle::Command;
 use super::history::HistoryPoint;
-use super::metering::Metering;
 use super::start::{self, StartInput, StartJob, StartPurpose, StartResult};
 use super::state::ClusterState;
 use super::stop::{AfterStop, StopJob, StopKind, StopOutcome};
@@ -91,7 +96,6 @@ pub(super) struct ClusterTask {
     /// rebuilds from the copies instead of trusting remains.
     pub(super) data_lost: bool,
     pub(super) scaler: Scaler,
-    pub(super) metering: Metering,
     last_tick: Instant,
     /// The last refusal recorded (so that a refusal that lasts is one event, not one a second).
     pub(super) last_notice: Option<EventKind>,
@@ -105,7 +109,6 @@ impl ClusterTask {
         runtime: Arc<dyn Runtime>,
         cluster_dir: PathBuf,
         storage: Option<Box<dyn Durability>>,
-        metering: Metering,
         state: watch::Sender<ClusterState>,
         commands: mpsc::Receiver<Command>,
     ) -> ClusterTask {
@@ -130,7 +133,6 @@ impl ClusterTask {
             users_synced: false,
             data_lost: false,
             scaler,
-            metering,
             last_tick: Instant::now(),
             last_notice: None,
             last_transactions: 0,
@@ -144,12 +146,16 @@ impl ClusterTask {
     pub(super) async fn run(mut self) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Asleep until the first command: the history shows it paused meanwhile.
+        self.record_paused_history();
         while !matches!(self.phase, Phase::ShutDown) {
+            let paused = matches!(self.phase, Phase::Paused);
             tokio::select! {
                 command = self.commands.recv(), if !self.commands_closed => match command {
                     Some(Command::Resume { requested_by }) => self.resume(&requested_by),
                     Some(Command::Pause { reply }) => self.pause_on_request(reply),
                     Some(Command::Shutdown { reply }) => self.shutdown(Some(reply)).await,
+                    Some(Command::Reclaim { for_cluster }) => self.reclaim(&for_cluster),
                     None => {
                         self.commands_closed = true;
                         self.shutdown(None).await;
@@ -161,14 +167,19 @@ impl ClusterTask {
                     PhaseEvent::Exited(exit) => self.on_compute_exit(exit),
                     PhaseEvent::BackoffOver => self.retry_restart(),
                 },
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick(), if !paused => self.on_tick().await,
+                _ = tokio::time::sleep(until_next_utc_day()), if paused => self.roll_meter(),
             }
         }
+        self.shared.budget.leave(self.name());
     }
 
     pub(super) fn set_state(&self, state: ClusterState) {
         metrics::gauge!("pgtide_cluster_state", "cluster" => self.name().to_string())
             .set(state.gauge());
+        if matches!(state, ClusterState::Paused | ClusterState::Failed(_)) {
+            self.shared.budget.release(self.name());
+        }
         self.state.send_replace(state);
     }
 
@@ -205,6 +216,7 @@ impl ClusterTask {
                 format!("restarting the compute, attempt {} ({slot})", attempt + 1)
             }
         };
+        self.shared.budget.hold(self.name(), input.size.acu);
         self.shared.events.record(EventKind::Starting, what);
         self.phase = Phase::Starting(StartJob::spawn(input, purpose));
         self.set_state(ClusterState::Resuming);
@@ -403,6 +415,11 @@ impl ClusterTask {
     }
 
     async fn on_tick(&mut self) {
+        self.shared
+            .ticks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("pgtide_cluster_ticks_total", "cluster" => self.name().to_string())
+            .increment(1);
         let now = Instant::now();
         let elapsed = now.duration_since(self.last_tick);
         self.last_tick = now;
@@ -424,18 +441,33 @@ impl ClusterTask {
         }
     }
 
+    /// A paused cluster's one wake-up a day: the meter's day (and month) roll over.
+    fn roll_meter(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last_tick);
+        self.last_tick = now;
+        self.meter(elapsed);
+    }
+
     fn meter(&mut self, elapsed: Duration) {
         let acu = match &self.phase {
             Phase::Running(running) => running.acu,
             _ => 0.0,
         };
-        self.metering.add(acu, elapsed);
-        let acu_seconds = self.metering.acu_seconds();
+        let (acu_seconds, today, month) = {
+            let mut metering = self.shared.metering.lock().expect("metering lock");
+            metering.add(acu, elapsed);
+            (
+                metering.acu_seconds(),
+                metering.acu_hours_today(),
+                metering.acu_hours_month(),
+            )
+        };
         {
             let mut status = self.shared.status.lock().expect("status lock");
             status.acu_seconds = acu_seconds;
-            status.acu_hours_today = self.metering.acu_hours_today();
-            status.acu_hours_month = self.metering.acu_hours_month();
+            status.acu_hours_today = today;
+            status.acu_hours_month = month;
         }
         metrics::gauge!("pgtide_cluster_acu_seconds_total", "cluster" => self.name().to_string())
             .set(acu_seconds);
@@ -474,6 +506,17 @@ impl ClusterTask {
 
     /// One point a second for the dashboard.
     fn record_history(&mut self, elapsed: Duration) {
+        let point = self.history_point(elapsed);
+        self.shared.history.push(point);
+    }
+
+    /// The last point before the task sleeps, paused: it holds until the next tick.
+    pub(super) fn record_paused_history(&mut self) {
+        let point = self.history_point(self.last_tick.elapsed());
+        self.shared.history.push_open(point);
+    }
+
+    fn history_point(&mut self, elapsed: Duration) -> HistoryPoint {
         let counters = &self.shared.counters;
         let transactions = counters.transactions();
         let tps = transactions.saturating_sub(self.last_transactions) as f64
@@ -481,11 +524,8 @@ impl ClusterTask {
         self.last_transactions = transactions;
         let status = self.shared.status.lock().expect("status lock").clone();
         let limits = status.limits.as_ref();
-        self.shared.history.push(HistoryPoint {
-            t: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+        HistoryPoint {
+            t: super::unix_now(),
             state: self.state.borrow().name(),
             acu: status.acu,
             acu_target: status.acu_target,
@@ -495,7 +535,7 @@ impl ClusterTask {
             memory_limit_mib: limits.map(|l| l.memory_mib as f64).unwrap_or(0.0),
             clients: counters.clients() as u32,
             tps,
-        });
+        }
     }
 
     /// Clients that keep the cluster from pausing: in session mode every connected client; in
@@ -507,6 +547,12 @@ impl ClusterTask {
             PoolMode::Transaction => counters.active() + counters.waiting(),
         }
     }
+}
+
+/// How long until the next UTC day begins.
+fn until_next_utc_day() -> Duration {
+    const DAY: u64 = 24 * 3600;
+    Duration::from_secs(DAY - super::unix_now() % DAY)
 }
 
 /// Waits for what the phase waits for; never resolves in a phase that waits for nothing.

@@ -159,7 +159,10 @@ fn cluster(storage: Option<Arc<StorageControl>>, prepare: impl FnOnce(&FakeContr
     let handle = spawn_with(
         Initially::Started,
         config(),
-        CapacityConfig::default(),
+        super::MachineShare {
+            capacity: CapacityConfig::default(),
+            budget: Arc::new(crate::capacity::Budget::unlimited()),
+        },
         Arc::new(runtime),
         dir.path().to_path_buf(),
         storage,
@@ -666,4 +669,31 @@ async fn a_lost_data_directory_with_a_slow_kill_restarts_once_the_kill_is_done()
     assert_eq!(storage.rebuilds_finished.load(Ordering::SeqCst), 1);
     assert_eq!(c.events(EventKind::Stopped), 1);
     assert_eq!(c.compute.most_live.load(Ordering::SeqCst), 1);
+}
+
+/// A paused cluster's task sleeps: an hour of (virtual) time passes without one tick, and the
+/// next client still wakes it at once, after which it ticks again.
+#[tokio::test(start_paused = true)]
+async fn a_paused_cluster_does_no_tick_work_for_an_hour() {
+    let c = cluster(None, |_| {});
+    c.wait_for(StateName::Running).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let running_ticks = c.handle.ticks();
+    assert!(
+        running_ticks >= 2,
+        "a running cluster ticks: {running_ticks}"
+    );
+    c.handle.pause().await.unwrap();
+    let paused_ticks = c.handle.ticks();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(c.handle.ticks(), paused_ticks, "no tick while paused");
+    assert_eq!(c.handle.state().name(), StateName::Paused);
+    let asked = tokio::time::Instant::now();
+    c.handle.attach("a client").await.unwrap();
+    assert!(asked.elapsed() < AT_ONCE, "the command woke the task");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        c.handle.ticks() > paused_ticks,
+        "ticking again once running"
+    );
 }

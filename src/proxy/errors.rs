@@ -33,6 +33,7 @@ impl Fatal {
                 "57P01",
                 "terminating connection due to administrator command",
             ),
+            AttachError::NoCapacity { .. } => Fatal::new("53000", e.to_string()),
             other => Fatal::new("57P03", other.to_string()),
         }
     }

@@ -111,6 +111,11 @@ impl Tenants {
         })
     }
 
+    /// The machine budget every cluster shares.
+    pub fn budget(&self) -> &Arc<crate::capacity::Budget> {
+        &self.spawner.budget
+    }
+
     /// Every cluster served, config clusters first.
     pub fn list(&self) -> Vec<registry::Registered> {
         self.registry.all()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::capacity::Budget;
 use crate::cluster::{self, ClusterHandle, Durability, Initially};
 use crate::config::{CapacityConfig, ClusterConfig, Config};
 use crate::runtime::Runtime;
@@ -14,6 +15,8 @@ use crate::storage;
 /// What every cluster's start shares.
 pub struct Spawner {
     pub capacity: CapacityConfig,
+    /// The machine budget every cluster shares.
+    pub budget: Arc<Budget>,
     pub runtime: Arc<dyn Runtime>,
     pub data_dir: PathBuf,
     /// The copies' directories; empty with `[storage] copies = []`.
@@ -44,6 +47,7 @@ impl Spawner {
         };
         Ok(Spawner {
             capacity: config.capacity,
+            budget: Arc::new(Budget::from_config(&config.capacity)),
             runtime,
             data_dir: config.runtime.data_dir.clone(),
             copies,
@@ -68,7 +72,10 @@ impl Spawner {
         let handle = cluster::spawn(
             initially,
             config,
-            self.capacity,
+            cluster::MachineShare {
+                capacity: self.capacity,
+                budget: self.budget.clone(),
+            },
             self.runtime.clone(),
             self.data_dir.clone(),
             storage,

@@ -211,7 +211,8 @@ superuser = true
         std::fs::write(&self.config_path, edit(config)).unwrap();
     }
 
-    fn admin_get(&self, path: &str) -> Option<String> {
+    /// The body of a GET on the admin endpoint, `None` when it fails.
+    pub fn admin_get(&self, path: &str) -> Option<String> {
         let mut request = ureq::get(&self.admin_url(path));
         if let Some(token) = &self.token {
             request = request.header("authorization", &format!("Bearer {token}"));
