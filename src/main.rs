@@ -84,6 +84,34 @@ enum CommandLine {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Branch a cluster: a new cluster with SOURCE's data as of now, a moment or an LSN, made
+    /// from SOURCE's copies while SOURCE keeps running.
+    Branch {
+        source: String,
+        /// The new cluster's name.
+        name: String,
+        /// A moment: RFC 3339 or Postgres's now() text, e.g. "2026-12-07 00:12:34+00".
+        #[arg(long, conflicts_with = "lsn")]
+        at: Option<String>,
+        /// A WAL position, e.g. 0/3000060.
+        #[arg(long)]
+        lsn: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Restore a cluster to a point in time, as a new cluster (a branch, under Aurora's name).
+    Restore {
+        source: String,
+        /// The new cluster's name.
+        #[arg(long)]
+        to: String,
+        #[arg(long, conflicts_with = "lsn", required_unless_present = "lsn")]
+        at: Option<String>,
+        #[arg(long)]
+        lsn: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// List every cluster, config and created.
     List {
         #[arg(long)]
@@ -138,6 +166,24 @@ fn main() -> std::process::ExitCode {
             config,
         } => admin_client::drop_cluster(config.as_deref(), &name, keep_data),
         CommandLine::List { config, json } => admin_client::list(config.as_deref(), json),
+        CommandLine::Branch {
+            source,
+            name,
+            at,
+            lsn,
+            config,
+        }
+        | CommandLine::Restore {
+            source,
+            to: name,
+            at,
+            lsn,
+            config,
+        } => admin_client::branch(
+            config.as_deref(),
+            &source,
+            &pgtide::branch::BranchRequest { name, at, lsn },
+        ),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -543,6 +589,45 @@ mod admin_client {
             println!(
                 "psql \"host={host} port={port} user={} dbname=postgres options=endpoint={}\"",
                 created.user, created.name
+            );
+        }
+        Ok(())
+    }
+
+    pub fn branch(
+        config: Option<&Path>,
+        source: &str,
+        request: &pgtide::branch::BranchRequest,
+    ) -> anyhow::Result<()> {
+        let config = load(config)?;
+        let body = serde_json::to_value(request)?;
+        let (code, text) = send(
+            &config,
+            "POST",
+            &format!("/clusters/{source}/branch"),
+            Some(&body),
+        )?;
+        if code != 201 {
+            bail!("{}", text.trim());
+        }
+        let branched: pgtide::branch::Branched = parse(&text)?;
+        println!(
+            "cluster \"{}\" branched from \"{}\" at {} (base backup {}, promoted at {}): \
+             laid out in {} ms, replayed in {} ms, started in {} ms",
+            branched.name,
+            branched.source,
+            branched.target,
+            branched.base_backup,
+            branched.promoted_at,
+            branched.lay_out_ms,
+            branched.replay_ms,
+            branched.start_ms
+        );
+        if let Some(listen) = &branched.listen {
+            let (host, port) = listen.rsplit_once(':').unwrap_or((listen, "5432"));
+            println!(
+                "psql \"host={host} port={port} dbname=postgres options=endpoint={}\"",
+                branched.name
             );
         }
         Ok(())

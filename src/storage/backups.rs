@@ -128,12 +128,12 @@ pub fn newest_backup_start(dirs: &[PathBuf], quorum: usize) -> Option<Lsn> {
 }
 
 /// Where a copy keeps the base backup that starts at `start`.
-pub(super) fn backup_tar(dir: &Path, start: Lsn) -> PathBuf {
+pub fn backup_tar(dir: &Path, start: Lsn) -> PathBuf {
     dir.join("base").join(format!("{:016X}.tar", start.0))
 }
 
 /// The start positions of the base backups a copy holds (`base/<start>.tar`).
-pub(super) fn backup_starts(dir: &Path) -> Vec<Lsn> {
+pub fn backup_starts(dir: &Path) -> Vec<Lsn> {
     fs::read_dir(dir.join("base"))
         .into_iter()
         .flatten()

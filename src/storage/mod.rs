@@ -123,6 +123,21 @@ pub struct StorageStatus {
     pub copy_states: Vec<CopyStatus>,
     /// The WAL receiver (absent with `copies = []`).
     pub receiver: Option<ReceiverStatus>,
+    /// How far back a branch or a restore can go, and the space the copies use
+    /// ([`crate::branch::window`]); absent until the copies hold a base backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_window: Option<RestoreWindowStatus>,
+}
+
+/// The restore window as `/status` shows it: earliest and latest point, as times (RFC 3339)
+/// and LSNs, and the bytes of WAL and base backups the cluster's copies hold together.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq)]
+pub struct RestoreWindowStatus {
+    pub earliest_time: String,
+    pub earliest_lsn: String,
+    pub latest_time: String,
+    pub latest_lsn: String,
+    pub copies_bytes: u64,
 }
 
 pub struct ClusterStorage {

@@ -15,6 +15,7 @@
 //! Created clusters come back paused after a restart: no compute until a client comes.
 //! `docs/tenants.md` tells it with every function on the way.
 
+pub mod adopt;
 pub mod catalog;
 pub mod create;
 pub mod drop;

@@ -23,6 +23,8 @@ pub struct Spawner {
     /// Postgres's binaries (`pg_basebackup`), when there are copies.
     pub bin_dir: Option<PathBuf>,
     pub shutdown: watch::Receiver<bool>,
+    /// The runtime's settings, for work done beside a cluster's runtime (a branch's recovery).
+    pub runtime_config: crate::config::RuntimeConfig,
 }
 
 impl Spawner {
@@ -51,6 +53,7 @@ impl Spawner {
             base_backup_every: config.storage.base_backup_after_mib * 1024 * 1024,
             bin_dir,
             shutdown,
+            runtime_config: config.runtime.clone(),
         })
     }
 
