@@ -306,7 +306,7 @@ mod tests {
         std::fs::write(tar.with_extension("tar.crc32"), "0000abcd\n0/3000138\n").unwrap();
         // A tar without its sidecar is not a backup yet.
         std::fs::write(backup_tar(&copy, Lsn(0x500_0028)), b"tar").unwrap();
-        let found = backups_in(&[copy.clone()]);
+        let found = backups_in(std::slice::from_ref(&copy));
         assert_eq!(found.len(), 1);
         assert_eq!(
             (found[0].start, found[0].end),

@@ -160,6 +160,9 @@ pub struct ClusterStorage {
     backup_task: Option<tokio::task::JoinHandle<anyhow::Result<Lsn>>>,
     /// Held while a base backup is stored and pruned, and while a rebuild reads the copies.
     backup_store_lock: Arc<Mutex<()>>,
+    /// How far back base backups and WAL are kept (`[storage] retention`); none: the newest
+    /// two backups.
+    retention: Option<Duration>,
 }
 
 impl ClusterStorage {
@@ -190,9 +193,17 @@ impl ClusterStorage {
             last_backup_start,
             backup_task: None,
             backup_store_lock: Arc::new(Mutex::new(())),
+            retention: None,
         };
         storage.refresh_status();
         storage
+    }
+
+    /// Keeps base backups and WAL back as far as `retention` (a branch or a restore can go
+    /// back that far), besides the newest two.
+    pub fn with_retention(mut self, retention: Option<Duration>) -> ClusterStorage {
+        self.retention = retention;
+        self
     }
 
     /// Settings the compute needs so that its commits wait for the copies.
@@ -391,6 +402,7 @@ impl ClusterStorage {
                 self.quorum,
                 self.backup_store_lock.clone(),
                 endpoint.clone(),
+                self.retention,
             )));
         }
         Ok(None)
