@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
+use pgtide::cluster::state::StateName;
 use pgtide::tenants::registry::Source;
 
 /// A pgtide with copies on, cluster "main" from the file, and the shared endpoint (no TLS) on
@@ -239,6 +240,13 @@ fn branches_hold_exactly_what_was_committed_at_their_point() {
     // A branch drops like any created cluster.
     cli_ok(&pgtide, &["drop", "at-lsn"]);
     assert!(!pgtide.data_dir().join("clusters/at-lsn").exists());
+
+    // A paused source is branched from its copies alone: it stays paused.
+    cli_ok(&pgtide, &["pause", "main"]);
+    pgtide.wait_cluster_state("main", StateName::Paused, Duration::from_secs(60));
+    cli_ok(&pgtide, &["branch", "main", "from-paused"]);
+    assert_eq!(rows(port, "from-paused"), all);
+    assert_eq!(pgtide.cluster("main").state, StateName::Paused);
 }
 
 #[test]
