@@ -90,7 +90,7 @@ fn rows(port: u16, cluster: &str) -> String {
 
 #[test]
 fn branches_hold_exactly_what_was_committed_at_their_point() {
-    let (pgtide, port) = start();
+    let (mut pgtide, port) = start();
     pgtide.sql("CREATE TABLE t (id int PRIMARY KEY, phase text)");
     pgtide.sql("INSERT INTO t SELECT g, 'before' FROM generate_series(1, 3) g");
     // Between the two committed inserts: a moment and a WAL position.
@@ -240,6 +240,11 @@ fn branches_hold_exactly_what_was_committed_at_their_point() {
     // A branch drops like any created cluster.
     cli_ok(&pgtide, &["drop", "at-lsn"]);
     assert!(!pgtide.data_dir().join("clusters/at-lsn").exists());
+
+    // Branches outlive a restart: back paused, then resumed on their own data.
+    pgtide.restart();
+    assert_eq!(pgtide.cluster("grandchild").state, StateName::Paused);
+    assert_eq!(rows(port, "grandchild"), format!("{all},7:branch"));
 
     // A paused source is branched from its copies alone: it stays paused.
     cli_ok(&pgtide, &["pause", "main"]);

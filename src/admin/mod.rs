@@ -571,7 +571,17 @@ async fn post_branch(
                 .into_response()
         }
     };
-    match crate::branch::branch(&state.tenants, &source, request).await {
+    // A task of its own: a client that hangs up does not cut a branch short halfway (with a
+    // Postgres replaying in its directory).
+    let tenants = state.tenants.clone();
+    let work = tokio::spawn(async move { crate::branch::branch(&tenants, &source, request).await });
+    let outcome = match work.await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(crate::branch::BranchError::Failed(format!(
+            "the branch's task ended: {e}"
+        ))),
+    };
+    match outcome {
         Ok(branched) => (StatusCode::CREATED, Json(branched)).into_response(),
         Err(e) => (
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

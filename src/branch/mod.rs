@@ -177,7 +177,7 @@ pub async fn branch(
     let (cluster_dir, _) = tenants.new_cluster_dirs(&name);
     // The new cluster's folder is its claim from here on: a create or another branch of the
     // same name finds data there and is refused.
-    prepare_cluster_dir(&cluster_dir)?;
+    prepare_cluster_dir(&cluster_dir, &name)?;
     let made = make_data_directory(tenants, &source_copies, &plan, &cluster_dir, &name).await;
     let (lay_out_ms, replay_ms, promoted_at) = match made {
         Ok(made) => made,
@@ -189,7 +189,11 @@ pub async fn branch(
     let created = match tenants.adopt(entry).await {
         Ok(created) => created,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&cluster_dir);
+            // A failed start was dropped with its data already; a name a create took meanwhile
+            // is that cluster's folder now, and is left alone.
+            if !matches!(e, TenantError::Exists(_)) {
+                let _ = std::fs::remove_dir_all(&cluster_dir);
+            }
             return Err(e.into());
         }
     };
@@ -249,13 +253,22 @@ async fn make_data_directory(
 }
 
 /// The branch's folder, reachable by its Postgres (0711) and its data pgtide's.
-fn prepare_cluster_dir(cluster_dir: &std::path::Path) -> Result<(), BranchError> {
+/// Made with `mkdir`, not `mkdir -p`: of two branches asking for one name at once, only one
+/// makes the folder, and the other is told the name is taken.
+fn prepare_cluster_dir(cluster_dir: &std::path::Path, name: &str) -> Result<(), BranchError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(cluster_dir)
-        .and_then(|()| {
-            std::fs::set_permissions(cluster_dir, std::fs::Permissions::from_mode(0o711))
-        })
-        .map_err(|e| BranchError::Failed(format!("creating {}: {e}", cluster_dir.display())))
+    let failed =
+        |e: std::io::Error| BranchError::Failed(format!("creating {}: {e}", cluster_dir.display()));
+    if let Some(parent) = cluster_dir.parent() {
+        std::fs::create_dir_all(parent).map_err(failed)?;
+    }
+    match std::fs::create_dir(cluster_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(TenantError::Exists(name.to_string()).into())
+        }
+        made => made.map_err(failed)?,
+    }
+    std::fs::set_permissions(cluster_dir, std::fs::Permissions::from_mode(0o711)).map_err(failed)
 }
 
 /// The branch's catalog entry: the source's settings and logins under the new name. A config

@@ -145,7 +145,9 @@ async fn run_once(
     }
     command
         .stdout(log.try_clone().map_err(|e| other(&e))?)
-        .stderr(log);
+        .stderr(log)
+        // A backstop: every path below stops it, and the branch runs in a task of its own.
+        .kill_on_drop(true);
     // SAFETY: prctl only, which is async-signal-safe. It runs after the uid switch, which
     // would otherwise clear it: a pgtide that dies takes the replay with it.
     unsafe {
