@@ -99,16 +99,28 @@ enum CommandLine {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Restore a cluster to a point in time, as a new cluster (a branch, under Aurora's name).
+    /// Restore a cluster to a point in time: as a new cluster (--to, a branch under Aurora's
+    /// name), or in place (--in-place, keeping the state before as another cluster).
     Restore {
         source: String,
         /// The new cluster's name.
-        #[arg(long)]
-        to: String,
+        #[arg(
+            long,
+            required_unless_present = "in_place",
+            conflicts_with = "in_place"
+        )]
+        to: Option<String>,
         #[arg(long, conflicts_with = "lsn", required_unless_present = "lsn")]
         at: Option<String>,
         #[arg(long)]
         lsn: Option<String>,
+        /// Restore SOURCE itself (a created cluster); its state before is kept as a cluster.
+        #[arg(long)]
+        in_place: bool,
+        /// With --in-place: the name the state before is kept under (default
+        /// SOURCE-before-<unix seconds>).
+        #[arg(long, requires = "in_place")]
+        keep_as: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -175,14 +187,28 @@ fn main() -> std::process::ExitCode {
         }
         | CommandLine::Restore {
             source,
-            to: name,
+            to: Some(name),
             at,
             lsn,
             config,
+            ..
         } => admin_client::branch(
             config.as_deref(),
             &source,
             &pgtide::branch::BranchRequest { name, at, lsn },
+        ),
+        CommandLine::Restore {
+            source,
+            to: None,
+            at,
+            lsn,
+            keep_as,
+            config,
+            ..
+        } => admin_client::restore_in_place(
+            config.as_deref(),
+            &source,
+            &pgtide::branch::in_place::RestoreRequest { at, lsn, keep_as },
         ),
     };
     match result {
@@ -630,6 +656,35 @@ mod admin_client {
                 branched.name
             );
         }
+        Ok(())
+    }
+
+    pub fn restore_in_place(
+        config: Option<&Path>,
+        name: &str,
+        request: &pgtide::branch::in_place::RestoreRequest,
+    ) -> anyhow::Result<()> {
+        let config = load(config)?;
+        let body = serde_json::to_value(request)?;
+        let (code, text) = send(
+            &config,
+            "POST",
+            &format!("/clusters/{name}/restore"),
+            Some(&body),
+        )?;
+        if code != 200 {
+            bail!("{}", text.trim());
+        }
+        let restored: pgtide::branch::in_place::RestoredInPlace = parse(&text)?;
+        println!(
+            "cluster \"{}\" restored in place at {} (base backup {}, promoted at {}); its state \
+             before is kept as cluster \"{}\"",
+            restored.name,
+            restored.target,
+            restored.base_backup,
+            restored.promoted_at,
+            restored.kept_as
+        );
         Ok(())
     }
 

@@ -321,3 +321,46 @@ fn the_source_serves_pgbench_undisturbed_while_it_is_branched() {
         "t"
     );
 }
+
+#[test]
+fn a_created_cluster_is_restored_in_place_and_its_state_before_is_kept() {
+    let (pgtide, port) = start();
+    cli_ok(&pgtide, &["create", "shop", "--password", PASSWORD]);
+    branch_sql(
+        port,
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, phase text)",
+    );
+    branch_sql(port, "shop", "INSERT INTO t VALUES (1, 'before')");
+    let moment = branch_sql(port, "shop", "SELECT now()");
+    branch_sql(port, "shop", "INSERT INTO t VALUES (2, 'after')");
+
+    let out = cli_ok(
+        &pgtide,
+        &[
+            "restore",
+            "shop",
+            "--at",
+            &moment,
+            "--in-place",
+            "--keep-as",
+            "shop-old",
+        ],
+    );
+    assert!(out.contains("kept as cluster \"shop-old\""), "{out}");
+    assert_eq!(rows(port, "shop"), "1:before");
+    assert_eq!(rows(port, "shop-old"), "1:before,2:after");
+    // The restored cluster writes on; its state before is untouched.
+    branch_sql(port, "shop", "INSERT INTO t VALUES (3, 'restored')");
+    assert_eq!(rows(port, "shop"), "1:before,3:restored");
+    assert_eq!(rows(port, "shop-old"), "1:before,2:after");
+    let list = cli_ok(&pgtide, &["list"]);
+    assert!(!list.contains("shop-restoring"), "{list}");
+
+    // A config cluster's name belongs to the file: restore it to a new cluster instead.
+    let (ok, text) = cli(&pgtide, &["restore", "main", "--at", &moment, "--in-place"]);
+    assert!(
+        !ok && text.contains("cannot be restored in place"),
+        "{text}"
+    );
+}

@@ -4,7 +4,7 @@
 //! which `pgtide status/pause/resume` and the page's buttons call, and the clusters made at run
 //! time ([`crate::tenants`]): `GET /clusters`, `POST /clusters` (a JSON body) and
 //! `DELETE /clusters/{name}` (`?keep_data=true`), for `pgtide list/create/drop`, and
-//! `POST /clusters/{name}/branch` ([`crate::branch`]), for `pgtide branch/restore`.
+//! `POST /clusters/{name}/branch` and `/restore` ([`crate::branch`]), for `pgtide branch/restore`.
 //!
 //! Nothing here counts as client activity: reading status never wakes or keeps a cluster awake.
 //! When `[admin] token` is set every call needs it, as `Authorization: Bearer TOKEN` or, for a
@@ -140,6 +140,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/clusters/{name}/pause", post(post_pause))
         .route("/clusters/{name}/resume", post(post_resume))
         .route("/clusters/{name}/branch", post(post_branch))
+        .route("/clusters/{name}/restore", post(post_restore))
         .with_state(state)
 }
 
@@ -583,6 +584,47 @@ async fn post_branch(
     };
     match outcome {
         Ok(branched) => (StatusCode::CREATED, Json(branched)).into_response(),
+        Err(e) => (
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            format!("ERROR: {} (SQLSTATE {})\n", e, e.sqlstate()),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /clusters/{name}/restore` with `{"at"?, "lsn"?, "keep_as"?}`: the cluster restored in
+/// place, its state before kept as another cluster ([`crate::branch::in_place`]).
+async fn post_restore(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(denied) = actions_allowed(&state, &headers) {
+        return denied.into_response();
+    }
+    let request: crate::branch::in_place::RestoreRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("the body must be JSON like {{\"at\": \"2026-12-07 00:00:00+00\"}}: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    let tenants = state.tenants.clone();
+    let work = tokio::spawn(async move {
+        crate::branch::in_place::restore_in_place(&tenants, &name, request).await
+    });
+    let outcome = match work.await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(crate::branch::BranchError::Failed(format!(
+            "the restore's task ended: {e}"
+        ))),
+    };
+    match outcome {
+        Ok(restored) => Json(restored).into_response(),
         Err(e) => (
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             format!("ERROR: {} (SQLSTATE {})\n", e, e.sqlstate()),

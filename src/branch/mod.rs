@@ -20,8 +20,10 @@
 //!    source's settings and logins: its copies start empty under its own name, its start
 //!    streams the new timeline to them and takes its first base backup, like any new cluster.
 //!
-//! The story with every function on the way is `docs/branch.md`.
+//! A restore in place ([`in_place`]) is a branch and two renames: the state before is kept as a
+//! cluster of its own. The story with every function on the way is `docs/branch.md`.
 
+pub mod in_place;
 pub mod prepare;
 pub mod recover;
 pub mod target;

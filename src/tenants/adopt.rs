@@ -84,3 +84,63 @@ impl Tenants {
         })
     }
 }
+
+impl Tenants {
+    /// Gives the created cluster `from` the name `to` (which must be free): out of routing,
+    /// its compute stopped (connected clients get 57P01), its folder and its copies' folders
+    /// renamed (the same file systems: instant and whole), its catalog entry renamed, and
+    /// started again paused under the new name (its data is handed to `to`'s OS user at its
+    /// next start). A restore in place swaps names with it.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), TenantError> {
+        name::check(to)?;
+        let mut catalog = self.catalog.lock().await;
+        let Some(entry) = catalog.get(from).cloned() else {
+            return Err(match self.registry.get(from) {
+                Some(_) => TenantError::FromConfig(from.to_string()),
+                None => TenantError::NotFound(from.to_string()),
+            });
+        };
+        if self.registry.contains(to) || catalog.get(to).is_some() {
+            return Err(TenantError::Exists(to.to_string()));
+        }
+        self.refuse_leftovers(to)?;
+        if let Some(registered) = self.registry.remove(from) {
+            registered.handle.shutdown().await;
+        }
+        self.proxy.forget(from);
+        let from_dir = self.spawner.cluster_dir(from);
+        if let Err(e) = self.spawner.runtime.reclaim(&from_dir).await {
+            tracing::warn!(cluster = %from, error = %e, "reclaiming the data directory");
+        }
+        let mut moves = vec![(from_dir, self.spawner.cluster_dir(to))];
+        moves.extend(
+            self.spawner
+                .copy_dirs(from)
+                .into_iter()
+                .zip(self.spawner.copy_dirs(to)),
+        );
+        for (old, new) in moves.iter().filter(|(old, _)| old.exists()) {
+            std::fs::rename(old, new).map_err(|e| {
+                TenantError::Storage(format!(
+                    "renaming {} to {}: {e}",
+                    old.display(),
+                    new.display()
+                ))
+            })?;
+        }
+        let renamed = CatalogEntry {
+            name: to.to_string(),
+            ..entry
+        };
+        catalog
+            .remove(from)
+            .and_then(|()| catalog.add(renamed.clone()))
+            .map_err(|e| TenantError::Storage(format!("saving the catalog: {e}")))?;
+        let handle = self
+            .spawner
+            .spawn(renamed.cluster_config(), Initially::Paused);
+        self.registry.insert(handle, Source::Created);
+        tracing::info!(from, to, "cluster renamed");
+        Ok(())
+    }
+}
