@@ -34,10 +34,17 @@
 #   scripts/bench.sh syscalls  per select-only transaction, for pgtide (both pool modes), PgBouncer
 #                              and the relay on one compute: CPU µs (median of interleaved rounds),
 #                              system calls and context switches (strace -c, /proc)
+#   scripts/bench.sh branch    pgtide branch of a pgbench -i -s SCALE database with six copies,
+#                              while pgbench (tpcb-like) runs on the source: time from the request
+#                              to the branch answering its first query (and pgtide's own split:
+#                              lay out, replay, start), the source's TPS before and during the
+#                              branch, failed transactions; and the file systems' types (stat -f).
+#                              PGTIDE_BIN=target/debug/pgtide skips the release build
 #   scripts/bench.sh all       every mode above, one after the other, and then all their tables
 #
 # Knobs: ROUNDS (default 5), SECONDS_PER_ROUND (default 6), CLIENTS (default 8), SCALE (10),
 # TENANTS (500), TENANTS_COPIES (0), TENANTS_BUDGET (1000).
+# BRANCH_LOAD_SECONDS (60: pgbench on the source around a branch), PGTIDE_BIN (a built pgtide).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -102,8 +109,12 @@ bg_as_pg() { if [ "$(id -u)" = 0 ]; then exec setpriv --reuid=postgres --regid=p
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; log "port $1 never opened"; return 1; }
 
-log "building (release)…"
-cargo build --release --quiet
+PGTIDE_BIN=${PGTIDE_BIN:-}
+if [ -z "$PGTIDE_BIN" ]; then
+  log "building (release)…"
+  cargo build --release --quiet
+  PGTIDE_BIN=./target/release/pgtide
+fi
 if [ "$MODE" = proxy ] || [ "$MODE" = syscalls ]; then
   cargo bench --bench relay --no-run --quiet 2>/dev/null
   RELAY_BIN=$(ls -t target/release/deps/relay-* | grep -v '\.d$' | head -1)
@@ -128,7 +139,7 @@ $2
 name = "postgres"
 superuser = true
 EOF
-  ./target/release/pgtide serve --config "$WORK/$1.toml" 2> "$WORK/$1.log" &
+  "$PGTIDE_BIN" serve --config "$WORK/$1.toml" 2> "$WORK/$1.log" &
   PIDS+=($!)
   wait_port "$PGTIDE_PORT"
   until curl -sf "127.0.0.1:$ADMIN_PORT/status" | grep -q '"state":"running"'; do sleep 0.1; done
@@ -251,6 +262,82 @@ bench_storage() {
 }
 
 # ---------------------------------------------------------------------------------------------
+bench_branch() {
+  local tenants_port load_seconds=${BRANCH_LOAD_SECONDS:-60}
+  log "file systems: /work $(stat -f -c %T /work), /tmp $(stat -f -c %T /tmp), $WORK $(stat -f -c %T "$WORK")"
+  PGTIDE_PORT=$(free_port); ADMIN_PORT=$(free_port); tenants_port=$(free_port)
+  cat > "$WORK/branch.toml" <<EOF
+[tenants]
+listen = "127.0.0.1:$tenants_port"
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+[runtime]
+data_dir = "branch-data"
+warm_pool_size = 1
+[storage]
+write_quorum = 4
+[[clusters]]
+name = "bench"
+listen = "127.0.0.1:$PGTIDE_PORT"
+min_acu = 4
+max_acu = 8
+[[clusters.users]]
+name = "postgres"
+password = "bench"
+superuser = true
+EOF
+  "$PGTIDE_BIN" serve --config "$WORK/branch.toml" 2> "$WORK/branch.log" &
+  PIDS+=($!)
+  wait_port "$PGTIDE_PORT"
+  until curl -sf "127.0.0.1:$ADMIN_PORT/status" | grep -q '"state":"running"'; do sleep 0.1; done
+  export PGPASSWORD=bench
+  local branch_conn="host=127.0.0.1 port=$tenants_port user=postgres dbname=postgres options=endpoint=copy sslmode=disable"
+  log "pgbench -i -s $SCALE on the source (six copies)"
+  pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+  log "the source's TPS before: tpcb-like, $CLIENTS clients, ${SECONDS_PER_ROUND}s"
+  local before
+  before=$(pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -c "$CLIENTS" -j 2 -T "$SECONDS_PER_ROUND" postgres 2>&1 |
+    sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
+  log "branching while pgbench runs on the source (${load_seconds}s)"
+  pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -c "$CLIENTS" -j 2 -T "$load_seconds" -P 1 \
+    --progress-timestamp postgres > "$WORK/during.txt" 2>&1 &
+  local bench_pid=$!
+  PIDS+=($bench_pid)
+  sleep 3
+  local t0 t1 answer rows
+  t0=$(date +%s.%N)
+  answer=$(curl -s -X POST -H 'content-type: application/json' -d '{"name": "copy"}' \
+    "127.0.0.1:$ADMIN_PORT/clusters/bench/branch")
+  for _ in $(seq 1 600); do
+    psql -X -tA -c 'SELECT 1' "$branch_conn" >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  t1=$(date +%s.%N)
+  rows=$(psql -X -tA -c 'SELECT count(*) FROM pgbench_accounts' "$branch_conn" 2>&1 || true)
+  wait "$bench_pid" || true
+  python3 - "$WORK/during.txt" "$t0" "$t1" "${before:-0}" "$answer" "$SCALE" "$rows" <<'EOF'
+import json, re, sys
+path, t0, t1, before, answer, scale, rows = sys.argv[1:8]
+t0, t1, before = float(t0), float(t1), float(before)
+text = open(path).read()
+during = [float(m.group(2)) for m in re.finditer(r"progress: ([0-9.]+) s, ([0-9.]+) tps", text)
+          if t0 <= float(m.group(1)) <= t1 + 1]
+failed = re.search(r"number of failed transactions: (\d+)", text)
+total = re.search(r"^tps = ([0-9.]+)", text, re.M)
+try:
+    made = json.loads(answer)
+except ValueError:
+    print("the branch failed:", answer.strip()); sys.exit(1)
+mean = sum(during) / len(during) if during else 0.0
+print(f"\nscale {scale}: branch answering its first query after {t1 - t0:.2f} s "
+      f"(pgtide: laid out {made['lay_out_ms']} ms, replayed {made['replay_ms']} ms, "
+      f"started with its first base backup {made['start_ms']} ms); {rows} accounts in the branch")
+print(f"source tps before {before:.0f}, during the branch {mean:.0f} "
+      f"({mean / before if before else 0:.2f}x, {len(during)} one-second samples), "
+      f"whole run {total.group(1) if total else '?'}; failed transactions {failed.group(1) if failed else '?'}")
+EOF
+}
+
 bench_pool() {
   if ! command -v pgbouncer >/dev/null; then log "installing pgbouncer…"; apt_install pgbouncer; fi
   if ! python3 -c 'import asyncpg' 2>/dev/null; then python3 -m pip install --quiet asyncpg >&2; fi
@@ -630,5 +717,6 @@ case "$MODE" in
   storage) bench_storage ;;
   pool) bench_pool ;;
   tenants) bench_tenants ;;
-  *) log "unknown benchmark $MODE (proxy, syscalls, pool, resume, scale, storage, tenants, all)"; exit 2 ;;
+  branch) bench_branch ;;
+  *) log "unknown benchmark $MODE (proxy, syscalls, pool, resume, scale, storage, tenants, branch, all)"; exit 2 ;;
 esac

@@ -123,6 +123,10 @@ pub struct StorageConfig {
     /// A new base backup is taken once this much WAL (MiB) was written since the last one, so
     /// that a rebuild replays a bounded amount of WAL.
     pub base_backup_after_mib: u64,
+    /// How far back a branch or a restore can go: base backups and WAL are kept this long
+    /// (besides the newest two). Not set: only the newest two backups are kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<std::time::Duration>,
 }
 
 impl Default for StorageConfig {
@@ -131,6 +135,7 @@ impl Default for StorageConfig {
             copies: None,
             write_quorum: 4,
             base_backup_after_mib: 1024,
+            retention: None,
         }
     }
 }
@@ -647,6 +652,22 @@ max_acu = 4
 name = "app"
 password = "secret"
 "#;
+
+    #[test]
+    fn storage_retention_is_a_duration_and_optional() {
+        let base = MINIMAL;
+        let config = parse(&format!("[storage]\nretention = \"7d\"\n{base}")).unwrap();
+        assert_eq!(
+            config.storage.retention,
+            Some(std::time::Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(parse(base).unwrap().storage.retention, None);
+        let e = parse(&format!("[storage]\nretention = \"soon\"\n{base}")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("test.toml:2: ") && e.to_string().contains("duration"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn the_docker_example_loads() {

@@ -3,6 +3,7 @@
 
 pub mod acu;
 pub mod admin;
+pub mod branch;
 pub mod capacity;
 pub mod cluster;
 pub mod config;

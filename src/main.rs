@@ -95,6 +95,46 @@ enum CommandLine {
         #[arg(long)]
         csv: bool,
     },
+    /// Branch a cluster: a new cluster with SOURCE's data as of now, a moment or an LSN, made
+    /// from SOURCE's copies while SOURCE keeps running.
+    Branch {
+        source: String,
+        /// The new cluster's name.
+        name: String,
+        /// A moment: RFC 3339 or Postgres's now() text, e.g. "2026-12-07 00:12:34+00".
+        #[arg(long, conflicts_with = "lsn")]
+        at: Option<String>,
+        /// A WAL position, e.g. 0/3000060.
+        #[arg(long)]
+        lsn: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Restore a cluster to a point in time: as a new cluster (--to, a branch under Aurora's
+    /// name), or in place (--in-place, keeping the state before as another cluster).
+    Restore {
+        source: String,
+        /// The new cluster's name.
+        #[arg(
+            long,
+            required_unless_present = "in_place",
+            conflicts_with = "in_place"
+        )]
+        to: Option<String>,
+        #[arg(long, conflicts_with = "lsn", required_unless_present = "lsn")]
+        at: Option<String>,
+        #[arg(long)]
+        lsn: Option<String>,
+        /// Restore SOURCE itself (a created cluster); its state before is kept as a cluster.
+        #[arg(long)]
+        in_place: bool,
+        /// With --in-place: the name the state before is kept under (default
+        /// SOURCE-before-<unix seconds>).
+        #[arg(long, requires = "in_place")]
+        keep_as: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// List every cluster, config and created.
     List {
         #[arg(long)]
@@ -152,6 +192,38 @@ fn main() -> std::process::ExitCode {
         CommandLine::Usage { config, month, csv } => {
             admin_client::usage(config.as_deref(), month, csv)
         }
+        CommandLine::Branch {
+            source,
+            name,
+            at,
+            lsn,
+            config,
+        }
+        | CommandLine::Restore {
+            source,
+            to: Some(name),
+            at,
+            lsn,
+            config,
+            ..
+        } => admin_client::branch(
+            config.as_deref(),
+            &source,
+            &pgtide::branch::BranchRequest { name, at, lsn },
+        ),
+        CommandLine::Restore {
+            source,
+            to: None,
+            at,
+            lsn,
+            keep_as,
+            config,
+            ..
+        } => admin_client::restore_in_place(
+            config.as_deref(),
+            &source,
+            &pgtide::branch::in_place::RestoreRequest { at, lsn, keep_as },
+        ),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -585,6 +657,74 @@ mod admin_client {
                 created.user, created.name
             );
         }
+        Ok(())
+    }
+
+    pub fn branch(
+        config: Option<&Path>,
+        source: &str,
+        request: &pgtide::branch::BranchRequest,
+    ) -> anyhow::Result<()> {
+        let config = load(config)?;
+        let body = serde_json::to_value(request)?;
+        let (code, text) = send(
+            &config,
+            "POST",
+            &format!("/clusters/{source}/branch"),
+            Some(&body),
+        )?;
+        if code != 201 {
+            bail!("{}", text.trim());
+        }
+        let branched: pgtide::branch::Branched = parse(&text)?;
+        println!(
+            "cluster \"{}\" branched from \"{}\" at {} (base backup {}, promoted at {}): \
+             laid out in {} ms, replayed in {} ms, started in {} ms",
+            branched.name,
+            branched.source,
+            branched.target,
+            branched.base_backup,
+            branched.promoted_at,
+            branched.lay_out_ms,
+            branched.replay_ms,
+            branched.start_ms
+        );
+        if let Some(listen) = &branched.listen {
+            let (host, port) = listen.rsplit_once(':').unwrap_or((listen, "5432"));
+            println!(
+                "psql \"host={host} port={port} dbname=postgres options=endpoint={}\"",
+                branched.name
+            );
+        }
+        Ok(())
+    }
+
+    pub fn restore_in_place(
+        config: Option<&Path>,
+        name: &str,
+        request: &pgtide::branch::in_place::RestoreRequest,
+    ) -> anyhow::Result<()> {
+        let config = load(config)?;
+        let body = serde_json::to_value(request)?;
+        let (code, text) = send(
+            &config,
+            "POST",
+            &format!("/clusters/{name}/restore"),
+            Some(&body),
+        )?;
+        if code != 200 {
+            bail!("{}", text.trim());
+        }
+        let restored: pgtide::branch::in_place::RestoredInPlace = parse(&text)?;
+        println!(
+            "cluster \"{}\" restored in place at {} (base backup {}, promoted at {}); its state \
+             before is kept as cluster \"{}\"",
+            restored.name,
+            restored.target,
+            restored.base_backup,
+            restored.promoted_at,
+            restored.kept_as
+        );
         Ok(())
     }
 

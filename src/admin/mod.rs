@@ -3,8 +3,9 @@
 //! `GET /dashboard` (a live page built on those), `POST /clusters/{name}/pause|resume`,
 //! which `pgtide status/pause/resume` and the page's buttons call, and the clusters made at run
 //! time ([`crate::tenants`]): `GET /clusters`, `POST /clusters` (a JSON body) and
-//! `DELETE /clusters/{name}` (`?keep_data=true`), for `pgtide list/create/drop`; and
-//! `GET /usage` (ACU-hours by cluster and day, [`usage`]) for `pgtide usage`.
+//! `DELETE /clusters/{name}` (`?keep_data=true`), for `pgtide list/create/drop`;
+//! `POST /clusters/{name}/branch` and `/restore` ([`crate::branch`]), for `pgtide branch/restore`;
+//! and `GET /usage` (ACU-hours by cluster and day, [`usage`]) for `pgtide usage`.
 //!
 //! Nothing here counts as client activity: reading status never wakes or keeps a cluster awake.
 //! When `[admin] token` is set every call needs it, as `Authorization: Bearer TOKEN` or, for a
@@ -81,10 +82,13 @@ pub fn status(state: &AdminState) -> StatusResponse {
                     ClusterState::Failed(reason) => Some(reason),
                     _ => None,
                 },
-                storage: cluster.storage_status().unwrap_or_else(|| StorageStatus {
-                    mode: "local".into(),
-                    ..Default::default()
-                }),
+                storage: crate::branch::window::add_restore_window(
+                    cluster.storage_status().unwrap_or_else(|| StorageStatus {
+                        mode: "local".into(),
+                        ..Default::default()
+                    }),
+                    &state.tenants.new_cluster_dirs(&config.name).1,
+                ),
                 pool: pool_status(state, cluster),
                 metering: MeteringStatus::new(
                     compute.acu_hours_today,
@@ -139,6 +143,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/clusters/{name}/pause", post(post_pause))
         .route("/clusters/{name}/resume", post(post_resume))
         .route("/usage", get(get_usage))
+        .route("/clusters/{name}/branch", post(post_branch))
+        .route("/clusters/{name}/restore", post(post_restore))
         .with_state(state)
 }
 
@@ -553,6 +559,89 @@ async fn delete_cluster(
     match state.tenants.drop_cluster(&name, keep_data).await {
         Ok(dropped) => Json(dropped).into_response(),
         Err(e) => tenant_refusal(e),
+    }
+}
+
+/// `POST /clusters/{source}/branch` with `{"name", "at"?, "lsn"?}`: a new cluster from the
+/// source's copies ([`crate::branch::branch`]); 201 with what was made, or the refusal in
+/// Postgres's words with its SQLSTATE.
+async fn post_branch(
+    State(state): State<Arc<AdminState>>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(denied) = actions_allowed(&state, &headers) {
+        return denied.into_response();
+    }
+    let request: crate::branch::BranchRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("the body must be JSON like {{\"name\": \"dev\", \"at\": \"2026-12-07 00:00:00+00\"}}: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    // A task of its own: a client that hangs up does not cut a branch short halfway (with a
+    // Postgres replaying in its directory).
+    let tenants = state.tenants.clone();
+    let work = tokio::spawn(async move { crate::branch::branch(&tenants, &source, request).await });
+    let outcome = match work.await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(crate::branch::BranchError::Failed(format!(
+            "the branch's task ended: {e}"
+        ))),
+    };
+    match outcome {
+        Ok(branched) => (StatusCode::CREATED, Json(branched)).into_response(),
+        Err(e) => (
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            format!("ERROR: {} (SQLSTATE {})\n", e, e.sqlstate()),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /clusters/{name}/restore` with `{"at"?, "lsn"?, "keep_as"?}`: the cluster restored in
+/// place, its state before kept as another cluster ([`crate::branch::in_place`]).
+async fn post_restore(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(denied) = actions_allowed(&state, &headers) {
+        return denied.into_response();
+    }
+    let request: crate::branch::in_place::RestoreRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("the body must be JSON like {{\"at\": \"2026-12-07 00:00:00+00\"}}: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    let tenants = state.tenants.clone();
+    let work = tokio::spawn(async move {
+        crate::branch::in_place::restore_in_place(&tenants, &name, request).await
+    });
+    let outcome = match work.await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(crate::branch::BranchError::Failed(format!(
+            "the restore's task ended: {e}"
+        ))),
+    };
+    match outcome {
+        Ok(restored) => Json(restored).into_response(),
+        Err(e) => (
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            format!("ERROR: {} (SQLSTATE {})\n", e, e.sqlstate()),
+        )
+            .into_response(),
     }
 }
 

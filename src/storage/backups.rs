@@ -61,9 +61,24 @@ impl CopiesView {
     /// reached fewer copies, or lacks its sidecar, is never counted: pruning for it could leave
     /// no backup a rebuild can use. Returns that start, if there was anything to prune below.
     pub fn prune(&self, keep: usize, quorum: usize) -> Option<Lsn> {
+        self.prune_keeping(keep, quorum, None)
+    }
+
+    /// [`Self::prune`], keeping also, with a `retention`, every backup stored within it and
+    /// the newest one stored before it: a branch or a restore can then go back that far
+    /// ([`oldest_to_keep`]).
+    pub fn prune_keeping(
+        &self,
+        keep: usize,
+        quorum: usize,
+        retention: Option<std::time::Duration>,
+    ) -> Option<Lsn> {
         let dirs: Vec<PathBuf> = self.copies().iter().map(|(dir, _)| dir.clone()).collect();
-        let counted = counted_backups(&dirs, quorum);
-        let oldest_kept = *counted.get(keep.checked_sub(1)?)?;
+        let counted: Vec<(Lsn, std::time::SystemTime)> = counted_backups(&dirs, quorum)
+            .into_iter()
+            .filter_map(|start| Some((start, stored_at(&dirs, start)?)))
+            .collect();
+        let oldest_kept = oldest_to_keep(&counted, keep, retention, std::time::SystemTime::now())?;
         for (dir, shared) in self.copies() {
             if shared.lock().expect("copy lock").health != Health::Up {
                 continue; // pruned once it is back
@@ -88,6 +103,35 @@ impl CopiesView {
         }
         Some(oldest_kept)
     }
+}
+
+/// When the backup at `start` was stored: its sidecar's time in the first copy holding it.
+fn stored_at(dirs: &[PathBuf], start: Lsn) -> Option<std::time::SystemTime> {
+    dirs.iter().find_map(|dir| {
+        fs::metadata(backup_tar(dir, start).with_extension("tar.crc32"))
+            .and_then(|m| m.modified())
+            .ok()
+    })
+}
+
+/// The start of the oldest backup a prune keeps, from `counted` (start, stored at), newest
+/// first: the newest `keep`, and with a `retention`, every one stored since `now - retention`
+/// and the newest one stored before it. `None` when there are fewer than `keep` (nothing to
+/// prune yet).
+pub fn oldest_to_keep(
+    counted: &[(Lsn, std::time::SystemTime)],
+    keep: usize,
+    retention: Option<std::time::Duration>,
+    now: std::time::SystemTime,
+) -> Option<Lsn> {
+    let mut oldest = counted.get(keep.checked_sub(1)?)?.0;
+    if let Some(since) = retention.and_then(|r| now.checked_sub(r)) {
+        let within = counted.iter().take_while(|(_, at)| *at >= since).count();
+        // The newest one before the retention began reaches back to it.
+        let reach = (within + 1).min(counted.len());
+        oldest = oldest.min(counted[reach - 1].0);
+    }
+    Some(oldest)
 }
 
 /// The CRC-32 of a whole file, read in pieces (a base backup is as large as the database).
@@ -128,12 +172,12 @@ pub fn newest_backup_start(dirs: &[PathBuf], quorum: usize) -> Option<Lsn> {
 }
 
 /// Where a copy keeps the base backup that starts at `start`.
-pub(super) fn backup_tar(dir: &Path, start: Lsn) -> PathBuf {
+pub fn backup_tar(dir: &Path, start: Lsn) -> PathBuf {
     dir.join("base").join(format!("{:016X}.tar", start.0))
 }
 
 /// The start positions of the base backups a copy holds (`base/<start>.tar`).
-pub(super) fn backup_starts(dir: &Path) -> Vec<Lsn> {
+pub fn backup_starts(dir: &Path) -> Vec<Lsn> {
     fs::read_dir(dir.join("base"))
         .into_iter()
         .flatten()
@@ -154,6 +198,34 @@ mod tests {
     use super::super::notices::Notices;
     use super::super::wal::segment_file_name;
     use super::*;
+
+    #[test]
+    fn retention_keeps_every_backup_since_then_and_the_one_before() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let counted = [
+            (Lsn(0x900), at(900)),
+            (Lsn(0x700), at(700)),
+            (Lsn(0x500), at(500)),
+            (Lsn(0x300), at(300)),
+            (Lsn(0x100), at(100)),
+        ];
+        let now = at(1000);
+        assert_eq!(oldest_to_keep(&counted, 2, None, now), Some(Lsn(0x700)));
+        // Back to 400 s: 900 and 700 and 500 are within, 300 reaches back to 400.
+        let six_hundred = Some(Duration::from_secs(600));
+        assert_eq!(
+            oldest_to_keep(&counted, 2, six_hundred, now),
+            Some(Lsn(0x300))
+        );
+        // A short retention never keeps fewer than `keep`.
+        let short = Some(Duration::from_secs(10));
+        assert_eq!(oldest_to_keep(&counted, 2, short, now), Some(Lsn(0x700)));
+        // Longer than every backup: all are kept.
+        let long = Some(Duration::from_secs(5000));
+        assert_eq!(oldest_to_keep(&counted, 2, long, now), Some(Lsn(0x100)));
+        assert_eq!(oldest_to_keep(&counted[..1], 2, long, now), None);
+    }
 
     #[tokio::test]
     async fn prune_counts_only_backups_a_quorum_holds_whole() {

@@ -31,6 +31,7 @@ pub(super) async fn base_backup(
     quorum: usize,
     store_lock: Arc<Mutex<()>>,
     endpoint: ComputeEndpoint,
+    retention: Option<Duration>,
 ) -> anyhow::Result<Lsn> {
     let scratch = dirs
         .iter()
@@ -95,7 +96,7 @@ pub(super) async fn base_backup(
                 Ok(stored)
             });
         if stored.is_ok() {
-            if let Some(kept_from) = view.prune(KEEP_BASE_BACKUPS, quorum) {
+            if let Some(kept_from) = view.prune_keeping(KEEP_BASE_BACKUPS, quorum, retention) {
                 tracing::info!(%kept_from, "older base backups and the WAL below them pruned");
             }
         }

@@ -123,6 +123,21 @@ pub struct StorageStatus {
     pub copy_states: Vec<CopyStatus>,
     /// The WAL receiver (absent with `copies = []`).
     pub receiver: Option<ReceiverStatus>,
+    /// How far back a branch or a restore can go, and the space the copies use
+    /// ([`crate::branch::window`]); absent until the copies hold a base backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_window: Option<RestoreWindowStatus>,
+}
+
+/// The restore window as `/status` shows it: earliest and latest point, as times (RFC 3339)
+/// and LSNs, and the bytes of WAL and base backups the cluster's copies hold together.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq)]
+pub struct RestoreWindowStatus {
+    pub earliest_time: String,
+    pub earliest_lsn: String,
+    pub latest_time: String,
+    pub latest_lsn: String,
+    pub copies_bytes: u64,
 }
 
 pub struct ClusterStorage {
@@ -145,6 +160,9 @@ pub struct ClusterStorage {
     backup_task: Option<tokio::task::JoinHandle<anyhow::Result<Lsn>>>,
     /// Held while a base backup is stored and pruned, and while a rebuild reads the copies.
     backup_store_lock: Arc<Mutex<()>>,
+    /// How far back base backups and WAL are kept (`[storage] retention`); none: the newest
+    /// two backups.
+    retention: Option<Duration>,
 }
 
 impl ClusterStorage {
@@ -175,9 +193,17 @@ impl ClusterStorage {
             last_backup_start,
             backup_task: None,
             backup_store_lock: Arc::new(Mutex::new(())),
+            retention: None,
         };
         storage.refresh_status();
         storage
+    }
+
+    /// Keeps base backups and WAL back as far as `retention` (a branch or a restore can go
+    /// back that far), besides the newest two.
+    pub fn with_retention(mut self, retention: Option<Duration>) -> ClusterStorage {
+        self.retention = retention;
+        self
     }
 
     /// Settings the compute needs so that its commits wait for the copies.
@@ -376,6 +402,7 @@ impl ClusterStorage {
                 self.quorum,
                 self.backup_store_lock.clone(),
                 endpoint.clone(),
+                self.retention,
             )));
         }
         Ok(None)

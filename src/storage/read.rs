@@ -1,4 +1,4 @@
-//! Reading the copies back, for a rebuild.
+//! Reading the copies back, for a rebuild or a branch.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -66,22 +66,63 @@ pub fn newest_backup(copies: &[ReadCopy]) -> Option<Backup> {
         })
         .collect();
     candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
-    candidates.into_iter().find_map(|(start, tar, trusted_end)| {
-        let sidecar = fs::read_to_string(tar.with_extension("tar.crc32")).ok()?;
-        let mut lines = sidecar.lines();
-        let expected = lines.next()?.trim().to_string();
-        let end = lines.next().and_then(|l| Lsn::parse(l.trim()));
-        if end.unwrap_or(start) > trusted_end {
-            return None; // taken after a stream start this copy missed
-        }
-        let sum = file_crc32(&tar).ok()?;
-        if format!("{sum:08x}") == expected {
-            Some(Backup { start, end, tar })
-        } else {
-            tracing::warn!(tar = %tar.display(), "base backup fails its checksum; trying another");
-            None
-        }
-    })
+    candidates
+        .into_iter()
+        .find_map(|(start, tar, trusted_end)| verified(start, tar, trusted_end))
+}
+
+/// The base backup that starts at `start`, from the first copy where its checksum holds (a
+/// branch restores from the backup its target needs, not always the newest).
+pub fn backup_at(copies: &[ReadCopy], start: Lsn) -> Option<Backup> {
+    copies
+        .iter()
+        .find_map(|copy| verified(start, backup_tar(&copy.dir, start), copy.trusted_end))
+}
+
+/// A backup's tar if its checksum holds and its end is within the copy's trusted WAL.
+fn verified(start: Lsn, tar: PathBuf, trusted_end: Lsn) -> Option<Backup> {
+    let sidecar = fs::read_to_string(tar.with_extension("tar.crc32")).ok()?;
+    let mut lines = sidecar.lines();
+    let expected = lines.next()?.trim().to_string();
+    let end = lines.next().and_then(|l| Lsn::parse(l.trim()));
+    if end.unwrap_or(start) > trusted_end {
+        return None; // taken after a stream start this copy missed
+    }
+    let sum = file_crc32(&tar).ok()?;
+    if format!("{sum:08x}") == expected {
+        Some(Backup { start, end, tar })
+    } else {
+        tracing::warn!(tar = %tar.display(), "base backup fails its checksum; trying another");
+        None
+    }
+}
+
+/// Where the WAL a copy holds ends: its newest segment's start plus the end of the furthest
+/// range its checksum records cover.
+pub fn wal_end(dir: &Path) -> Option<Lsn> {
+    let newest = fs::read_dir(dir.join("wal"))
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            parse_segment_file_name(&name).map(|(_, segment)| (segment, entry.path()))
+        })
+        .max_by_key(|(segment, _)| *segment)?;
+    let file = File::open(&newest.1).ok()?;
+    let end = sum_records(&file)
+        .iter()
+        .map(|record| record.offset as u64 + record.len as u64)
+        .max()?;
+    Some(Lsn(newest.0 * SEGMENT_SIZE + end))
+}
+
+/// The furthest position that at least `quorum` of these copies hold in their files: what a
+/// write quorum acknowledged is below it. Read from the files, so that it is current even for
+/// a caller that has only a published (and a tick old) durable position.
+pub fn held_by_quorum(dirs: &[PathBuf], quorum: usize) -> Option<Lsn> {
+    let mut ends: Vec<Lsn> = dirs.iter().filter_map(|dir| wal_end(dir)).collect();
+    ends.sort_by_key(|end| std::cmp::Reverse(*end));
+    ends.get(quorum.max(1) - 1).copied()
 }
 
 /// Assembles every WAL segment of `timeline` from `start`'s segment on into `pg_wal`, each

@@ -115,7 +115,7 @@ impl Tenants {
 
     /// A name whose data is still on disk (a config cluster taken out of the file, a drop cut
     /// short) is refused: the new cluster would start on someone else's data.
-    fn refuse_leftovers(&self, name: &str) -> Result<(), TenantError> {
+    pub(super) fn refuse_leftovers(&self, name: &str) -> Result<(), TenantError> {
         let mut dirs = vec![self.spawner.cluster_dir(name)];
         dirs.extend(self.spawner.copy_dirs(name));
         match dirs.iter().find(|dir| dir.exists()) {

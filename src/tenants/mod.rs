@@ -8,6 +8,9 @@
 //!   endpoint and the shutdown all read it.
 //! - [`catalog`]: the created clusters, kept across restarts in `catalog.json` (verifiers only).
 //! - [`spawner`]: how any cluster is started (storage, task, verifier refresher).
+//! - [`adopt`]: a cluster whose data directory was made elsewhere (a branch,
+//!   [`crate::branch`]) taken in as a created one, and the rename a restore in place swaps
+//!   names with.
 //! - [`create`] and [`drop`]: [`Tenants::create`] draws a new cluster's data directory from the
 //!   warm pool's template and answers once it runs (with copies, after its first base backup);
 //!   [`Tenants::drop_cluster`] stops it, forgets it and deletes or moves aside its data and copies.
@@ -15,6 +18,7 @@
 //! Created clusters come back paused after a restart: no compute until a client comes.
 //! `docs/tenants.md` tells it with every function on the way.
 
+pub mod adopt;
 pub mod catalog;
 pub mod create;
 pub mod drop;

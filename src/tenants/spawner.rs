@@ -26,6 +26,10 @@ pub struct Spawner {
     /// Postgres's binaries (`pg_basebackup`), when there are copies.
     pub bin_dir: Option<PathBuf>,
     pub shutdown: watch::Receiver<bool>,
+    /// The runtime's settings, for work done beside a cluster's runtime (a branch's recovery).
+    pub runtime_config: crate::config::RuntimeConfig,
+    /// `[storage] retention`: how far back the copies keep base backups and WAL.
+    pub retention: Option<std::time::Duration>,
 }
 
 impl Spawner {
@@ -55,19 +59,24 @@ impl Spawner {
             base_backup_every: config.storage.base_backup_after_mib * 1024 * 1024,
             bin_dir,
             shutdown,
+            runtime_config: config.runtime.clone(),
+            retention: config.storage.retention,
         })
     }
 
     /// Starts the cluster's task (and its verifier refresher, which sleeps while it is paused).
     pub fn spawn(&self, config: ClusterConfig, initially: Initially) -> ClusterHandle {
         let storage = self.bin_dir.as_ref().map(|bin_dir| -> Box<dyn Durability> {
-            Box::new(storage::ClusterStorage::open(
-                &self.copies,
-                &config.name,
-                self.write_quorum,
-                bin_dir,
-                self.base_backup_every,
-            ))
+            Box::new(
+                storage::ClusterStorage::open(
+                    &self.copies,
+                    &config.name,
+                    self.write_quorum,
+                    bin_dir,
+                    self.base_backup_every,
+                )
+                .with_retention(self.retention),
+            )
         });
         let handle = cluster::spawn(
             initially,
