@@ -271,6 +271,10 @@ bench_branch() {
 listen = "127.0.0.1:$tenants_port"
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
+[capacity]
+# The source (4–8 ACU) and its branch (4) both run: this measures branching, not the budget,
+# whose default (the machine's 8 ACU) a source at its max would fill.
+max_total_acu = 16
 [runtime]
 data_dir = "branch-data"
 warm_pool_size = 1
