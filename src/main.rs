@@ -660,23 +660,29 @@ mod admin_client {
         Ok(())
     }
 
+    /// POSTs `request` as JSON to `path` and reads the answer, which must come with `expected`.
+    fn post_json<T: serde::de::DeserializeOwned>(
+        config: Option<&Path>,
+        path: &str,
+        request: &impl serde::Serialize,
+        expected: u16,
+    ) -> anyhow::Result<T> {
+        let config = load(config)?;
+        let body = serde_json::to_value(request)?;
+        let (code, text) = send(&config, "POST", path, Some(&body))?;
+        if code != expected {
+            bail!("{}", text.trim());
+        }
+        parse(&text)
+    }
+
     pub fn branch(
         config: Option<&Path>,
         source: &str,
         request: &pgtide::branch::BranchRequest,
     ) -> anyhow::Result<()> {
-        let config = load(config)?;
-        let body = serde_json::to_value(request)?;
-        let (code, text) = send(
-            &config,
-            "POST",
-            &format!("/clusters/{source}/branch"),
-            Some(&body),
-        )?;
-        if code != 201 {
-            bail!("{}", text.trim());
-        }
-        let branched: pgtide::branch::Branched = parse(&text)?;
+        let branched: pgtide::branch::Branched =
+            post_json(config, &format!("/clusters/{source}/branch"), request, 201)?;
         println!(
             "cluster \"{}\" branched from \"{}\" at {} (base backup {}, promoted at {}): \
              laid out in {} ms, replayed in {} ms, started in {} ms",
@@ -704,18 +710,8 @@ mod admin_client {
         name: &str,
         request: &pgtide::branch::in_place::RestoreRequest,
     ) -> anyhow::Result<()> {
-        let config = load(config)?;
-        let body = serde_json::to_value(request)?;
-        let (code, text) = send(
-            &config,
-            "POST",
-            &format!("/clusters/{name}/restore"),
-            Some(&body),
-        )?;
-        if code != 200 {
-            bail!("{}", text.trim());
-        }
-        let restored: pgtide::branch::in_place::RestoredInPlace = parse(&text)?;
+        let restored: pgtide::branch::in_place::RestoredInPlace =
+            post_json(config, &format!("/clusters/{name}/restore"), request, 200)?;
         println!(
             "cluster \"{}\" restored in place at {} (base backup {}, promoted at {}); its state \
              before is kept as cluster \"{}\"",

@@ -77,11 +77,7 @@ pub fn lay_out(
         .map_err(|e| failed("extracting", &backup.tar, e))?;
     let label = std::fs::read_to_string(staging.join("backup_label"))
         .map_err(|e| failed("reading the backup_label of", &backup.tar, e))?;
-    let timeline: u32 = label
-        .lines()
-        .find_map(|l| l.strip_prefix("START TIMELINE: "))
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(1);
+    let timeline = read::start_timeline(&label);
     let pg_wal = staging.join("pg_wal");
     std::fs::create_dir_all(&pg_wal).map_err(|e| failed("creating", &pg_wal, e))?;
     let end = read::restore_wal(&readable, timeline, segment_start(backup.start), &pg_wal)

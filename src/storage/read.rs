@@ -232,3 +232,12 @@ fn assemble_segment(files: &[(PathBuf, u64)]) -> Result<(Vec<u8>, u64), String> 
     }
     Ok((segment, end))
 }
+
+/// The timeline a base backup starts on, from its `backup_label` (1 when it does not say).
+pub fn start_timeline(backup_label: &str) -> u32 {
+    backup_label
+        .lines()
+        .find_map(|l| l.strip_prefix("START TIMELINE: "))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(1)
+}

@@ -39,11 +39,7 @@ pub(super) fn rebuild_blocking(
         .with_context(|| format!("extracting {}", backup.tar.display()))?;
     let label = std::fs::read_to_string(staging.join("backup_label"))
         .context("the base backup has no backup_label")?;
-    let timeline: u32 = label
-        .lines()
-        .find_map(|l| l.strip_prefix("START TIMELINE: "))
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(1);
+    let timeline = read::start_timeline(&label);
     let pg_wal = staging.join("pg_wal");
     std::fs::create_dir_all(&pg_wal)?;
     let end = read::restore_wal(
