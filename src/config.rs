@@ -140,7 +140,8 @@ impl Default for StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+/// The CLI spells it as the config does (`pgtide create --pool-mode transaction`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     Session,

@@ -64,8 +64,8 @@ enum CommandLine {
         min_acu: Option<f64>,
         #[arg(long)]
         max_acu: Option<f64>,
-        #[arg(long, value_parser = ["session", "transaction"])]
-        pool_mode: Option<String>,
+        #[arg(long, value_enum)]
+        pool_mode: Option<config::PoolMode>,
         /// e.g. 90s, 5m, 1h.
         #[arg(long)]
         auto_pause_after: Option<String>,
@@ -169,10 +169,6 @@ fn main() -> std::process::ExitCode {
             password,
             config,
         } => {
-            let pool_mode = pool_mode.map(|mode| match mode.as_str() {
-                "transaction" => config::PoolMode::Transaction,
-                _ => config::PoolMode::Session,
-            });
             let request = tenants::CreateRequest {
                 name,
                 min_acu,

@@ -259,18 +259,8 @@ fn the_source_serves_pgbench_undisturbed_while_it_is_branched() {
     let (pgtide, port) = start();
     let (ok, text) = pgbench(pgtide.port, &["-i", "-s", "2", "-q"]);
     assert!(ok, "{text}");
-    let mut bench = Command::new("pgbench")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pgtide.port.to_string(),
-            "-U",
-            "postgres",
-        ])
+    let mut bench = pgbench_command(pgtide.port, PASSWORD)
         .args(["-c", "2", "-j", "2", "-T", "40", "postgres"])
-        .env("PGPASSWORD", PASSWORD)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

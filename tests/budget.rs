@@ -44,17 +44,7 @@ fn hold_session(port: u16, cluster: &str) -> Child {
 }
 
 fn pgbench_routed(port: u16, cluster: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(args)
-        .arg(cluster)
-        .env("PGPASSWORD", TENANT_PASSWORD)
-        .stdin(Stdio::null())
-        .output()
-        .expect("pgbench runs");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    pgbench_on(port, TENANT_PASSWORD, cluster, args)
 }
 
 fn create(pgtide: &Pgtide, name: &str, max_acu: &str) {

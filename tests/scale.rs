@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -39,19 +39,10 @@ fn load_moves_the_acus_without_a_failed_transaction() {
         == 0.5));
 
     // A steady, light pgbench runs through everything; bursts of heavy load come and go.
-    let steady = Command::new("pgbench")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pgtide.port.to_string(),
-            "-U",
-            "postgres",
-        ])
+    let steady = pgbench_command(pgtide.port, PASSWORD)
         .args([
             "-M", "prepared", "-c", "2", "-R", "40", "-T", "45", "postgres",
         ])
-        .env("PGPASSWORD", PASSWORD)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -458,19 +458,32 @@ pub fn psql_as(port: u16, user: &str, password: &str, database: &str, args: &[&s
         .expect("psql runs")
 }
 
-/// Runs pgbench against the cluster; returns (success, stdout + stderr).
-pub fn pgbench(port: u16, args: &[&str]) -> (bool, String) {
-    let out = Command::new("pgbench")
+/// pgbench as user postgres with `password`, at 127.0.0.1:`port`; the caller adds its options
+/// and the database, then runs or spawns it.
+pub fn pgbench_command(port: u16, password: &str) -> Command {
+    let mut command = Command::new("pgbench");
+    command
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .env("PGPASSWORD", password)
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs pgbench against `database`; returns (success, stdout + stderr).
+pub fn pgbench_on(port: u16, password: &str, database: &str, args: &[&str]) -> (bool, String) {
+    let out = pgbench_command(port, password)
         .args(args)
-        .arg("postgres")
-        .env("PGPASSWORD", PASSWORD)
-        .stdin(Stdio::null())
+        .arg(database)
         .output()
         .expect("pgbench runs");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
+}
+
+/// Runs pgbench against the cluster's postgres database; returns (success, stdout + stderr).
+pub fn pgbench(port: u16, args: &[&str]) -> (bool, String) {
+    pgbench_on(port, PASSWORD, "postgres", args)
 }
 
 pub fn process_alive(pid: i32) -> bool {
