@@ -46,10 +46,14 @@ pub struct MeterReading {
 
 impl Metering {
     pub(super) fn load(path: PathBuf) -> Metering {
-        let saved = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<SavedMetering>(&b).ok())
-            .unwrap_or_default();
+        let saved = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<SavedMetering>(&bytes).unwrap_or_else(|e| {
+                // Loud: the next save would start this cluster's meter again from zero.
+                tracing::warn!(path = %path.display(), error = %e, "the saved ACU meter cannot be read; it starts from zero");
+                SavedMetering::default()
+            }),
+            Err(_) => SavedMetering::default(),
+        };
         Metering {
             path,
             saved,
