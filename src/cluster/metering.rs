@@ -179,6 +179,27 @@ mod tests {
         assert_eq!(previous_month("2026-10"), "2026-09");
     }
 
+    /// The meter is saved as JSON text: a total read back one unit in the last place lower
+    /// than it was saved would make a bill go backwards across a restart (serde_json parses
+    /// floats exactly only with its `float_roundtrip` feature).
+    #[test]
+    fn every_saved_total_reads_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metering.json");
+        let mut meter = Metering::load(path.clone());
+        for i in 0..2000 {
+            meter.add_on(
+                "2026-12-07",
+                0.5 + f64::from(i) * 1e-3,
+                Duration::from_millis(1001),
+            );
+            let before = meter.reading("2026-12-07");
+            meter.save();
+            let after = Metering::load(path.clone()).reading("2026-12-07");
+            assert_eq!(after, before, "after {i} ticks");
+        }
+    }
+
     #[test]
     fn days_and_months_start_from_zero_and_the_total_survives_a_reload() {
         let dir = tempfile::tempdir().unwrap();
