@@ -33,6 +33,19 @@ pub struct Config {
     pub tenants: Option<TenantsConfig>,
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// Availability zones (`[[zones]] name, copies`). Not given: a zone per group of copies
+    /// named alike (`a1`, `a2` are zone `a`), see [`Config::zones`].
+    #[serde(default)]
+    pub zones: Vec<ZoneConfig>,
+}
+
+/// One availability zone: a name, and the storage copies that live in it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    pub name: String,
+    #[serde(default)]
+    pub copies: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +183,16 @@ pub struct ClusterConfig {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// Hot standby computes in other zones than the writer's (0: none). Each replays the
+    /// writer's WAL, serves the reader endpoint and is promoted when the writer is lost.
+    #[serde(default)]
+    pub standbys: usize,
+    /// The reader endpoint: read-only sessions spread over the standbys (session mode).
+    #[serde(default)]
+    pub reader_listen: Option<SocketAddr>,
+    /// A standby further behind the writer than this leaves the reader endpoint's rotation.
+    #[serde(default = "default_max_reader_lag", with = "humantime_serde")]
+    pub max_reader_lag: Duration,
 }
 
 impl ClusterConfig {
@@ -222,6 +245,46 @@ impl ClusterConfig {
     }
 }
 
+impl ClusterConfig {
+    /// The checks of `standbys` and `reader_listen` against the machine's zones and copies.
+    pub fn check_standbys(
+        &self,
+        zones: usize,
+        has_copies: bool,
+    ) -> Result<(), (&'static str, String)> {
+        if self.standbys == 0 {
+            if self.reader_listen.is_some() {
+                return Err((
+                    "reader_listen",
+                    "needs standbys of at least 1 (the reader endpoint serves the standbys)"
+                        .to_string(),
+                ));
+            }
+            return Ok(());
+        }
+        if !has_copies {
+            return Err((
+                "standbys",
+                "needs [storage] copies: a standby is built from the copies and takes over \
+                 with the WAL they hold"
+                    .to_string(),
+            ));
+        }
+        if self.standbys + 1 > zones {
+            return Err((
+                "standbys",
+                format!(
+                    "{} standbys and the writer need {} zones, and there are {zones} \
+                     (each compute runs in a zone of its own)",
+                    self.standbys,
+                    self.standbys + 1
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub fn default_auto_pause_after() -> Duration {
     Duration::from_secs(300)
 }
@@ -236,6 +299,9 @@ pub fn default_resume_timeout() -> Duration {
 }
 pub fn default_max_client_connections() -> usize {
     10_000
+}
+pub fn default_max_reader_lag() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -340,6 +406,32 @@ impl Config {
         }
     }
 
+    /// The zones: `[[zones]]` as given, else one per group of copies named alike (the default
+    /// copies `a1 a2 b1 b2 c1 c2` are zones a, b and c), else (no copies) one zone, `a`.
+    pub fn zones(&self) -> Vec<ZoneConfig> {
+        if !self.zones.is_empty() {
+            return self.zones.clone();
+        }
+        let mut zones: Vec<ZoneConfig> = Vec::new();
+        for copy in self.storage_copies() {
+            let name = zone_of_copy(&copy);
+            match zones.iter_mut().find(|zone| zone.name == name) {
+                Some(zone) => zone.copies.push(copy),
+                None => zones.push(ZoneConfig {
+                    name,
+                    copies: vec![copy],
+                }),
+            }
+        }
+        if zones.is_empty() {
+            zones.push(ZoneConfig {
+                name: "a".to_string(),
+                copies: Vec::new(),
+            });
+        }
+        zones
+    }
+
     fn resolve_paths(&mut self, base: &Path) {
         let absolute = |p: &Path| {
             if p.is_absolute() {
@@ -354,6 +446,11 @@ impl Config {
         }
         if let Some(copies) = &mut self.storage.copies {
             for copy in copies.iter_mut() {
+                *copy = absolute(copy);
+            }
+        }
+        for zone in &mut self.zones {
+            for copy in zone.copies.iter_mut() {
                 *copy = absolute(copy);
             }
         }
@@ -426,6 +523,42 @@ impl Config {
                 ),
             ));
         }
+        let mut zone_names = HashSet::new();
+        for (i, zone) in self.zones.iter().enumerate() {
+            let valid = !zone.name.is_empty()
+                && zone.name.len() <= 32
+                && zone
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !valid {
+                return Err(Invalid::at(
+                    &[Key("zones"), Index(i), Key("name")],
+                    format!(
+                        "\"{}\" is not a valid zone name (1 to 32 of a-z, 0-9 and '-')",
+                        zone.name
+                    ),
+                ));
+            }
+            if !zone_names.insert(zone.name.as_str()) {
+                return Err(Invalid::at(
+                    &[Key("zones"), Index(i), Key("name")],
+                    format!("zone \"{}\" is defined twice", zone.name),
+                ));
+            }
+            for copy in &zone.copies {
+                if !copies.contains(copy) {
+                    return Err(Invalid::at(
+                        &[Key("zones"), Index(i), Key("copies")],
+                        format!(
+                            "{} is not one of [storage] copies",
+                            copy.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let zone_count = self.zones().len();
         if self.clusters.is_empty() {
             return Err(Invalid::at(
                 &[Key("clusters")],
@@ -500,6 +633,20 @@ impl Config {
                     ),
                 ));
             }
+            if let Err((key, message)) = cluster.check_standbys(zone_count, !copies.is_empty()) {
+                return Err(Invalid::at(&at(key), message));
+            }
+            if let Some(reader) = cluster.reader_listen {
+                if !listens.insert(reader) {
+                    return Err(Invalid::at(
+                        &at("reader_listen"),
+                        format!(
+                            "{reader} is already used by the admin endpoint, [tenants] or \
+                             another cluster"
+                        ),
+                    ));
+                }
+            }
             if cluster.max_client_connections == 0 {
                 return Err(Invalid::at(
                     &at("max_client_connections"),
@@ -545,6 +692,21 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// The zone a copy directory implies: its name without the trailing digits (`a1` → `a`), or the
+/// whole name when that leaves nothing.
+fn zone_of_copy(copy: &Path) -> String {
+    let name = copy
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    if stem.is_empty() {
+        name
+    } else {
+        stem.to_string()
     }
 }
 

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use crate::runtime::ComputeEndpoint;
 use crate::storage::notices::StorageNotice;
 use crate::storage::wal::Lsn;
-use crate::storage::{ClusterStorage, StorageStatus};
+use crate::storage::{ClusterStorage, CopiesReader, StorageStatus};
 
 /// How often a base backup that a start waits for is looked at.
 const BACKUP_POLL: Duration = Duration::from_millis(50);
@@ -58,6 +58,11 @@ pub trait Durability: Send + 'static {
     /// What the storage has to tell since the last call (the receiver lost or back, copies down,
     /// lagging, refused, back), for the cluster's events.
     fn take_notices(&mut self) -> Vec<StorageNotice>;
+
+    /// What the standbys read the copies with (none for a storage that has no files).
+    fn reader(&self) -> Option<CopiesReader> {
+        None
+    }
 }
 
 #[async_trait]
@@ -135,5 +140,9 @@ impl Durability for ClusterStorage {
 
     fn take_notices(&mut self) -> Vec<StorageNotice> {
         ClusterStorage::take_notices(self)
+    }
+
+    fn reader(&self) -> Option<CopiesReader> {
+        Some(ClusterStorage::reader(self))
     }
 }

@@ -146,6 +146,9 @@ fn config() -> ClusterConfig {
         max_client_connections: 100,
         tls: None,
         users: Vec::new(),
+        standbys: 0,
+        reader_listen: None,
+        max_reader_lag: crate::config::default_max_reader_lag(),
     }
 }
 

@@ -980,6 +980,10 @@ impl Compute for DockerCompute {
         self.slot.dir.join("pgdata")
     }
 
+    fn socket_dir_in_compute(&self) -> PathBuf {
+        PathBuf::from(MOUNT).join("socket")
+    }
+
     fn exited(&self) -> watch::Receiver<Option<ExitInfo>> {
         self.exited.clone()
     }

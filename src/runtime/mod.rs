@@ -237,6 +237,12 @@ pub trait Compute: Send + Sync {
     /// The data directory the compute runs on, as pgtide sees it (a lost one is noticed).
     fn data_dir(&self) -> PathBuf;
 
+    /// The endpoint's socket directory as the compute itself sees it (a container sees its
+    /// mount, not the host's path): where a socket pgtide serves to the compute is named.
+    fn socket_dir_in_compute(&self) -> PathBuf {
+        self.endpoint().socket_dir.clone()
+    }
+
     /// Becomes `Some` once the compute has exited (on its own or after `stop`).
     fn exited(&self) -> watch::Receiver<Option<ExitInfo>>;
 

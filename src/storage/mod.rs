@@ -86,6 +86,7 @@ mod rebuild;
 pub mod receiver;
 pub mod repair;
 pub mod segment;
+pub mod takeover;
 pub mod wal;
 pub mod writer;
 
@@ -411,13 +412,60 @@ impl ClusterStorage {
     /// Rebuilds a missing data directory at `pgdata` from the copies. Files end up owned like
     /// `pgdata`'s parent (the runtime gave it to the user Postgres runs as).
     pub async fn rebuild(&self, pgdata: &Path) -> anyhow::Result<String> {
-        let dirs = self.dirs.clone();
+        self.reader().rebuild(pgdata).await
+    }
+
+    /// What reads the copies for the cluster's standbys, off the cluster's task.
+    pub fn reader(&self) -> CopiesReader {
+        CopiesReader {
+            dirs: self.dirs.clone(),
+            view: self.view.clone(),
+            store_lock: self.backup_store_lock.clone(),
+        }
+    }
+}
+
+/// Reads a cluster's copies to build a data directory from them (a rebuild, a standby) or to
+/// give a standby the WAL it lacks before it takes over ([`takeover`]). Cheap to clone; safe to
+/// use while the copies are written (it reads only what their checksums cover, under the lock
+/// that base backups are stored and pruned under).
+#[derive(Clone)]
+pub struct CopiesReader {
+    dirs: Vec<PathBuf>,
+    view: CopiesView,
+    store_lock: Arc<Mutex<()>>,
+}
+
+impl CopiesReader {
+    /// Builds a missing data directory at `pgdata` from the newest base backup and the WAL
+    /// after it (see [`rebuild`]).
+    pub async fn rebuild(&self, pgdata: &Path) -> anyhow::Result<String> {
+        let reader = self.clone();
         let pgdata = pgdata.to_path_buf();
-        let store_lock = self.backup_store_lock.clone();
-        let identity = self.view.identity();
         tokio::task::spawn_blocking(move || {
-            let _reading = store_lock.lock().unwrap_or_else(|e| e.into_inner());
-            rebuild::rebuild_blocking(&dirs, identity.as_ref(), &pgdata)
+            let _reading = reader.store_lock.lock().unwrap_or_else(|e| e.into_inner());
+            rebuild::rebuild_blocking(&reader.dirs, reader.view.identity().as_ref(), &pgdata)
+        })
+        .await?
+    }
+
+    /// Lays the copies' WAL beyond `received` into a stopped standby's `pg_wal`
+    /// ([`takeover::fill_standby_wal`]).
+    pub async fn fill_standby_wal(
+        &self,
+        pgdata: &Path,
+        received: Lsn,
+    ) -> anyhow::Result<takeover::Filled> {
+        let reader = self.clone();
+        let pgdata = pgdata.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let _reading = reader.store_lock.lock().unwrap_or_else(|e| e.into_inner());
+            takeover::fill_standby_wal(
+                &reader.dirs,
+                reader.view.identity().as_ref(),
+                &pgdata,
+                received,
+            )
         })
         .await?
     }

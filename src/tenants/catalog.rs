@@ -63,6 +63,10 @@ impl CatalogEntry {
                     superuser: user.superuser,
                 })
                 .collect(),
+            // Created clusters are single-zone for now: no standbys, no reader endpoint.
+            standbys: 0,
+            reader_listen: None,
+            max_reader_lag: config::default_max_reader_lag(),
         }
     }
 }
