@@ -56,6 +56,16 @@ enum CommandLine {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Planned failover: the writer stops cleanly and a standby takes over (the one in sync
+    /// least behind, or the one in --to ZONE); waits until the new writer runs.
+    Failover {
+        cluster: String,
+        /// The zone of the standby that takes over.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Create a cluster now, served on the [tenants] endpoint and kept across restarts.
     Create {
         /// A DNS label: lowercase letters, digits and '-', starting with a letter.
@@ -160,6 +170,11 @@ fn main() -> std::process::ExitCode {
         CommandLine::Resume { cluster, config } => {
             admin_client::action(config.as_deref(), &cluster, "resume")
         }
+        CommandLine::Failover {
+            cluster,
+            to,
+            config,
+        } => admin_client::failover(config.as_deref(), &cluster, to),
         CommandLine::Create {
             name,
             min_acu,
@@ -670,6 +685,17 @@ mod admin_client {
             bail!("{}", text.trim());
         }
         parse(&text)
+    }
+
+    pub fn failover(config: Option<&Path>, cluster: &str, to: Option<String>) -> anyhow::Result<()> {
+        let config = load(config)?;
+        let body = serde_json::to_value(pgtide::admin::FailoverRequest { to })?;
+        let (code, text) = send(&config, "POST", &format!("/clusters/{cluster}/failover"), Some(&body))?;
+        if code != 200 {
+            bail!("{}", text.trim());
+        }
+        println!("{}", text.trim());
+        Ok(())
     }
 
     pub fn branch(

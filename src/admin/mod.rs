@@ -96,6 +96,8 @@ pub fn status(state: &AdminState) -> StatusResponse {
                     config.max_acu,
                 ),
                 limits: compute.limits,
+                zones: cluster.zones(),
+                reader_listen: config.reader_listen.map(|l| l.to_string()),
                 events: cluster.events().recent(50),
             }
         })
@@ -142,6 +144,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/clusters/{name}", delete(delete_cluster))
         .route("/clusters/{name}/pause", post(post_pause))
         .route("/clusters/{name}/resume", post(post_resume))
+        .route("/clusters/{name}/failover", post(post_failover))
         .route("/usage", get(get_usage))
         .route("/clusters/{name}/branch", post(post_branch))
         .route("/clusters/{name}/restore", post(post_restore))
@@ -456,6 +459,41 @@ async fn post_resume(
         )
             .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+/// `POST /clusters/{name}/failover` with an optional `{"to": "ZONE"}`.
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverRequest {
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+async fn post_failover(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let cluster = match action_target(&state, &headers, &name) {
+        Ok(cluster) => cluster,
+        Err(denied) => return denied.into_response(),
+    };
+    let request: FailoverRequest = if body.is_empty() {
+        FailoverRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("bad failover request: {e}\n"))
+                    .into_response()
+            }
+        }
+    };
+    match cluster.failover(request.to).await {
+        Ok(message) => (StatusCode::OK, format!("{message}\n")).into_response(),
+        Err(message) => (StatusCode::CONFLICT, format!("{message}\n")).into_response(),
     }
 }
 

@@ -48,6 +48,12 @@ pub struct ClusterStatus {
     pub pool: PoolStatus,
     pub metering: MeteringStatus,
     pub limits: Option<Limits>,
+    /// The writer's zone and the standbys in the others (Multi-AZ).
+    #[serde(default)]
+    pub zones: crate::cluster::standbys::ZonesStatus,
+    /// The reader endpoint (`reader_listen`), when the cluster has one.
+    #[serde(default)]
+    pub reader_listen: Option<String>,
     pub events: Vec<Event>,
 }
 

@@ -69,6 +69,19 @@ pub enum EventKind {
     /// A copy holds another cluster's WAL and is never written.
     CopyRefused,
     CopyBack,
+    /// A standby's data directory was built from the copies.
+    StandbyCreated,
+    StandbyStarted,
+    StandbyStopped,
+    /// A standby's start failed (it is tried again while wanted).
+    StandbyFailed,
+    /// A standby's compute exited on its own (it is started again).
+    StandbyLost,
+    StandbyScaled,
+    /// A standby took over as the writer: why, and how long each step took.
+    Failover,
+    /// A takeover could not be done; what the cluster did instead.
+    FailoverFailed,
 }
 
 impl From<&StorageNotice> for EventKind {
@@ -118,6 +131,14 @@ impl EventKind {
             EventKind::CopyBackfilling => "copy_backfilling",
             EventKind::CopyRefused => "copy_refused",
             EventKind::CopyBack => "copy_back",
+            EventKind::StandbyCreated => "standby_created",
+            EventKind::StandbyStarted => "standby_started",
+            EventKind::StandbyStopped => "standby_stopped",
+            EventKind::StandbyFailed => "standby_failed",
+            EventKind::StandbyLost => "standby_lost",
+            EventKind::StandbyScaled => "standby_scaled",
+            EventKind::Failover => "failover",
+            EventKind::FailoverFailed => "failover_failed",
         }
     }
 }

@@ -32,6 +32,11 @@ pub(super) enum Command {
     Reclaim {
         for_cluster: String,
     },
+    /// `pgtide failover [--to ZONE]`.
+    Failover {
+        to: Option<String>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// Why a client could not be attached to the compute.
@@ -206,6 +211,28 @@ impl ClusterHandle {
             .map_err(|_| "pgtide is shutting down".to_string())?;
         rx.await
             .map_err(|_| "pgtide is shutting down".to_string())?
+    }
+
+    /// `pgtide failover [--to ZONE]`: a standby takes over from the running writer; answered
+    /// once the new writer runs (or the takeover failed, with why).
+    pub async fn failover(&self, to: Option<String>) -> Result<String, String> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Failover { to, reply })
+            .await
+            .map_err(|_| "pgtide is shutting down".to_string())?;
+        rx.await
+            .map_err(|_| "pgtide is shutting down".to_string())?
+    }
+
+    /// Where the writer runs and what its standbys do.
+    pub fn zones(&self) -> crate::cluster::standbys::ZonesStatus {
+        self.shared.zones_status.lock().expect("zones lock").clone()
+    }
+
+    /// The standbys the reader endpoint may send sessions to.
+    pub fn readers(&self) -> &crate::cluster::standbys::readers::ReaderSet {
+        &self.shared.readers
     }
 
     /// Asks for a resume and waits until the compute runs.

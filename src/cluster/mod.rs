@@ -55,6 +55,7 @@ mod pause;
 mod restart;
 pub mod roles;
 mod scaling;
+pub mod standbys;
 mod start;
 pub mod state;
 mod stop;
@@ -101,6 +102,12 @@ pub(crate) struct Shared {
     ticks: std::sync::atomic::AtomicU64,
     /// `None` with `[storage] copies = []`: durability is the compute's local disk.
     storage_status: Mutex<Option<StorageStatus>>,
+    /// The machine's zones, in config order.
+    zones: Vec<String>,
+    /// The writer's zone and the standbys, as the task last published them.
+    zones_status: Mutex<standbys::ZonesStatus>,
+    /// The standbys in the reader endpoint's rotation.
+    readers: Arc<standbys::readers::ReaderSet>,
 }
 
 /// How a cluster's task begins.
@@ -119,6 +126,8 @@ pub enum Initially {
 pub struct MachineShare {
     pub capacity: CapacityConfig,
     pub budget: Arc<Budget>,
+    /// The zones computes may run in (`[[zones]]`), in config order.
+    pub zones: Vec<String>,
 }
 
 /// Starts a cluster's task, its compute started or not as `initially` says.
@@ -172,6 +181,9 @@ pub(crate) fn spawn_with(
         config,
         capacity: machine.capacity,
         budget: machine.budget,
+        zones: machine.zones,
+        zones_status: Mutex::default(),
+        readers: Arc::default(),
     });
     let (state_tx, state_rx) = watch::channel(ClusterState::Paused);
     let (command_tx, command_rx) = mpsc::channel(256);

@@ -42,18 +42,23 @@ impl ClusterTask {
         kind: StopKind,
         then: AfterStop,
     ) {
+        let standbys_stopped = match then {
+            AfterStop::Pause { .. } | AfterStop::Shutdown { .. } => self.standbys.stop_all(),
+            AfterStop::Restart | AfterStop::Failover { .. } => Vec::new(),
+        };
         let job = StopJob::spawn(
             compute,
             self.storage.take(),
             kind,
             then,
             self.name().to_string(),
+            standbys_stopped,
         );
         self.shared
             .events
             .record(EventKind::Stopping, job.description().to_string());
         let state = match job.then {
-            AfterStop::Restart => ClusterState::Resuming,
+            AfterStop::Restart | AfterStop::Failover { .. } => ClusterState::Resuming,
             AfterStop::Pause { .. } | AfterStop::Shutdown { .. } => ClusterState::Pausing,
         };
         self.phase = Phase::Stopping(job);
@@ -79,6 +84,7 @@ impl ClusterTask {
         };
         self.no_compute_status();
         self.publish_storage_status();
+        self.standbys.writer_gone();
         if job.kind == StopKind::Lost {
             // The next start moves the remains aside, after the runtime gave back all it held.
             self.data_lost = true;
@@ -99,15 +105,65 @@ impl ClusterTask {
                 }
             }
             AfterStop::Restart => {
-                if !self.storage_lost() {
-                    self.begin_start(StartPurpose::Restart {
+                if self.storage_lost() {
+                    return;
+                }
+                // A standby in sync takes over; without one the writer restarts where it was.
+                match self.standbys.promotable(None) {
+                    Ok(zone) => self.begin_start(StartPurpose::Failover {
+                        zone,
+                        planned: false,
+                        since: job.started_at,
+                    }),
+                    Err(_) => self.begin_start(StartPurpose::Restart {
                         attempt: 0,
+                        since: job.started_at,
+                    }),
+                }
+            }
+            AfterStop::Failover { zone } => {
+                if !self.storage_lost() {
+                    self.begin_start(StartPurpose::Failover {
+                        zone,
+                        planned: true,
                         since: job.started_at,
                     });
                 }
             }
             AfterStop::Shutdown { replies } => self.shut_down(replies),
         }
+    }
+
+    /// `pgtide failover [--to ZONE]`: the writer stops cleanly and the standby takes over;
+    /// answered once the new writer runs (or the takeover failed).
+    pub(super) fn failover_on_request(
+        &mut self,
+        to: Option<String>,
+        reply: oneshot::Sender<Result<String, String>>,
+    ) {
+        if !matches!(self.phase, Phase::Running(_)) {
+            let _ = reply.send(Err(format!(
+                "cluster \"{}\" is not running: a failover needs a running writer",
+                self.name()
+            )));
+            return;
+        }
+        let zone = match self.standbys.promotable(to.as_deref()) {
+            Ok(zone) => zone,
+            Err(reason) => {
+                let _ = reply.send(Err(reason));
+                return;
+            }
+        };
+        let Phase::Running(running) = std::mem::replace(&mut self.phase, Phase::Paused) else {
+            unreachable!("matched above");
+        };
+        self.failover_reply = Some(reply);
+        self.begin_stop(
+            running.compute,
+            StopKind::Clean,
+            AfterStop::Failover { zone },
+        );
     }
 
     /// Stops the running compute, if any, and pauses (the auto-pause of an idle cluster).
@@ -226,6 +282,11 @@ impl ClusterTask {
             AfterStop::Shutdown { .. } => {
                 let _ = reply.send(Err("pgtide is shutting down".to_string()));
             }
+            AfterStop::Failover { .. } => {
+                let _ = reply.send(Err(
+                    "a failover is under way; pause again once it is done".to_string()
+                ));
+            }
         }
     }
 
@@ -286,13 +347,20 @@ impl ClusterTask {
         }
     }
 
-    /// No compute is left: save the meter, answer, and let the task end.
+    /// No compute is left: save the meter, answer once the standbys stopped too, and let the
+    /// task end.
     fn shut_down(&mut self, replies: Vec<oneshot::Sender<()>>) {
         self.shared.metering.lock().expect("metering lock").save();
         self.phase = Phase::ShutDown;
         self.set_state(ClusterState::Paused);
-        for reply in replies {
-            let _ = reply.send(());
-        }
+        let standbys_stopped = self.standbys.stop_all();
+        tokio::spawn(async move {
+            for stopped in standbys_stopped {
+                let _ = stopped.await;
+            }
+            for reply in replies {
+                let _ = reply.send(());
+            }
+        });
     }
 }

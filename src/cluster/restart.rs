@@ -42,6 +42,7 @@ impl ClusterTask {
             }
         };
         self.no_compute_status();
+        self.standbys.writer_gone();
         let description = format!("compute {}, restarting", exit.description);
         tracing::warn!(cluster = %self.name(), "{description}");
         self.shared

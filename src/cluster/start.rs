@@ -5,6 +5,10 @@
 //! 1. [`Runtime::reclaim`]: a runtime that still holds the data directory gives it back; after
 //!    a lost data directory, whatever came back of it is moved aside
 //!    ([`move_lost_data_directory_aside`](super::restart::move_lost_data_directory_aside));
+//!    a takeover first has the standby stop and take the copies' WAL, then moves the old
+//!    writer's data directory aside (`pgdata.former-writer`, never started again) and the
+//!    standby's into its place ([`super::standbys`]); a takeover that fails leaves the writer's
+//!    data directory as it was, and the start goes on with it;
 //! 2. the previous compute's base backup is ended;
 //! 3. a missing data directory is rebuilt from the copies ([`Durability::rebuild`]) — or, when
 //!    the cluster has existed and nothing can rebuild it, the start fails saying so: a cluster
@@ -43,6 +47,13 @@ pub(super) enum StartPurpose {
     Resume { requested_by: String },
     /// After the compute exited on its own or lost its data directory; `attempt` counts from 0.
     Restart { attempt: u32, since: Instant },
+    /// A standby takes over: after the writer was lost (`planned: false`) or stopped for
+    /// `pgtide failover`.
+    Failover {
+        zone: String,
+        planned: bool,
+        since: Instant,
+    },
 }
 
 /// How a start ended.
@@ -57,7 +68,22 @@ pub(super) struct StartOutcome {
     pub storage: Option<Box<dyn Durability>>,
     pub users_synced: bool,
     pub result: StartResult,
+    /// How the takeover went, when the start was one.
+    pub takeover: Option<Result<Takeover, String>>,
 }
+
+/// A standby's data directory took the writer's place.
+#[derive(Debug)]
+pub(super) struct Takeover {
+    pub promoted: super::standbys::actor::Promoted,
+    /// From the start job's begin until the data directory was in place.
+    pub swapped_in: std::time::Duration,
+}
+
+/// What has the standby stop and take the copies' WAL ([`super::standbys::StandbySet::promote`]).
+pub(super) type Promotion = std::pin::Pin<
+    Box<dyn std::future::Future<Output = anyhow::Result<super::standbys::actor::Promoted>> + Send>,
+>;
 
 /// Everything a start needs, moved into its job.
 pub(super) struct StartInput {
@@ -70,6 +96,9 @@ pub(super) struct StartInput {
     pub data_lost: bool,
     pub size: ComputeSize,
     pub postmaster_settings: Vec<(&'static str, String)>,
+    /// A takeover: the standby's promotion, awaited first.
+    pub promotion: Option<Promotion>,
+    pub takeover: Option<Result<Takeover, String>>,
 }
 
 /// A start under way.
@@ -111,6 +140,24 @@ impl StartJob {
 
 /// The markers of a cluster that has had a data directory: `pgdata` going missing afterwards is
 /// a loss, not a new cluster.
+/// Moves the old writer's data directory aside (replacing an older one: what it may hold
+/// beyond the copies was never acknowledged) and the promoted standby's into its place.
+fn swap_in(cluster_dir: &Path, pgdata: &Path, standby: &Path) -> anyhow::Result<()> {
+    let former = cluster_dir.join("pgdata.former-writer");
+    if former.exists() {
+        std::fs::remove_dir_all(&former)
+            .with_context(|| format!("removing {}", former.display()))?;
+    }
+    if pgdata.exists() {
+        std::fs::rename(pgdata, &former)
+            .with_context(|| format!("moving {} aside", pgdata.display()))?;
+    }
+    std::fs::rename(standby, pgdata)
+        .with_context(|| format!("moving {} into place", standby.display()))?;
+    std::fs::File::open(cluster_dir)?.sync_all()?;
+    Ok(())
+}
+
 pub(super) fn initialised_marker(cluster_dir: &Path) -> PathBuf {
     cluster_dir.join("initialised")
 }
@@ -125,6 +172,7 @@ async fn run(mut input: StartInput, cancelled: watch::Receiver<bool>) -> StartOu
         storage: input.storage,
         users_synced: input.users_synced,
         result,
+        takeover: input.takeover,
     }
 }
 
@@ -143,6 +191,25 @@ async fn steps(
         super::restart::move_lost_data_directory_aside(&input.cluster_dir);
     }
     let pgdata = crate::runtime::pgdata_of(&input.cluster_dir);
+    if let Some(promotion) = input.promotion.take() {
+        let began = Instant::now();
+        let taken = match promotion.await {
+            Ok(promoted) => swap_in(&input.cluster_dir, &pgdata, &promoted.pgdata)
+                .map(|()| Takeover {
+                    promoted,
+                    swapped_in: began.elapsed(),
+                })
+                .map_err(|e| format!("{e:#}")),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        if let Err(reason) = &taken {
+            events.record(
+                EventKind::FailoverFailed,
+                format!("the takeover failed ({reason}); starting the writer where it was instead"),
+            );
+        }
+        input.takeover = Some(taken);
+    }
     let marker = initialised_marker(&input.cluster_dir);
     if let Some(storage) = &mut input.storage {
         // A base backup of the previous compute ends here.

@@ -68,6 +68,8 @@ pub(super) enum AfterStop {
     Restart,
     /// pgtide is stopping: the task ends, then these hear it.
     Shutdown { replies: Vec<oneshot::Sender<()>> },
+    /// `pgtide failover`: the writer stopped cleanly; the standby in `zone` takes over.
+    Failover { zone: String },
 }
 
 /// What a finished stop gives back to the task.
@@ -90,12 +92,20 @@ impl StopJob {
         kind: StopKind,
         then: AfterStop,
         cluster: String,
+        standbys_stopped: Vec<oneshot::Receiver<()>>,
     ) -> StopJob {
         StopJob {
             kind,
             then,
             started_at: Instant::now(),
-            handle: tokio::spawn(run(compute, storage, kind, cluster)),
+            handle: tokio::spawn(async move {
+                let outcome = run(compute, storage, kind, cluster).await;
+                // A pause or a shutdown stops the standbys too, beside the writer.
+                for stopped in standbys_stopped {
+                    let _ = stopped.await;
+                }
+                outcome
+            }),
         }
     }
 

@@ -27,6 +27,7 @@ use super::handle::Command;
 use super::history::HistoryPoint;
 use super::start::{self, StartInput, StartJob, StartPurpose, StartResult};
 use super::state::ClusterState;
+use super::standbys::{self, StandbyParts, StandbySet};
 use super::stop::{AfterStop, StopJob, StopKind, StopOutcome};
 use super::Shared;
 use crate::acu::{self, ComputeSize};
@@ -101,6 +102,10 @@ pub(super) struct ClusterTask {
     pub(super) last_notice: Option<EventKind>,
     /// The transaction counter at the last tick, for transactions per second.
     last_transactions: u64,
+    /// The standbys in other zones (none unless the cluster asks for `standbys`).
+    pub(super) standbys: StandbySet,
+    /// `pgtide failover` waits for the takeover it asked for.
+    pub(super) failover_reply: Option<oneshot::Sender<Result<String, String>>>,
 }
 
 impl ClusterTask {
@@ -120,7 +125,26 @@ impl ClusterTask {
             memory_mib_per_acu: shared.capacity.memory_mib_per_acu as f64,
             scale_down_after: shared.config.scale_down_after,
         });
+        let mut standby_settings =
+            acu::postmaster_settings(shared.config.max_acu, &shared.capacity);
+        if let Some(storage) = &storage {
+            standby_settings.extend(storage.postmaster_settings());
+        }
+        standby_settings.extend(standbys::standby_settings());
+        let standbys = StandbySet::new(
+            StandbyParts {
+                shared: shared.clone(),
+                runtime: runtime.clone(),
+                cluster_dir: cluster_dir.clone(),
+                copies: storage.as_ref().and_then(|storage| storage.reader()),
+                postmaster_settings: standby_settings,
+                zones: shared.zones.clone(),
+            },
+            shared.readers.clone(),
+        );
         ClusterTask {
+            standbys,
+            failover_reply: None,
             has_copies: storage.is_some(),
             shared,
             runtime,
@@ -156,6 +180,7 @@ impl ClusterTask {
                     Some(Command::Pause { reply }) => self.pause_on_request(reply),
                     Some(Command::Shutdown { reply }) => self.shutdown(Some(reply)).await,
                     Some(Command::Reclaim { for_cluster }) => self.reclaim(&for_cluster),
+                    Some(Command::Failover { to, reply }) => self.failover_on_request(to, reply),
                     None => {
                         self.commands_closed = true;
                         self.shutdown(None).await;
@@ -206,6 +231,13 @@ impl ClusterTask {
             data_lost: self.data_lost,
             size: self.initial_size(),
             postmaster_settings,
+            promotion: match &purpose {
+                StartPurpose::Failover { zone, planned, .. } => {
+                    Some(Box::pin(self.standbys.promote(zone, *planned)))
+                }
+                _ => None,
+            },
+            takeover: None,
         };
         let slot = self.slot_outlook();
         let what = match &purpose {
@@ -215,6 +247,10 @@ impl ClusterTask {
             StartPurpose::Restart { attempt, .. } => {
                 format!("restarting the compute, attempt {} ({slot})", attempt + 1)
             }
+            StartPurpose::Failover { zone, planned, .. } => format!(
+                "{} failover: the standby in zone {zone} takes over",
+                if *planned { "planned" } else { "unplanned" }
+            ),
         };
         self.shared.budget.hold(self.name(), input.size.acu);
         self.shared.events.record(EventKind::Starting, what);
@@ -315,15 +351,21 @@ impl ClusterTask {
             }
             return;
         }
+        let takeover = outcome.takeover;
         match outcome.result {
-            StartResult::Started(compute) => self.on_started(job, compute).await,
+            StartResult::Started(compute) => self.on_started(job, compute, takeover).await,
             StartResult::Cancelled => self.paused("the start was cancelled".to_string()),
             StartResult::Failed(error) => self.on_start_failed(job, error),
         }
     }
 
     /// A compute is up: record how it went, let clients in, then size it.
-    async fn on_started(&mut self, job: StartJob, compute: Box<dyn Compute>) {
+    async fn on_started(
+        &mut self,
+        job: StartJob,
+        compute: Box<dyn Compute>,
+        takeover: Option<Result<start::Takeover, String>>,
+    ) {
         self.data_lost = false;
         let elapsed = job.started_at.elapsed();
         let ms = elapsed.as_millis();
@@ -353,12 +395,68 @@ impl ClusterTask {
                     ),
                 );
             }
+            StartPurpose::Failover {
+                zone,
+                planned,
+                since,
+            } => self.on_failover_done(zone, *planned, *since, job.started_at, takeover),
         }
         self.now_running(compute).await;
     }
 
+    /// A takeover's start ended with a writer running: the standby's zone is the writer's now
+    /// (or, when the takeover failed, the old writer runs again where it was).
+    fn on_failover_done(
+        &mut self,
+        zone: &str,
+        planned: bool,
+        since: Instant,
+        start_began: Instant,
+        takeover: Option<Result<start::Takeover, String>>,
+    ) {
+        let how = if planned { "planned" } else { "unplanned" };
+        let total = since.elapsed();
+        let answer = match takeover {
+            Some(Ok(done)) => {
+                let from = self.standbys.writer_zone().to_string();
+                self.standbys.promoted(zone);
+                let promoted = &done.promoted;
+                let started = start_began.elapsed().saturating_sub(done.swapped_in);
+                let text = format!(
+                    "{how} failover from zone {from} to zone {zone} in {} ms: the old writer \
+                     stopped in {} ms, the standby in {} ms, {} bytes of WAL laid in from the \
+                     copies in {} ms (up to {}), the new writer started in {} ms",
+                    total.as_millis(),
+                    start_began.duration_since(since).as_millis(),
+                    promoted.stopped_in.as_millis(),
+                    promoted.filled.bytes(),
+                    promoted.filled_in.as_millis(),
+                    promoted.filled.end,
+                    started.as_millis(),
+                );
+                self.shared.events.record(EventKind::Failover, text.clone());
+                metrics::counter!("pgtide_cluster_failovers_total", "cluster" => self.name().to_string(), "kind" => how)
+                    .increment(1);
+                metrics::histogram!("pgtide_cluster_failover_seconds", "cluster" => self.name().to_string(), "kind" => how)
+                    .record(total.as_secs_f64());
+                Ok(text)
+            }
+            Some(Err(reason)) => Err(format!(
+                "the takeover by zone {zone} failed ({reason}); the writer runs again in zone {}",
+                self.standbys.writer_zone()
+            )),
+            None => Err("the takeover did not run".to_string()),
+        };
+        if let Some(reply) = self.failover_reply.take() {
+            let _ = reply.send(answer);
+        }
+    }
+
     fn on_start_failed(&mut self, job: StartJob, error: anyhow::Error) {
         let reason = format!("{error:#}");
+        if let Some(reply) = self.failover_reply.take() {
+            let _ = reply.send(Err(format!("the failover's start failed: {reason}")));
+        }
         match job.purpose {
             StartPurpose::Resume { .. } => {
                 self.shared
@@ -372,6 +470,7 @@ impl ClusterTask {
             StartPurpose::Restart { attempt, since } => {
                 self.restart_failed(attempt, since, reason);
             }
+            StartPurpose::Failover { since, .. } => self.restart_failed(0, since, reason),
         }
     }
 
@@ -397,8 +496,15 @@ impl ClusterTask {
             endpoint: endpoint.clone(),
             acu: size.acu,
         });
-        self.set_state(ClusterState::Running(endpoint));
+        self.set_state(ClusterState::Running(endpoint.clone()));
+        self.standbys.writer_running(endpoint);
+        self.publish_zones();
         self.apply(size.acu).await;
+    }
+
+    /// The writer's zone and the standbys, for `/status`.
+    pub(super) fn publish_zones(&self) {
+        *self.shared.zones_status.lock().expect("zones lock") = self.standbys.status();
     }
 
     /// No compute runs (stopped, or exited on its own): 0 ACU and no limits in `/status`, until
@@ -429,6 +535,7 @@ impl ClusterTask {
             self.check_data_directory();
         }
         self.record_history(elapsed);
+        self.publish_zones();
         self.tend_storage().await;
         let config = &self.shared.config;
         let idle = self.shared.counters.idle_for();

@@ -165,6 +165,7 @@ fn cluster(storage: Option<Arc<StorageControl>>, prepare: impl FnOnce(&FakeContr
         super::MachineShare {
             capacity: CapacityConfig::default(),
             budget: Arc::new(crate::capacity::Budget::unlimited()),
+            zones: vec!["a".to_string()],
         },
         Arc::new(runtime),
         dir.path().to_path_buf(),

@@ -30,6 +30,8 @@ pub struct Spawner {
     pub runtime_config: crate::config::RuntimeConfig,
     /// `[storage] retention`: how far back the copies keep base backups and WAL.
     pub retention: Option<std::time::Duration>,
+    /// The machine's zones, in config order.
+    pub zones: Vec<String>,
 }
 
 impl Spawner {
@@ -61,6 +63,7 @@ impl Spawner {
             shutdown,
             runtime_config: config.runtime.clone(),
             retention: config.storage.retention,
+            zones: config.zones().into_iter().map(|zone| zone.name).collect(),
         })
     }
 
@@ -84,6 +87,7 @@ impl Spawner {
             cluster::MachineShare {
                 capacity: self.capacity,
                 budget: self.budget.clone(),
+                zones: self.zones.clone(),
             },
             self.runtime.clone(),
             self.data_dir.clone(),
