@@ -313,7 +313,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cluster \"{}\": cannot listen on {listen}", cluster.name))?;
         let tls = cluster.tls.as_ref().map(proxy::tls::acceptor).transpose()?;
-        listeners.push(Some((listener, tls)));
+        let reader = match cluster.reader_listen {
+            Some(reader_listen) => Some(TcpListener::bind(reader_listen).await.with_context(
+                || {
+                    format!(
+                        "cluster \"{}\": cannot listen on {reader_listen} (reader_listen)",
+                        cluster.name
+                    )
+                },
+            )?),
+            None => None,
+        };
+        listeners.push(Some((listener, tls, reader)));
     }
     let shared_listener = match &config.tenants {
         Some(tenants) => {
@@ -339,8 +350,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for (cluster_config, listener) in config.clusters.iter().zip(listeners) {
         let handle = spawner.spawn(cluster_config.clone(), cluster::Initially::Started);
         registry.insert(handle.clone(), tenants::registry::Source::Config);
-        if let Some((listener, tls)) = listener {
+        if let Some((listener, tls, reader)) = listener {
             tracing::info!(cluster = %cluster_config.name, listen = ?cluster_config.listen, "accepting clients");
+            if let Some(reader) = reader {
+                tracing::info!(cluster = %cluster_config.name, listen = ?cluster_config.reader_listen, "accepting readers");
+                tokio::spawn(proxy::serve(
+                    reader,
+                    proxy::client::Serves::Readers(handle.clone()),
+                    tls.clone(),
+                    proxy_shared.clone(),
+                    shutdown_rx.clone(),
+                ));
+            }
             tokio::spawn(proxy::serve(
                 listener,
                 proxy::client::Serves::One(handle),

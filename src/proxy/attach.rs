@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::compute_socket::ComputeSocket;
 
 use super::errors::Fatal;
+use crate::cluster::standbys::readers::ReaderLease;
 use crate::cluster::ClusterHandle;
 use crate::runtime::ComputeEndpoint;
 
@@ -35,4 +36,34 @@ pub async fn connect(
     }
     let e = last_error.expect("at least one attempt");
     Err(Fatal::unreachable(cluster.name(), e))
+}
+
+/// Where a reader endpoint session goes.
+pub enum ReaderConnection {
+    /// A standby in rotation, counted against it while the lease lives.
+    Standby(ReaderLease, ComputeSocket),
+    /// No standby came in time: the writer (the session is made read-only).
+    Writer(ComputeEndpoint, ComputeSocket),
+}
+
+/// How long a reader waits for a standby in rotation before it is sent to the writer: a
+/// resumed cluster's standbys take a second or two to start after the writer.
+const READER_WAIT: Duration = Duration::from_secs(5);
+
+/// Wakes the cluster if needed (its standbys run only while the writer does), then connects to
+/// the least busy standby in rotation, or to the writer when none comes in time.
+pub async fn connect_reader(cluster: &ClusterHandle, who: &str) -> Result<ReaderConnection, Fatal> {
+    attach(cluster, who).await?;
+    for _ in 0..3 {
+        let Some(lease) = cluster.readers().pick_within(READER_WAIT).await else {
+            break;
+        };
+        // A standby that stopped a moment ago may still be listed: try another.
+        if let Ok(socket) = ComputeSocket::connect(lease.endpoint.socket_path()).await {
+            return Ok(ReaderConnection::Standby(lease, socket));
+        }
+        cluster.readers().publish(&lease.zone, None);
+    }
+    let (endpoint, socket) = connect(cluster, who).await?;
+    Ok(ReaderConnection::Writer(endpoint, socket))
 }

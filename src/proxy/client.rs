@@ -24,6 +24,8 @@ use crate::wire;
 pub enum Serves {
     /// A cluster's own port.
     One(ClusterHandle),
+    /// A cluster's reader endpoint (`reader_listen`): sessions on its standbys.
+    Readers(ClusterHandle),
     /// The shared endpoint: the cluster is looked up by route after the handshake.
     Routed(std::sync::Arc<dyn Directory>),
 }
@@ -62,7 +64,12 @@ impl ClientConnection {
             return;
         };
         let who = format!("{}@{}", startup.user, self.peer.ip());
+        let readers = matches!(self.serves, Serves::Readers(_));
         let served = match cluster.config().pool_mode {
+            _ if readers => {
+                session::serve_reader(&mut stream, &cluster, &self.shared, &startup, &who, out)
+                    .await
+            }
             PoolMode::Session => {
                 session::serve(&mut stream, &cluster, &self.shared, &startup, &who, out).await
             }
@@ -92,7 +99,7 @@ impl ClientConnection {
             return Ok(None);
         };
         let (cluster, asked_for) = match &self.serves {
-            Serves::One(cluster) => (Some(cluster.clone()), None),
+            Serves::One(cluster) | Serves::Readers(cluster) => (Some(cluster.clone()), None),
             Serves::Routed(directory) => {
                 let sni = match &stream {
                     super::ClientStream::Tls(tls) => tls.get_ref().1.server_name(),

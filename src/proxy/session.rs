@@ -25,10 +25,51 @@ pub async fn serve(
     shared: &ProxyShared,
     startup: &Startup,
     who: &str,
+    out: BytesMut,
+) -> Result<(), Fatal> {
+    let (endpoint, compute) = attach::connect(cluster, who).await?;
+    serve_on(client, cluster, shared, &startup.params, endpoint, compute, out).await
+}
+
+/// Serves a client of the reader endpoint: a session on the least busy standby in rotation,
+/// held for the session's life. With no standby in rotation in time, the session goes to the
+/// writer, read-only (as a reader endpoint with no reader does), so that reads never fail
+/// while the cluster runs.
+pub async fn serve_reader(
+    client: &mut ClientStream,
+    cluster: &ClusterHandle,
+    shared: &ProxyShared,
+    startup: &Startup,
+    who: &str,
+    out: BytesMut,
+) -> Result<(), Fatal> {
+    match attach::connect_reader(cluster, who).await? {
+        attach::ReaderConnection::Standby(lease, compute) => {
+            let endpoint = lease.endpoint.clone();
+            let served = serve_on(client, cluster, shared, &startup.params, endpoint, compute, out).await;
+            drop(lease);
+            served
+        }
+        attach::ReaderConnection::Writer(endpoint, compute) => {
+            let mut params = startup.params.clone();
+            params.retain(|(key, _)| key != "default_transaction_read_only");
+            params.push(("default_transaction_read_only".to_string(), "on".to_string()));
+            serve_on(client, cluster, shared, &params, endpoint, compute, out).await
+        }
+    }
+}
+
+/// The session itself, on a compute connection already made.
+async fn serve_on(
+    client: &mut ClientStream,
+    cluster: &ClusterHandle,
+    shared: &ProxyShared,
+    params: &[(String, String)],
+    endpoint: crate::runtime::ComputeEndpoint,
+    mut compute: super::compute_socket::ComputeSocket,
     mut out: BytesMut,
 ) -> Result<(), Fatal> {
-    let (endpoint, mut compute) = attach::connect(cluster, who).await?;
-    let hello = match compute::start_session(&mut compute, &startup.params).await {
+    let hello = match compute::start_session(&mut compute, params).await {
         Ok(hello) => hello,
         Err(ComputeStartupError::Refused(error)) => {
             // The compute's own error, with its own SQLSTATE, is the answer.
@@ -47,7 +88,7 @@ pub async fn serve(
     wire::backend_key_data(&mut out, cancel_key.pid, cancel_key.secret);
     wire::ready_for_query(&mut out, hello.ready_status);
     flush(client, &mut out).await?;
-    tracing::debug!(user = %startup.user, database = %startup.database, "session started");
+    tracing::debug!(cluster = %cluster.name(), "session started");
 
     let end = relay::relay(client, &mut compute, cluster.counters()).await;
     drop(cancel_key);
