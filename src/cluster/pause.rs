@@ -191,6 +191,7 @@ impl ClusterTask {
         metrics::counter!("pgtide_cluster_pauses_total", "cluster" => self.name().to_string())
             .increment(1);
         self.shared.events.record(EventKind::Paused, reason);
+        self.publish_zones();
         self.set_state(ClusterState::Paused);
         self.record_paused_history();
     }
