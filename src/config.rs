@@ -550,10 +550,7 @@ impl Config {
                 if !copies.contains(copy) {
                     return Err(Invalid::at(
                         &[Key("zones"), Index(i), Key("copies")],
-                        format!(
-                            "{} is not one of [storage] copies",
-                            copy.display()
-                        ),
+                        format!("{} is not one of [storage] copies", copy.display()),
                     ));
                 }
             }

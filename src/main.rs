@@ -314,14 +314,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("cluster \"{}\": cannot listen on {listen}", cluster.name))?;
         let tls = cluster.tls.as_ref().map(proxy::tls::acceptor).transpose()?;
         let reader = match cluster.reader_listen {
-            Some(reader_listen) => Some(TcpListener::bind(reader_listen).await.with_context(
-                || {
+            Some(reader_listen) => {
+                Some(TcpListener::bind(reader_listen).await.with_context(|| {
                     format!(
                         "cluster \"{}\": cannot listen on {reader_listen} (reader_listen)",
                         cluster.name
                     )
-                },
-            )?),
+                })?)
+            }
             None => None,
         };
         listeners.push(Some((listener, tls, reader)));
@@ -708,10 +708,19 @@ mod admin_client {
         parse(&text)
     }
 
-    pub fn failover(config: Option<&Path>, cluster: &str, to: Option<String>) -> anyhow::Result<()> {
+    pub fn failover(
+        config: Option<&Path>,
+        cluster: &str,
+        to: Option<String>,
+    ) -> anyhow::Result<()> {
         let config = load(config)?;
         let body = serde_json::to_value(pgtide::admin::FailoverRequest { to })?;
-        let (code, text) = send(&config, "POST", &format!("/clusters/{cluster}/failover"), Some(&body))?;
+        let (code, text) = send(
+            &config,
+            "POST",
+            &format!("/clusters/{cluster}/failover"),
+            Some(&body),
+        )?;
         if code != 200 {
             bail!("{}", text.trim());
         }

@@ -430,3 +430,80 @@ fn leftovers_of_a_killed_pgtide_are_removed_and_their_data_put_back() {
         .collect();
     assert!(slots.len() <= 2, "{slots:?}");
 }
+
+/// Multi-AZ on the docker runtime: the standby is a container of its own that reaches the
+/// writer through the relay socket in its mount; killing the writer's container promotes it,
+/// with every acknowledged row, and the old writer's zone gets a new standby container.
+#[test]
+fn a_standby_container_takes_over_when_the_writer_container_is_killed() {
+    if !docker_ready() {
+        return;
+    }
+    let reader_port = free_port();
+    let pgtide = Pgtide::start_with(Options {
+        runtime: "kind = \"docker\"".into(),
+        cluster: format!(
+            "min_acu = 1\nauto_pause_after = \"1h\"\nstandbys = 1\nreader_listen = \"127.0.0.1:{reader_port}\""
+        ),
+        copies: true,
+        ..Default::default()
+    });
+    let streaming = |writer_zone: &'static str| {
+        move |pgtide: &Pgtide| {
+            let zones = pgtide.cluster("main").zones;
+            zones.writer_zone == writer_zone
+                && zones.standbys.len() == 1
+                && zones.standbys[0].in_rotation
+        }
+    };
+    let streams_from_a = streaming("a");
+    assert!(
+        wait_until(Duration::from_secs(90), || streams_from_a(&pgtide)),
+        "{:#?}\n{:#?}",
+        pgtide.cluster("main").zones,
+        pgtide.events()
+    );
+    assert_eq!(
+        containers(&pgtide).len(),
+        2,
+        "the writer's and the standby's"
+    );
+    pgtide.sql("CREATE TABLE acked (n int)");
+    pgtide.sql("INSERT INTO acked SELECT generate_series(1, 500)");
+    let on_standby = psql_as(
+        reader_port,
+        "postgres",
+        PASSWORD,
+        "postgres",
+        &["-tAc", "SELECT pg_is_in_recovery()"],
+    );
+    assert_eq!(String::from_utf8_lossy(&on_standby.stdout).trim(), "t");
+
+    let victim = compute_container(&pgtide).name;
+    let out = Command::new("docker")
+        .args(["kill", &victim])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let failed_over = wait_until(Duration::from_secs(60), || {
+        pgtide.events().iter().any(|(k, _)| k == "failover")
+            && pgtide.cluster_status()["state"] == "running"
+    });
+    assert!(failed_over, "{:#?}", pgtide.events());
+    for (_, message) in pgtide.events().iter().filter(|(k, _)| k == "failover") {
+        eprintln!("{message}");
+    }
+    assert_eq!(pgtide.sql("SELECT count(*) FROM acked"), "500");
+    pgtide.sql("INSERT INTO acked VALUES (501)");
+    let streams_from_b = streaming("b");
+    assert!(
+        wait_until(Duration::from_secs(90), || streams_from_b(&pgtide)),
+        "{:#?}",
+        pgtide.events()
+    );
+    assert_eq!(pgtide.cluster("main").zones.standbys[0].zone, "a");
+    assert!(
+        containers(&pgtide).iter().all(|c| c.name != victim),
+        "the killed container is removed"
+    );
+}

@@ -75,12 +75,18 @@ async fn standbys_replay_and_the_reader_endpoint_spreads_sessions() {
     let pgtide = multi_az(2, "");
     wait_streaming(&pgtide, 2, |z| z.writer_zone == "a");
     let status = zones(&pgtide);
-    assert_eq!(status.zones, ["a", "b", "c"], "zones from the copies' names");
+    assert_eq!(
+        status.zones,
+        ["a", "b", "c"],
+        "zones from the copies' names"
+    );
     let standby_zones: Vec<&str> = status.standbys.iter().map(|s| s.zone.as_str()).collect();
     assert_eq!(standby_zones, ["b", "c"], "one standby per other zone");
     assert!(status.standbys.iter().all(|s| s.lag_bytes.is_some()));
 
-    pgtide.sql("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 500)");
+    pgtide.sql(
+        "CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 500)",
+    );
     let mut sessions = Vec::new();
     for _ in 0..4 {
         sessions.push(reader(&pgtide).await);
@@ -279,7 +285,13 @@ async fn a_killed_writer_fails_over_to_the_standby_with_nothing_lost() {
     let mut pgtide = pgtide;
     pgtide.restart();
     wait_streaming(&pgtide, 1, |z| z.writer_zone == "b");
-    assert!(pgtide.sql("SELECT count(*) FROM ledger").parse::<usize>().unwrap() >= ledger.acked());
+    assert!(
+        pgtide
+            .sql("SELECT count(*) FROM ledger")
+            .parse::<usize>()
+            .unwrap()
+            >= ledger.acked()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,7 +334,11 @@ async fn pause_and_resume_take_the_standbys_along() {
     let pgtide = multi_az(1, "min_acu = 0\n");
     wait_streaming(&pgtide, 1, |_| true);
     let out = pgtide.cli(&["pause", "main"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let zones_now = zones(&pgtide);
     assert_eq!(zones_now.standbys[0].state, StandbyState::Stopped);
     let standby_pgdata = pgtide.data_dir().join("clusters/main/standbys/b/pgdata");
@@ -362,7 +378,10 @@ async fn a_lagging_standby_leaves_the_rotation() {
     // With no standby in rotation a reader goes to the writer, read-only.
     let fallback = reader(&pgtide).await;
     let row = fallback
-        .query_one("SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')", &[])
+        .query_one(
+            "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')",
+            &[],
+        )
         .await
         .unwrap();
     assert!(!row.get::<_, bool>(0), "on the writer");
@@ -371,7 +390,9 @@ async fn a_lagging_standby_leaves_the_rotation() {
         .batch_execute("SELECT pg_wal_replay_resume()")
         .await
         .unwrap();
-    wait_streaming(&pgtide, 1, |z| z.standbys[0].lag_seconds.is_some_and(|l| l <= 1.0));
+    wait_streaming(&pgtide, 1, |z| {
+        z.standbys[0].lag_seconds.is_some_and(|l| l <= 1.0)
+    });
 }
 
 async fn wait_until_async<F, Fut>(timeout: Duration, mut condition: F) -> bool

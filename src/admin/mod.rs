@@ -486,7 +486,10 @@ async fn post_failover(
         match serde_json::from_slice(&body) {
             Ok(request) => request,
             Err(e) => {
-                return (StatusCode::BAD_REQUEST, format!("bad failover request: {e}\n"))
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("bad failover request: {e}\n"),
+                )
                     .into_response()
             }
         }

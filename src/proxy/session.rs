@@ -28,7 +28,16 @@ pub async fn serve(
     out: BytesMut,
 ) -> Result<(), Fatal> {
     let (endpoint, compute) = attach::connect(cluster, who).await?;
-    serve_on(client, cluster, shared, &startup.params, endpoint, compute, out).await
+    serve_on(
+        client,
+        cluster,
+        shared,
+        &startup.params,
+        endpoint,
+        compute,
+        out,
+    )
+    .await
 }
 
 /// Serves a client of the reader endpoint: a session on the least busy standby in rotation,
@@ -46,14 +55,26 @@ pub async fn serve_reader(
     match attach::connect_reader(cluster, who).await? {
         attach::ReaderConnection::Standby(lease, compute) => {
             let endpoint = lease.endpoint.clone();
-            let served = serve_on(client, cluster, shared, &startup.params, endpoint, compute, out).await;
+            let served = serve_on(
+                client,
+                cluster,
+                shared,
+                &startup.params,
+                endpoint,
+                compute,
+                out,
+            )
+            .await;
             drop(lease);
             served
         }
         attach::ReaderConnection::Writer(endpoint, compute) => {
             let mut params = startup.params.clone();
             params.retain(|(key, _)| key != "default_transaction_read_only");
-            params.push(("default_transaction_read_only".to_string(), "on".to_string()));
+            params.push((
+                "default_transaction_read_only".to_string(),
+                "on".to_string(),
+            ));
             serve_on(client, cluster, shared, &params, endpoint, compute, out).await
         }
     }

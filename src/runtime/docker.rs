@@ -748,11 +748,20 @@ fn put_back(slot_dir: &Path) -> anyhow::Result<()> {
             .parent()
             .and_then(Path::parent)
             .map(|data_dir| data_dir.join("clusters"));
+        // A cluster's standby lives in `clusters/<name>/standbys/<zone>`.
+        let parent = cluster_dir.parent();
+        let standby_of = parent
+            .filter(|dir| dir.file_name().is_some_and(|name| name == "standbys"))
+            .and_then(Path::parent);
         let plausible = cluster_dir.is_absolute()
-            && cluster_dir.parent() == clusters.as_deref()
-            && cluster_dir
-                .file_name()
-                .is_some_and(|name| name != ".." && name != ".");
+            && cluster_dir.components().all(|part| {
+                matches!(
+                    part,
+                    std::path::Component::Normal(_) | std::path::Component::RootDir
+                )
+            })
+            && (parent == clusters.as_deref()
+                || standby_of.and_then(Path::parent) == clusters.as_deref());
         if !plausible {
             anyhow::bail!(
                 "{} names {}, which is not a cluster directory of this pgtide: its data directory is left in place",
@@ -1105,8 +1114,18 @@ mod tests {
         assert!(put_back(&slot).is_err());
         assert!(slot.join("pgdata").exists());
 
+        // A standby's directory is a cluster's too.
+        let standby = cluster.join("standbys/b");
+        std::fs::create_dir_all(&standby).unwrap();
+        std::fs::create_dir_all(slot.join("pgdata")).unwrap();
+        std::fs::write(slot.join("cluster"), standby.as_os_str().as_encoded_bytes()).unwrap();
+        put_back(&slot).unwrap();
+        assert!(standby.join("pgdata").exists());
+
         // Nor does data whose marker names a place that is not one of this pgtide's clusters.
-        for bogus in ["/etc", "relative/dir"] {
+        std::fs::create_dir_all(slot.join("pgdata")).unwrap();
+        let climbing = cluster.join("standbys/../../../../etc");
+        for bogus in ["/etc", "relative/dir", climbing.to_str().unwrap()] {
             std::fs::write(slot.join("cluster"), bogus).unwrap();
             let error = put_back(&slot).unwrap_err().to_string();
             assert!(error.contains("not a cluster directory"), "{error}");

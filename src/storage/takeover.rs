@@ -158,7 +158,10 @@ mod tests {
         let kept = fs::read(pg_wal.join(&first)).unwrap();
         assert_eq!(kept[10], 7, "the standby's prefix stays");
         assert_eq!(kept[120], 5, "the copies' bytes follow");
-        assert_eq!(kept[150], 0, "the standby's bytes past its received end are replaced");
+        assert_eq!(
+            kept[150], 0,
+            "the standby's bytes past its received end are replaced"
+        );
         assert_eq!(fs::read(pg_wal.join(&second)).unwrap()[0], 6);
         assert!(!pg_wal.join(&stale).exists(), "nothing beyond the new end");
     }

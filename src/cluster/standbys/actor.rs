@@ -193,7 +193,10 @@ impl Standby {
                     s.state = StandbyState::Failed;
                     s.reason = Some(reason.clone());
                 });
-                self.event(EventKind::StandbyFailed, format!("could not start: {reason}"));
+                self.event(
+                    EventKind::StandbyFailed,
+                    format!("could not start: {reason}"),
+                );
             }
         }
     }
@@ -284,6 +287,7 @@ impl Standby {
             s.acu = 0.0;
             s.lag_bytes = None;
             s.lag_seconds = None;
+            s.last_in_sync = None;
         });
     }
 
@@ -299,6 +303,7 @@ impl Standby {
             s.state = StandbyState::Failed;
             s.acu = 0.0;
             s.reason = Some(format!("its compute {description}"));
+            s.last_in_sync = None;
         });
         self.event(
             EventKind::StandbyLost,
@@ -357,8 +362,11 @@ impl Standby {
                 {
                     resize = Some((to, reason));
                 }
-                self.input.status.lock().expect("standby status lock").cpu_used_cores =
-                    sample.cpu_cores;
+                self.input
+                    .status
+                    .lock()
+                    .expect("standby status lock")
+                    .cpu_used_cores = sample.cpu_cores;
             }
         }
         if let Some((to, reason)) = resize {
@@ -385,6 +393,9 @@ impl Standby {
             s.acu = acu;
             s.lag_bytes = lag.map(|lag| lag.bytes);
             s.lag_seconds = lag.map(|lag| lag.seconds);
+            if let Some(lag) = lag {
+                s.last_in_sync = Some((Instant::now(), lag.bytes));
+            }
             s.in_rotation = in_rotation;
             s.sessions = sessions;
         });
@@ -426,10 +437,18 @@ impl Standby {
             running.compute.kill().await;
         }
         drop(running);
+        // A runtime may hand the data directory back only at the next reclaim (a container
+        // whose removal was already under way): take it back now.
+        self.input
+            .runtime
+            .reclaim(&self.input.dir)
+            .await
+            .context("taking the standby's data directory back")?;
         let stopped_in = started.elapsed();
         self.set_status(|s| {
             s.state = StandbyState::Stopped;
             s.acu = 0.0;
+            s.last_in_sync = None;
         });
         let pgdata = crate::runtime::pgdata_of(&self.input.dir);
         let filling = Instant::now();

@@ -69,7 +69,8 @@ pub struct CachedClient {
 
 impl CachedClient {
     pub async fn get(&mut self, endpoint: &ComputeEndpoint) -> Option<&tokio_postgres::Client> {
-        let usable = matches!(&self.client, Some((at, client)) if at == endpoint && !client.is_closed());
+        let usable =
+            matches!(&self.client, Some((at, client)) if at == endpoint && !client.is_closed());
         if !usable {
             let connect = endpoint.admin_connect();
             let client = tokio::time::timeout(std::time::Duration::from_secs(2), connect)

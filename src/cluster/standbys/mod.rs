@@ -78,6 +78,26 @@ pub struct StandbyStatus {
     /// Reader endpoint sessions on it now.
     pub sessions: usize,
     pub reason: Option<String>,
+    /// When it last streamed from the writer, and how far behind it was then: a takeover
+    /// right after the writer died must not depend on a sample taken after its death.
+    #[serde(skip)]
+    pub last_in_sync: Option<(std::time::Instant, u64)>,
+}
+
+/// How recently a standby must have streamed in sync to take over.
+const IN_SYNC_WITHIN: Duration = Duration::from_secs(10);
+
+impl StandbyStatus {
+    /// Whether it can take over now: running, and streaming in sync a moment ago.
+    fn promotable(&self) -> Option<u64> {
+        let running = matches!(
+            self.state,
+            StandbyState::Streaming | StandbyState::CatchingUp
+        );
+        let (at, lag) = self.last_in_sync?;
+        (running && at.elapsed() <= IN_SYNC_WITHIN && lag <= actor::PROMOTABLE_LAG_BYTES)
+            .then_some(lag)
+    }
 }
 
 /// The cluster's zones in `/status`: where the writer runs and its standbys.
@@ -161,7 +181,8 @@ impl StandbySet {
         self.writer.send_replace(Some(endpoint));
         let wanted = self.wanted_zones();
         // A standby in a zone no longer wanted (the writer's now) is let go: its task stops it.
-        self.standbys.retain(|standby| wanted.contains(&standby.zone));
+        self.standbys
+            .retain(|standby| wanted.contains(&standby.zone));
         for zone in wanted {
             if !self.standbys.iter().any(|standby| standby.zone == zone) {
                 let standby = self.spawn(zone);
@@ -217,14 +238,9 @@ impl StandbySet {
         }
         candidates
             .iter()
-            .filter(|status| status.state == StandbyState::Streaming)
-            .filter(|status| {
-                status
-                    .lag_bytes
-                    .is_some_and(|lag| lag <= actor::PROMOTABLE_LAG_BYTES)
-            })
-            .min_by_key(|status| status.lag_bytes)
-            .map(|status| status.zone.clone())
+            .filter_map(|status| status.promotable().map(|lag| (lag, status)))
+            .min_by_key(|(lag, _)| *lag)
+            .map(|(_, status)| status.zone.clone())
             .ok_or_else(|| {
                 let states: Vec<String> = candidates
                     .iter()

@@ -133,7 +133,10 @@ mod tests {
         drop(third);
         readers.publish("b", None);
         let fourth = readers.pick().unwrap();
-        assert_eq!(fourth.zone, "c", "a standby out of rotation gets no session");
+        assert_eq!(
+            fourth.zone, "c",
+            "a standby out of rotation gets no session"
+        );
         drop((first, second, fourth));
         assert_eq!(readers.sessions("b") + readers.sessions("c"), 0);
     }
