@@ -976,4 +976,57 @@ password = "secret"
         let off = format!("[storage]\ncopies = []\n{MINIMAL}");
         assert!(parse(&off).unwrap().storage_copies().is_empty());
     }
+
+    #[test]
+    fn zones_come_from_the_copies_names_or_from_zones_tables() {
+        let config = parse(MINIMAL).unwrap();
+        let zones = config.zones();
+        let names: Vec<&str> = zones.iter().map(|z| z.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(zones[1].copies.len(), 2);
+        let explicit = format!(
+            "[storage]\ncopies = [\"x\", \"y\", \"z\"]\nwrite_quorum = 2\n\n\
+             [[zones]]\nname = \"east\"\ncopies = [\"x\"]\n\n[[zones]]\nname = \"west\"\n\
+             copies = [\"y\", \"z\"]\n\n{MINIMAL}"
+        );
+        let names: Vec<String> = parse(&explicit)
+            .unwrap()
+            .zones()
+            .into_iter()
+            .map(|z| z.name)
+            .collect();
+        assert_eq!(names, ["east", "west"]);
+        let stray = explicit.replace("copies = [\"x\"]", "copies = [\"elsewhere\"]");
+        let err = parse(&stray).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("zones[0].copies"));
+        assert!(err.message.contains("is not one of [storage] copies"), "{err}");
+    }
+
+    #[test]
+    fn standbys_need_zones_copies_and_a_reader_endpoint_needs_standbys() {
+        let with = |lines: &str, storage: &str| {
+            let text = format!("{storage}{MINIMAL}").replacen(
+                "max_acu = 4",
+                &format!("max_acu = 4\n{lines}"),
+                1,
+            );
+            parse(&text)
+        };
+        let two = with("standbys = 2\nreader_listen = \"127.0.0.1:7433\"", "").unwrap();
+        assert_eq!(two.clusters[0].standbys, 2);
+        assert_eq!(two.clusters[0].max_reader_lag, Duration::from_secs(30));
+        let err = with("standbys = 3", "").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("clusters[0].standbys"));
+        assert!(err.message.contains("need 4 zones, and there are 3"), "{err}");
+        let err = with("standbys = 1", "[storage]\ncopies = []\n").unwrap_err();
+        assert!(err.message.contains("needs [storage] copies"), "{err}");
+        let err = with("reader_listen = \"127.0.0.1:7433\"", "").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("clusters[0].reader_listen"));
+        let err = with(
+            "standbys = 1\nreader_listen = \"127.0.0.1:6432\"",
+            "",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("already used"), "{err}");
+    }
 }
