@@ -494,3 +494,33 @@ fn the_list_shows_every_cluster_sorts_by_a_click_and_links_to_each() {
         true
     );
 }
+
+#[test]
+fn the_dashboard_shows_the_writer_and_the_standbys_per_zone() {
+    let pgtide = Pgtide::start_with(Options {
+        cluster: "min_acu = 1\nstandbys = 1".into(),
+        copies: true,
+        ..Default::default()
+    });
+    assert!(
+        wait_until(Duration::from_secs(60), || pgtide
+            .cluster("main")
+            .zones
+            .standbys
+            .iter()
+            .any(|s| s.in_rotation)),
+        "{:#?}",
+        pgtide.cluster("main").zones
+    );
+    let dom = browser(&["--dump-dom"], &pgtide.admin_url("/dashboard"));
+    assert!(
+        dom.contains("class=\"zone writer\" data-zone=\"a\""),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("class=\"zone standby in-rotation\" data-zone=\"b\""),
+        "{dom}"
+    );
+    assert!(dom.contains("zone b: standby"), "{dom}");
+    assert!(dom.contains("class=\"zone\" data-zone=\"c\""), "{dom}");
+}
