@@ -557,10 +557,12 @@ impl ClusterTask {
     }
 
     fn meter(&mut self, elapsed: Duration) {
-        let acu = match &self.phase {
+        // The standbys' ACUs are billed too, as Aurora bills its readers'.
+        let writer = match &self.phase {
             Phase::Running(running) => running.acu,
             _ => 0.0,
         };
+        let acu = writer + self.standbys.running_acu();
         let (acu_seconds, today, month) = {
             let mut metering = self.shared.metering.lock().expect("metering lock");
             metering.add(acu, elapsed);

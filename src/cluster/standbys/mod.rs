@@ -295,6 +295,14 @@ impl StandbySet {
         self.readers.publish(zone, None);
     }
 
+    /// What the standbys run at now, together (metered with the writer's).
+    pub(super) fn running_acu(&self) -> f64 {
+        self.standbys
+            .iter()
+            .map(|standby| standby.status.lock().expect("standby status lock").acu)
+            .sum()
+    }
+
     pub(super) fn writer_zone(&self) -> &str {
         &self.writer_zone
     }
