@@ -999,7 +999,10 @@ password = "secret"
         let stray = explicit.replace("copies = [\"x\"]", "copies = [\"elsewhere\"]");
         let err = parse(&stray).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("zones[0].copies"));
-        assert!(err.message.contains("is not one of [storage] copies"), "{err}");
+        assert!(
+            err.message.contains("is not one of [storage] copies"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1017,16 +1020,15 @@ password = "secret"
         assert_eq!(two.clusters[0].max_reader_lag, Duration::from_secs(30));
         let err = with("standbys = 3", "").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("clusters[0].standbys"));
-        assert!(err.message.contains("need 4 zones, and there are 3"), "{err}");
+        assert!(
+            err.message.contains("need 4 zones, and there are 3"),
+            "{err}"
+        );
         let err = with("standbys = 1", "[storage]\ncopies = []\n").unwrap_err();
         assert!(err.message.contains("needs [storage] copies"), "{err}");
         let err = with("reader_listen = \"127.0.0.1:7433\"", "").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("clusters[0].reader_listen"));
-        let err = with(
-            "standbys = 1\nreader_listen = \"127.0.0.1:6432\"",
-            "",
-        )
-        .unwrap_err();
+        let err = with("standbys = 1\nreader_listen = \"127.0.0.1:6432\"", "").unwrap_err();
         assert!(err.message.contains("already used"), "{err}");
     }
 }

@@ -109,11 +109,16 @@ impl ClusterTask {
                     return;
                 }
                 // A standby in sync takes over; without one the writer restarts where it was.
+                let lost_because = self
+                    .writer_lost_because
+                    .take()
+                    .unwrap_or_else(|| "the writer was lost".to_string());
                 match self.standbys.promotable(None) {
                     Ok(zone) => self.begin_start(StartPurpose::Failover {
                         zone,
                         planned: false,
                         since: job.started_at,
+                        reason: lost_because,
                     }),
                     Err(_) => self.begin_start(StartPurpose::Restart {
                         attempt: 0,
@@ -127,6 +132,7 @@ impl ClusterTask {
                         zone,
                         planned: true,
                         since: job.started_at,
+                        reason: "asked for by pgtide failover".to_string(),
                     });
                 }
             }

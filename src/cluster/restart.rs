@@ -43,6 +43,7 @@ impl ClusterTask {
         };
         self.no_compute_status();
         self.standbys.writer_gone();
+        self.writer_lost_because = Some(format!("the writer's compute {}", exit.description));
         let description = format!("compute {}, restarting", exit.description);
         tracing::warn!(cluster = %self.name(), "{description}");
         self.shared
@@ -110,6 +111,10 @@ impl ClusterTask {
                 }
             ),
         );
+        self.writer_lost_because = Some(format!(
+            "the writer's data directory {} is gone",
+            pgdata.display()
+        ));
         self.begin_stop(running.compute, StopKind::Lost, AfterStop::Restart);
     }
 }

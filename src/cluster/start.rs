@@ -53,6 +53,8 @@ pub(super) enum StartPurpose {
         zone: String,
         planned: bool,
         since: Instant,
+        /// Why: how the writer was lost, or who asked.
+        reason: String,
     },
 }
 

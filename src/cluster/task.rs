@@ -106,6 +106,8 @@ pub(super) struct ClusterTask {
     pub(super) standbys: StandbySet,
     /// `pgtide failover` waits for the takeover it asked for.
     pub(super) failover_reply: Option<oneshot::Sender<Result<String, String>>>,
+    /// How the writer was last lost, for the failover's event.
+    pub(super) writer_lost_because: Option<String>,
 }
 
 impl ClusterTask {
@@ -145,6 +147,7 @@ impl ClusterTask {
         ClusterTask {
             standbys,
             failover_reply: None,
+            writer_lost_because: None,
             has_copies: storage.is_some(),
             shared,
             runtime,
@@ -399,7 +402,8 @@ impl ClusterTask {
                 zone,
                 planned,
                 since,
-            } => self.on_failover_done(zone, *planned, *since, job.started_at, takeover),
+                reason,
+            } => self.on_failover_done(zone, *planned, *since, reason, job.started_at, takeover),
         }
         self.now_running(compute).await;
     }
@@ -411,6 +415,7 @@ impl ClusterTask {
         zone: &str,
         planned: bool,
         since: Instant,
+        reason: &str,
         start_began: Instant,
         takeover: Option<Result<start::Takeover, String>>,
     ) {
@@ -423,8 +428,8 @@ impl ClusterTask {
                 let promoted = &done.promoted;
                 let started = start_began.elapsed().saturating_sub(done.swapped_in);
                 let text = format!(
-                    "{how} failover from zone {from} to zone {zone} in {} ms: the old writer \
-                     stopped in {} ms, the standby in {} ms, {} bytes of WAL laid in from the \
+                    "{how} failover from zone {from} to zone {zone} in {} ms ({reason}): the old \
+                     writer stopped in {} ms, the standby in {} ms, {} bytes of WAL laid in from the \
                      copies in {} ms (up to {}), the new writer started in {} ms",
                     total.as_millis(),
                     start_began.duration_since(since).as_millis(),
