@@ -40,10 +40,20 @@
 #                              lay out, replay, start), the source's TPS before and during the
 #                              branch, failed transactions; and the file systems' types (stat -f).
 #                              PGTIDE_BIN=target/debug/pgtide skips the release build
+#   scripts/bench.sh failover  Multi-AZ (standbys = 1, six copies, 1–4 ACU) under pgbench tpcb-like
+#                              (-c 4, scale SCALE, restarted in 5 s chunks) and a commit client
+#                              (one INSERT per ~10 ms, autocommit, over the wire protocol):
+#                              FAILOVERS (default 10) kill -9 of the writer's postmaster, kill →
+#                              first commit on the new writer (p50, p90, max), then as many planned
+#                              `pgtide failover` (command start → first commit on the new writer),
+#                              each after the new standby streams again; acknowledged commits
+#                              missing at the end (must be 0); then writer TPS with one standby vs
+#                              none (tpcb-like -c 4 -j 2, FAILOVER_TPS_SECONDS (20) a round, 4 ACU,
+#                              ROUNDS interleaved, default 3 here), medians and ratio (aim ≥ 0.9x)
 #   scripts/bench.sh all       every mode above, one after the other, and then all their tables
 #
 # Knobs: ROUNDS (default 5), SECONDS_PER_ROUND (default 6), CLIENTS (default 8), SCALE (10),
-# TENANTS (500), TENANTS_COPIES (0), TENANTS_BUDGET (1000).
+# TENANTS (500), TENANTS_COPIES (0), TENANTS_BUDGET (1000), FAILOVERS (10), FAILOVER_TPS_SECONDS (20).
 # BRANCH_LOAD_SECONDS (60: pgbench on the source around a branch), PGTIDE_BIN (a built pgtide).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +77,7 @@ if [ "$MODE" = all ]; then
 fi
 prepare_machine
 
+[ "$MODE" = failover ] && ROUNDS=${ROUNDS:-3}
 ROUNDS=${ROUNDS:-5}
 SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-6}
 CLIENTS=${CLIENTS:-8}
@@ -121,6 +132,7 @@ if [ "$MODE" = proxy ] || [ "$MODE" = syscalls ]; then
 fi
 
 start_pgtide() { # $1 = name, $2 = extra cluster lines, $3 = [storage] lines, $4 = [runtime] lines; sets PGTIDE_PORT, ADMIN_PORT
+  # (MAX_ACU in the environment: the cluster's max_acu, default 8)
   PGTIDE_PORT=$(free_port); ADMIN_PORT=$(free_port)
   cat > "$WORK/$1.toml" <<EOF
 [admin]
@@ -133,7 +145,7 @@ ${3:-copies = []}
 [[clusters]]
 name = "bench"
 listen = "127.0.0.1:$PGTIDE_PORT"
-max_acu = 8
+max_acu = ${MAX_ACU:-8}
 $2
 [[clusters.users]]
 name = "postgres"
@@ -713,6 +725,307 @@ print(f"{'50 × pgbench: failed transactions / failed runs':<52} {sum(r[1] for r
 EOF
 }
 
+# ---------------------------------------------------------------------------------------------
+# Multi-AZ failover. The commit client speaks the wire protocol itself (psycopg is not needed):
+# one connection, INSERT … RETURNING pg_postmaster_start_time() in autocommit, so that each
+# acknowledged id is known to have committed on which writer; on any error it drops the
+# connection, sleeps 20 ms and tries again with a new id.
+bench_failover() {
+  local failovers=${FAILOVERS:-10} tps_seconds=${FAILOVER_TPS_SECONDS:-20} fo_pid
+  log "starting pgtide with one standby and six copies (1–4 ACU) in $WORK"
+  MAX_ACU=4 start_pgtide failover $'min_acu = 1\nstandbys = 1' "write_quorum = 4"
+  fo_pid=${PIDS[-1]}
+  log "pgbench -i -s $SCALE through pgtide"
+  pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+  psql -X -q -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -d postgres -c 'CREATE TABLE ledger (id bigint)'
+  local failed=0
+  if python3 - "$PGTIDE_PORT" "$ADMIN_PORT" "$WORK/failover.toml" "$WORK/failover-data/clusters/bench/pgdata" \
+    "$failovers" "$PGTIDE_BIN" "$WORK/odd" <<'EOF'
+import json, os, re, socket, struct, subprocess, sys, threading, time, urllib.request
+port, admin, config, pgdata, failovers, pgtide, odd = sys.argv[1:8]
+port, failovers = int(port), int(failovers)
+def log(*a): print(*a, file=sys.stderr, flush=True)
+class QueryError(Exception): pass
+def error_text(payload):
+    fields = dict((f[:1], f[1:].decode(errors="replace")) for f in payload.split(b"\0") if f)
+    return f"{fields.get(b'C', '?')} {fields.get(b'M', '')}"
+class Conn:
+    def __init__(self):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        body = struct.pack("!i", 196608) + b"user\0postgres\0database\0postgres\0\0"
+        self.s.sendall(struct.pack("!i", len(body) + 4) + body)
+        while True:
+            kind, payload = self.message()
+            if kind == b"R" and struct.unpack("!i", payload[:4])[0] != 0:
+                raise QueryError("the server asks for a password")
+            if kind == b"E":
+                raise QueryError(error_text(payload))
+            if kind == b"Z":
+                return
+    def message(self):
+        while len(self.buf) < 5 or len(self.buf) < 1 + struct.unpack("!i", self.buf[1:5])[0]:
+            data = self.s.recv(65536)
+            if not data:
+                raise QueryError("connection closed")
+            self.buf += data
+        n = struct.unpack("!i", self.buf[1:5])[0]
+        kind, payload, self.buf = self.buf[:1], self.buf[5:1 + n], self.buf[1 + n:]
+        return kind, payload
+    def query(self, sql):
+        text = sql.encode() + b"\0"
+        self.s.sendall(b"Q" + struct.pack("!i", len(text) + 4) + text)
+        rows, error = [], None
+        while True:
+            kind, p = self.message()
+            if kind == b"D":
+                row, off = [], 2
+                for _ in range(struct.unpack("!h", p[:2])[0]):
+                    n = struct.unpack("!i", p[off:off + 4])[0]; off += 4
+                    row.append(None if n < 0 else p[off:off + n].decode()); off += max(n, 0)
+                rows.append(row)
+            elif kind == b"E":
+                error = error_text(p)
+            elif kind == b"Z":
+                if error:
+                    raise QueryError(error)
+                return rows
+    def close(self):
+        try: self.s.close()
+        except OSError: pass
+
+stop = threading.Event()
+acked, errors, latencies = [], [], []   # acked: (id, monotonic time, writer's postmaster start)
+def committer():
+    next_id, conn = 1, None
+    while not stop.is_set():
+        try:
+            if conn is None:
+                conn = Conn()
+            i, t = next_id, time.monotonic(); next_id += 1
+            rows = conn.query(f"INSERT INTO ledger VALUES ({i}) RETURNING pg_postmaster_start_time()::text")
+            done = time.monotonic()
+            acked.append((i, done, rows[0][0])); latencies.append(done - t)
+            time.sleep(0.01)
+        except (OSError, QueryError) as e:
+            errors.append((time.monotonic(), str(e)))
+            if conn: conn.close()
+            conn = None
+            time.sleep(0.02)
+    if conn: conn.close()
+chunks, current = [], [None]   # pgbench in 5 s chunks, restarted when it exits (it aborts a
+def loader():                  # client whose connection is lost)
+    while not stop.is_set():
+        t = time.monotonic()
+        p = subprocess.Popen(["pgbench", "-n", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "4",
+                              "-j", "2", "-T", "5", "postgres"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        current[0] = p
+        out = p.communicate()[0]
+        m = re.search(r"^tps = ([0-9.]+)", out, re.M)
+        chunks.append((t, time.monotonic(), float(m.group(1)) if m else 0.0, p.returncode))
+        if p.returncode != 0 and not stop.is_set():
+            time.sleep(0.2)
+
+seen, event_log = set(), []
+def cluster():
+    c = json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=10))["clusters"][0]
+    for e in reversed(c["events"]):
+        key = (e["at"], e["kind"], e["message"])
+        if key not in seen:
+            seen.add(key)
+            if e["kind"] in ("failover", "failover_failed", "compute_exited", "crashed") or "standby" in e["kind"]:
+                log(f"  event {e['kind']}: {e['message']}")
+            event_log.append(key)
+    return c
+def settled(old_zone=None, limit=300):
+    """Waits until the writer runs (in a zone other than old_zone) and every standby streams."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        c = cluster(); z = c["zones"]
+        if (c["state"] == "running" and z["standbys"] and all(s["state"] == "streaming" for s in z["standbys"])
+                and z["writer_zone"] != old_zone):
+            return time.monotonic(), z["writer_zone"]
+        time.sleep(0.2)
+    raise SystemExit(f"the cluster did not settle within {limit} s: {json.dumps(c['zones'])}")
+def first_commit_after(t0, old_writer, limit=300):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        for i, t, writer in reversed(acked):
+            if t <= t0: break
+            if writer != old_writer:
+                first = [a for a in acked if a[1] > t0 and a[2] != old_writer][0]
+                return first[1]
+        time.sleep(0.01)
+    raise SystemExit(f"no commit on a new writer within {limit} s")
+def pct(values, p):
+    values = sorted(values); return values[min(len(values) - 1, int(round(p * (len(values) - 1))))]
+
+threads = [threading.Thread(target=committer, daemon=True), threading.Thread(target=loader, daemon=True)]
+for t in threads: t.start()
+try:
+    _, zone = settled()
+    unplanned, unplanned_settle, planned, planned_cmd, planned_settle, failures = [], [], [], [], [], []
+    in_place = []   # kills after which the writer restarted in its zone instead
+    for n in range(failovers):
+        time.sleep(3)
+        old_writer = acked[-1][2]
+        pid = int(open(os.path.join(pgdata, "postmaster.pid")).readline())
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        if "postgres" not in cmdline:
+            raise SystemExit(f"postmaster.pid names {pid}, which is not a Postgres: {cmdline}")
+        t0, n0 = time.monotonic(), len(event_log)
+        os.kill(pid, 9)
+        ms = (first_commit_after(t0, old_writer) - t0) * 1000
+        # A commit on a new postmaster: the standby took over, or the writer restarted where it was
+        # (pgtide restarts it in place when it finds no standby in sync).
+        for _ in range(20):
+            if cluster()["zones"]["writer_zone"] != zone or any(e[1] == "failover" for e in event_log[n0:]):
+                break
+            time.sleep(0.1)
+        if cluster()["zones"]["writer_zone"] == zone:
+            t_settled, _ = settled()
+            in_place.append(ms)
+            log(f"kill {n + 1}/{failovers}: NO failover, the writer restarted in zone {zone}; kill -> first commit "
+                f"{ms:.0f} ms; events since the kill: " + "; ".join(f"{e[1]}: {e[2]}" for e in event_log[n0:]))
+            open(odd, "a").write("restart in place\n")
+            continue
+        t_settled, new_zone = settled(zone)
+        unplanned.append(ms); unplanned_settle.append(t_settled - t0)
+        log(f"unplanned failover {n + 1}/{failovers}: writer {zone} -> {new_zone}, kill -> first commit {ms:.0f} ms, "
+            f"new standby streaming after {t_settled - t0:.1f} s")
+        zone = new_zone
+    for n in range(failovers):
+        time.sleep(3)
+        old_writer = acked[-1][2]
+        t0 = time.monotonic()
+        out = subprocess.run([pgtide, "failover", "bench", "--config", config], capture_output=True, text=True)
+        t_cmd = time.monotonic()
+        if out.returncode != 0:
+            failures.append(f"planned failover {n + 1}: {out.stderr.strip() or out.stdout.strip()}")
+            log(failures[-1]); continue
+        ms = (first_commit_after(t0, old_writer) - t0) * 1000
+        t_settled, new_zone = settled(zone)
+        planned.append(ms); planned_cmd.append((t_cmd - t0) * 1000); planned_settle.append(t_settled - t0)
+        log(f"planned failover {n + 1}/{failovers}: writer {zone} -> {new_zone}, command start -> first commit "
+            f"{ms:.0f} ms (the command took {(t_cmd - t0) * 1000:.0f} ms), new standby streaming after "
+            f"{t_settled - t0:.1f} s: {out.stdout.strip()}")
+        zone = new_zone
+    time.sleep(1)
+finally:  # the clients stop with any outcome: nothing is left running
+    stop.set()
+    if current[0] and current[0].poll() is None: current[0].terminate()
+    for t in threads: t.join(timeout=60)
+conn = Conn()
+present = {int(r[0]) for r in conn.query("SELECT id FROM ledger")}
+conn.close()
+lost = [i for i, _, _ in acked if i not in present]
+steady = sorted(latencies)
+failed_events = [e for e in event_log if e[1] == "failover_failed"]
+own = {"unplanned": [], "planned": []}
+for _, kind, message in event_log:
+    m = re.match(r"(unplanned|planned) failover from zone \S+ to zone \S+ in (\d+) ms", message)
+    if kind == "failover" and m:
+        own[m.group(1)].append(float(m.group(2)))
+print(f"\nfailover (standbys = 1, six copies, 1–4 ACU; pgbench tpcb-like -c 4 and a commit client)")
+print(f"{'figure':<52} {'p50':>8} {'p90':>8} {'max':>8}   n")
+for label, values in [("unplanned: kill -9 → first commit on the new writer", unplanned),
+                      ("planned: pgtide failover → first commit", planned),
+                      ("planned: the command's own duration", planned_cmd),
+                      ("unplanned: pgtide's own (its failover event)", own["unplanned"]),
+                      ("planned: pgtide's own (its failover event)", own["planned"])]:
+    if values:
+        print(f"{label:<52} {pct(values, .5):>6.0f}ms {pct(values, .9):>6.0f}ms {max(values):>6.0f}ms   {len(values)}")
+for label, values in [("unplanned: kill → new standby streaming", unplanned_settle),
+                      ("planned: command → new standby streaming", planned_settle)]:
+    if values:
+        print(f"{label:<52} {pct(values, .5):>7.1f}s {pct(values, .9):>7.1f}s {max(values):>7.1f}s   {len(values)}")
+print(f"commit client: {len(acked)} acknowledged, {len(errors)} errors, one commit p50 "
+      f"{pct(steady, .5) * 1000:.1f} ms, p90 {pct(steady, .9) * 1000:.1f} ms (retry sleep 20 ms)")
+print(f"acknowledged commits lost: {len(lost)}{' ' + str(lost[:20]) if lost else ''}")
+print(f"pgbench chunks: {len(chunks)}, {sum(1 for c in chunks if c[3] != 0)} ended by an error")
+print(f"failover_failed events: {len(failed_events)}; failed planned failovers: {len(failures)}")
+for f in failures + [e[2] for e in failed_events]:
+    print(f"  {f}")
+if in_place:
+    print(f"kills after which the writer restarted in its own zone (no failover): {len(in_place)} of {failovers}, "
+          f"kill → first commit {', '.join(f'{v:.0f}' for v in in_place)} ms")
+if lost or failures or failed_events:
+    open(odd, "a").write("lost commits or failed failovers\n")
+EOF
+  then :; else touch "$WORK/odd"; failed=1; fi
+  if [ -e "$WORK/odd" ]; then
+    local kept
+    kept=/tmp/pgtide-bench-failover-$(date +%s).log
+    cp "$WORK/failover.log" "$kept"
+    log "something went wrong: pgtide's log is kept at $kept"
+  fi
+  [ "$failed" = 0 ] || exit 1
+  log "stopping the failover instance"
+  kill -INT "$fo_pid"
+  for _ in $(seq 1 600); do kill -0 "$fo_pid" 2>/dev/null || break; sleep 0.1; done
+
+  log "writer TPS with one standby vs none: two instances (4 ACU), one resumed at a time"
+  local none_port none_admin one_port one_admin
+  MAX_ACU=4 start_pgtide tps-none 'min_acu = 4' "write_quorum = 4"
+  none_port=$PGTIDE_PORT; none_admin=$ADMIN_PORT
+  MAX_ACU=4 start_pgtide tps-one $'min_acu = 4\nstandbys = 1' "write_quorum = 4"
+  one_port=$PGTIDE_PORT; one_admin=$ADMIN_PORT
+  for port in "$none_port" "$one_port"; do
+    pgbench -h 127.0.0.1 -p "$port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+  done
+  python3 - "$ROUNDS" "$tps_seconds" "none,$none_port,$none_admin" "one,$one_port,$one_admin" \
+    <<'EOF'
+import json, re, statistics, subprocess, sys, threading, time, urllib.request
+rounds, seconds, targets = int(sys.argv[1]), sys.argv[2], [t.split(",") for t in sys.argv[3:]]
+def log(*a): print(*a, file=sys.stderr, flush=True)
+def cluster(admin):
+    return json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=10))["clusters"][0]
+def post(admin, path):
+    req = urllib.request.Request(f"http://127.0.0.1:{admin}{path}", method="POST", data=b"")
+    urllib.request.urlopen(req, timeout=300).read()
+def wait(admin, ready, limit=600):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        c = cluster(admin)
+        if ready(c): return
+        time.sleep(0.2)
+    raise SystemExit(f"timed out: {c['state']} {json.dumps(c['zones'])}")
+running = lambda c: c["state"] == "running" and all(s["state"] == "streaming" for s in c["zones"]["standbys"])
+for name, port, admin in targets:
+    wait(admin, running)
+    post(admin, "/clusters/bench/pause"); wait(admin, lambda c: c["state"] == "paused")
+tps = {name: [] for name, _, _ in targets}
+cpu = {name: [] for name, _, _ in targets}   # (writer, standbys) cores used, sampled each second
+def sample(name, admin, until):
+    while not until.wait(1):
+        c = cluster(admin)
+        cpu[name].append((c["cpu_used_cores"], sum(s["cpu_used_cores"] for s in c["zones"]["standbys"])))
+for r in range(rounds):
+    # Each round in the other order (a, b, b, a, …): figures drift upwards over the first rounds.
+    for name, port, admin in (targets if r % 2 == 0 else targets[::-1]):
+        post(admin, "/clusters/bench/resume"); wait(admin, running)
+        done = threading.Event(); sampler = threading.Thread(target=sample, args=(name, admin, done)); sampler.start()
+        out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-c", "4", "-j", "2",
+                              "-T", seconds, "postgres"], capture_output=True, text=True)
+        done.set(); sampler.join()
+        m = re.search(r"^tps = ([0-9.]+)", out.stdout, re.M)
+        tps[name].append(float(m.group(1)) if m else 0.0)
+        log(f"round {r + 1} {name} standby: tps {tps[name][-1]:.0f}")
+        post(admin, "/clusters/bench/pause"); wait(admin, lambda c: c["state"] == "paused")
+none, one = statistics.median(tps["none"]), statistics.median(tps["one"])
+ratios = [b / a for a, b in zip(tps["none"], tps["one"]) if a]
+print(f"\nwriter tpcb-like -c 4 -j 2, {seconds} s, 4 ACU, {rounds} interleaved rounds (medians)")
+def cores(name, i):
+    values = [c[i] for c in cpu[name]]; return statistics.mean(values) if values else 0.0
+print(f"{'no standby':<20} {none:>8.0f} tps   {'':>5}    writer CPU {cores('none', 0):.2f} cores")
+print(f"{'one standby':<20} {one:>8.0f} tps   {statistics.median(ratios) if ratios else 0:.2f}x   "
+      f"writer CPU {cores('one', 0):.2f} cores, standby {cores('one', 1):.2f} (aim ≥ 0.9x)")
+print(f"per round: none {' '.join(f'{v:.0f}' for v in tps['none'])}; one {' '.join(f'{v:.0f}' for v in tps['one'])}")
+EOF
+}
+
 case "$MODE" in
   proxy) bench_proxy ;;
   syscalls) bench_syscalls ;;
@@ -722,5 +1035,6 @@ case "$MODE" in
   pool) bench_pool ;;
   tenants) bench_tenants ;;
   branch) bench_branch ;;
-  *) log "unknown benchmark $MODE (proxy, syscalls, pool, resume, scale, storage, tenants, branch, all)"; exit 2 ;;
+  failover) bench_failover ;;
+  *) log "unknown benchmark $MODE (proxy, syscalls, pool, resume, scale, storage, tenants, branch, failover, all)"; exit 2 ;;
 esac
