@@ -294,45 +294,31 @@ async fn a_killed_writer_fails_over_to_the_standby_with_nothing_lost() {
     );
 }
 
-/// The standby's WAL receiver, a child of its postmaster.
-fn walreceiver_of(pgtide: &Pgtide, zone: &str) -> i32 {
-    let pid_file = pgtide.data_dir().join(format!(
-        "clusters/main/standbys/{zone}/pgdata/postmaster.pid"
-    ));
-    let postmaster: i32 = std::fs::read_to_string(pid_file)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    processes_matching("walreceiver")
-        .into_iter()
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let after = stat.rsplit_once(')')?.1.to_string();
-                    after.split_whitespace().nth(1)?.parse::<i32>().ok()
-                })
-                == Some(postmaster)
-        })
-        .expect("the standby's walreceiver")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_behind_the_copies_takes_over_with_their_wal() {
     let pgtide = multi_az(1, "");
     wait_streaming(&pgtide, 1, |_| true);
     pgtide.sql("CREATE TABLE late (n int)");
-    // The standby stops receiving; the writer goes on committing to the copies.
-    let receiver = walreceiver_of(&pgtide, "b");
-    send_signal(receiver, Signal::SIGSTOP);
+    // The standby stops receiving (its WAL receiver is pointed nowhere); the writer goes on
+    // committing to the copies. It streamed in sync a moment ago, so it may take over.
+    let standby = reader(&pgtide).await;
+    standby
+        .batch_execute("ALTER SYSTEM SET primary_conninfo = 'host=/nonexistent'")
+        .await
+        .unwrap();
+    standby.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let stopped = wait_until_async(Duration::from_secs(10), || async {
+        standby
+            .query_one("SELECT count(*) FROM pg_stat_wal_receiver", &[])
+            .await
+            .map(|row| row.get::<_, i64>(0) == 0)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(stopped, "the standby's WAL receiver did not stop");
     pgtide.sql("INSERT INTO late SELECT generate_series(1, 20000)");
     let writer = pgtide.postmaster_pid().expect("the writer's postmaster");
     send_signal(writer, Signal::SIGKILL);
-    send_signal(receiver, Signal::SIGCONT);
     let done = wait_until(Duration::from_secs(60), || {
         !failover_events(&pgtide).is_empty()
     });

@@ -120,10 +120,18 @@ impl ClusterTask {
                         since: job.started_at,
                         reason: lost_because,
                     }),
-                    Err(_) => self.begin_start(StartPurpose::Restart {
-                        attempt: 0,
-                        since: job.started_at,
-                    }),
+                    Err(why) => {
+                        if self.shared.config.standbys > 0 {
+                            self.shared.events.record(
+                                EventKind::FailoverFailed,
+                                format!("no standby can take over ({why}); restarting the writer where it was"),
+                            );
+                        }
+                        self.begin_start(StartPurpose::Restart {
+                            attempt: 0,
+                            since: job.started_at,
+                        })
+                    }
                 }
             }
             AfterStop::Failover { zone } => {

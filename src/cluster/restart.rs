@@ -44,7 +44,7 @@ impl ClusterTask {
         self.no_compute_status();
         self.standbys.writer_gone();
         self.writer_lost_because = Some(format!("the writer's compute {}", exit.description));
-        let description = format!("compute {}, restarting", exit.description);
+        let description = format!("compute {}", exit.description);
         tracing::warn!(cluster = %self.name(), "{description}");
         self.shared
             .events

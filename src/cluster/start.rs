@@ -147,8 +147,19 @@ impl StartJob {
 fn swap_in(cluster_dir: &Path, pgdata: &Path, standby: &Path) -> anyhow::Result<()> {
     let former = cluster_dir.join("pgdata.former-writer");
     if former.exists() {
-        std::fs::remove_dir_all(&former)
-            .with_context(|| format!("removing {}", former.display()))?;
+        // A whole data directory takes seconds to delete: renamed at once, deleted after,
+        // off the takeover's path.
+        let discarded = cluster_dir.join(format!(
+            "pgdata.former-writer.discarded-{}",
+            super::unix_now()
+        ));
+        std::fs::rename(&former, &discarded)
+            .with_context(|| format!("moving {} away", former.display()))?;
+        std::thread::spawn(move || {
+            if let Err(e) = std::fs::remove_dir_all(&discarded) {
+                tracing::warn!(path = %discarded.display(), error = %e, "could not delete an older writer's data directory");
+            }
+        });
     }
     if pgdata.exists() {
         std::fs::rename(pgdata, &former)

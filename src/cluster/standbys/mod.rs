@@ -135,12 +135,15 @@ pub(super) struct StandbySet {
 }
 
 /// Settings a standby runs with, besides the writer's: it reports its replay position every
-/// second (the lag in `/status`), and retries a lost connection to the writer soon.
+/// second (the lag in `/status`), retries a lost connection to the writer soon, and makes a
+/// restartpoint at the writer's checkpoints at least every 30 s (a takeover's crash recovery
+/// replays from the last one: the default 5 min would make it replay up to 5 min of WAL).
 pub(super) fn standby_settings() -> Vec<(&'static str, String)> {
     vec![
         ("hot_standby", "on".to_string()),
         ("wal_receiver_status_interval", "1s".to_string()),
         ("wal_retrieve_retry_interval", "200ms".to_string()),
+        ("checkpoint_timeout", "30s".to_string()),
     ]
 }
 
