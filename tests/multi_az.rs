@@ -306,7 +306,10 @@ async fn a_standby_behind_the_copies_takes_over_with_their_wal() {
         .batch_execute("ALTER SYSTEM SET primary_conninfo = 'host=/nonexistent'")
         .await
         .unwrap();
-    standby.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    standby
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
     let stopped = wait_until_async(Duration::from_secs(10), || async {
         standby
             .query_one("SELECT count(*) FROM pg_stat_wal_receiver", &[])

@@ -216,6 +216,19 @@ impl ClusterHandle {
     /// `pgtide failover [--to ZONE]`: a standby takes over from the running writer; answered
     /// once the new writer runs (or the takeover failed, with why).
     pub async fn failover(&self, to: Option<String>) -> Result<String, String> {
+        if let ClusterState::Running(writer) = self.state() {
+            let zones = self.zones();
+            let standby = zones
+                .standbys
+                .iter()
+                .filter(|standby| to.as_ref().is_none_or(|zone| &standby.zone == zone))
+                .filter(|standby| standby.lag_bytes.is_some())
+                .min_by_key(|standby| standby.lag_bytes)
+                .and_then(|standby| standby.endpoint.clone());
+            if let Some(standby) = standby {
+                crate::cluster::standbys::prepare_takeover(&writer, &standby).await;
+            }
+        }
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Failover { to, reply })

@@ -73,6 +73,8 @@ pub(crate) struct StandbyInput {
 
 struct RunningStandby {
     compute: Box<dyn Compute>,
+    /// A restartpoint was made since it first streamed.
+    restartpoint_made: bool,
     _relay: ReplicationRelay,
     acu: f64,
     scaler: Scaler,
@@ -176,10 +178,12 @@ impl Standby {
                 self.retry_at = None;
                 let acu = running.acu;
                 self.running = Some(running);
+                let endpoint = self.running.as_ref().map(|r| r.compute.endpoint().clone());
                 self.set_status(|s| {
                     s.state = StandbyState::CatchingUp;
                     s.acu = acu;
                     s.reason = None;
+                    s.endpoint = endpoint;
                 });
                 self.event(
                     EventKind::StandbyStarted,
@@ -255,6 +259,7 @@ impl Standby {
         match follow.await {
             Ok(relay) => Ok(RunningStandby {
                 compute,
+                restartpoint_made: false,
                 _relay: relay,
                 acu: size.acu,
                 scaler: Scaler::new(PolicyConfig {
@@ -288,6 +293,7 @@ impl Standby {
             s.lag_bytes = None;
             s.lag_seconds = None;
             s.last_in_sync = None;
+            s.endpoint = None;
         });
     }
 
@@ -304,6 +310,7 @@ impl Standby {
             s.acu = 0.0;
             s.reason = Some(format!("its compute {description}"));
             s.last_in_sync = None;
+            s.endpoint = None;
         });
         self.event(
             EventKind::StandbyLost,
@@ -346,6 +353,18 @@ impl Standby {
             },
             None => None,
         };
+        if lag.is_some() && !running.restartpoint_made {
+            // A new standby's last restartpoint is its base backup's start: one now, at the
+            // writer's latest checkpoint, so that a takeover soon after replays from there.
+            running.restartpoint_made = true;
+            let endpoint = running.compute.endpoint().clone();
+            tokio::spawn(async move {
+                if let Ok(client) = endpoint.admin_connect().await {
+                    let checkpoint = client.batch_execute("CHECKPOINT");
+                    let _ = tokio::time::timeout(Duration::from_secs(60), checkpoint).await;
+                }
+            });
+        }
         let in_rotation = lag.is_some_and(|lag| lag.seconds <= max_lag.as_secs_f64());
         let endpoint = running.compute.endpoint().clone();
         self.input
@@ -449,6 +468,7 @@ impl Standby {
             s.state = StandbyState::Stopped;
             s.acu = 0.0;
             s.last_in_sync = None;
+            s.endpoint = None;
         });
         let pgdata = crate::runtime::pgdata_of(&self.input.dir);
         let filling = Instant::now();

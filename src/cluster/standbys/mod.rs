@@ -82,6 +82,9 @@ pub struct StandbyStatus {
     /// right after the writer died must not depend on a sample taken after its death.
     #[serde(skip)]
     pub last_in_sync: Option<(std::time::Instant, u64)>,
+    /// Where pgtide reaches it while it runs.
+    #[serde(skip)]
+    pub endpoint: Option<ComputeEndpoint>,
 }
 
 /// How recently a standby must have streamed in sync to take over.
@@ -345,6 +348,42 @@ impl StandbySet {
             commands,
             status,
         }
+    }
+}
+
+/// Before a planned takeover, while clients carry on: a checkpoint on the writer, then a
+/// restartpoint on the standby at it once replayed. The takeover then replays seconds of WAL,
+/// not everything since the standby's last restartpoint, and its stops flush little. Best
+/// effort: a failure here only makes the takeover slower.
+pub async fn prepare_takeover(writer: &ComputeEndpoint, standby: &ComputeEndpoint) {
+    let prepare = async {
+        let writer = writer.admin_connect().await?;
+        writer.batch_execute("CHECKPOINT").await?;
+        let row = writer
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?;
+        let checkpointed = crate::storage::wal::Lsn::parse(&row.get::<_, String>(0))
+            .ok_or_else(|| anyhow::anyhow!("the writer's position does not parse"))?;
+        let standby = standby.admin_connect().await?;
+        loop {
+            let row = standby
+                .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+                .await?;
+            let replayed = row
+                .get::<_, Option<String>>(0)
+                .and_then(|text| crate::storage::wal::Lsn::parse(&text));
+            if replayed.is_some_and(|replayed| replayed >= checkpointed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        standby.batch_execute("CHECKPOINT").await?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(60), prepare).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "preparing the takeover failed; going on"),
+        Err(_) => tracing::warn!("preparing the takeover took over 60 s; going on"),
     }
 }
 
