@@ -32,6 +32,8 @@ use crate::storage::CopiesReader;
 pub const STANDBY_SIGNAL: &str = "standby.signal";
 /// A standby that failed to start is tried again after this long, while wanted.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// A standby that has not streamed this long while a writer ran is built again from the copies.
+const REBUILD_AFTER: Duration = Duration::from_secs(120);
 /// A standby further behind than this cannot take over: its gap is too long to lay in.
 pub const PROMOTABLE_LAG_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -75,6 +77,8 @@ struct RunningStandby {
     compute: Box<dyn Compute>,
     /// A restartpoint was made since it first streamed.
     restartpoint_made: bool,
+    /// Since when it has not streamed while a writer ran.
+    not_streaming_since: Option<Instant>,
     _relay: ReplicationRelay,
     acu: f64,
     scaler: Scaler,
@@ -260,6 +264,7 @@ impl Standby {
             Ok(relay) => Ok(RunningStandby {
                 compute,
                 restartpoint_made: false,
+                not_streaming_since: Some(Instant::now()),
                 _relay: relay,
                 acu: size.acu,
                 scaler: Scaler::new(PolicyConfig {
@@ -327,6 +332,36 @@ impl Standby {
             return;
         }
         self.sample().await;
+        let stuck = self
+            .running
+            .as_ref()
+            .and_then(|running| running.not_streaming_since)
+            .is_some_and(|since| since.elapsed() >= REBUILD_AFTER);
+        if stuck {
+            self.rebuild().await;
+        }
+    }
+
+    /// The copies are the fallback of a standby that cannot stream (the writer no longer holds
+    /// the WAL it needs, or its data went bad): it is built again from them.
+    async fn rebuild(&mut self) {
+        self.event(
+            EventKind::StandbyFailed,
+            format!(
+                "not streaming from the writer for {} s: building it again from the copies",
+                REBUILD_AFTER.as_secs()
+            ),
+        );
+        self.out_of_rotation();
+        if let Some(mut running) = self.running.take() {
+            running.compute.kill().await;
+        }
+        let _ = self.input.runtime.reclaim(&self.input.dir).await;
+        let pgdata = crate::runtime::pgdata_of(&self.input.dir);
+        if let Err(e) = std::fs::remove_dir_all(&pgdata) {
+            tracing::warn!(path = %pgdata.display(), error = %e, "could not remove a stuck standby's data directory");
+        }
+        self.start().await;
     }
 
     /// Lag, rotation, usage and scaling; each step bounded so that commands are served.
@@ -364,6 +399,12 @@ impl Standby {
                     let _ = tokio::time::timeout(Duration::from_secs(60), checkpoint).await;
                 }
             });
+        }
+        match (&lag, &writer) {
+            (Some(_), _) | (None, None) => running.not_streaming_since = None,
+            (None, Some(_)) => {
+                running.not_streaming_since.get_or_insert_with(Instant::now);
+            }
         }
         let in_rotation = lag.is_some_and(|lag| lag.seconds <= max_lag.as_secs_f64());
         let endpoint = running.compute.endpoint().clone();
