@@ -100,6 +100,15 @@ fn compute_container(pgtide: &Pgtide) -> Container {
         .unwrap_or_else(|| panic!("{name} is not among the containers"))
 }
 
+/// `docker kill`: the container's processes die at once (SIGKILL), as on a host that fails.
+fn docker_kill(container: &str) {
+    let out = Command::new("docker")
+        .args(["kill", container])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
 fn warm_pool(pgtide: &Pgtide) -> serde_json::Value {
     pgtide.status()["warm_pool"].clone()
 }
@@ -293,11 +302,7 @@ fn a_killed_container_is_restarted_and_acknowledged_rows_survive() {
     pgtide.sql("CREATE TABLE acked (n int)");
     pgtide.sql("INSERT INTO acked SELECT generate_series(1, 500)");
     let victim = compute_container(&pgtide).name;
-    let out = Command::new("docker")
-        .args(["kill", &victim])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    docker_kill(&victim);
     let restarted = wait_until(Duration::from_secs(60), || {
         pgtide.events().iter().any(|(k, _)| k == "restarted")
             && pgtide.cluster_status()["state"] == "running"
@@ -480,11 +485,7 @@ fn a_standby_container_takes_over_when_the_writer_container_is_killed() {
     assert_eq!(String::from_utf8_lossy(&on_standby.stdout).trim(), "t");
 
     let victim = compute_container(&pgtide).name;
-    let out = Command::new("docker")
-        .args(["kill", &victim])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    docker_kill(&victim);
     let failed_over = wait_until(Duration::from_secs(60), || {
         pgtide.events().iter().any(|(k, _)| k == "failover")
             && pgtide.cluster_status()["state"] == "running"

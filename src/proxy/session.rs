@@ -52,21 +52,10 @@ pub async fn serve_reader(
     who: &str,
     out: BytesMut,
 ) -> Result<(), Fatal> {
-    match attach::connect_reader(cluster, who).await? {
+    let (lease, endpoint, compute, params) = match attach::connect_reader(cluster, who).await? {
         attach::ReaderConnection::Standby(lease, compute) => {
             let endpoint = lease.endpoint.clone();
-            let served = serve_on(
-                client,
-                cluster,
-                shared,
-                &startup.params,
-                endpoint,
-                compute,
-                out,
-            )
-            .await;
-            drop(lease);
-            served
+            (Some(lease), endpoint, compute, startup.params.clone())
         }
         attach::ReaderConnection::Writer(endpoint, compute) => {
             let mut params = startup.params.clone();
@@ -75,9 +64,13 @@ pub async fn serve_reader(
                 "default_transaction_read_only".to_string(),
                 "on".to_string(),
             ));
-            serve_on(client, cluster, shared, &params, endpoint, compute, out).await
+            (None, endpoint, compute, params)
         }
-    }
+    };
+    let served = serve_on(client, cluster, shared, &params, endpoint, compute, out).await;
+    // The standby counts the session until it ends.
+    drop(lease);
+    served
 }
 
 /// The session itself, on a compute connection already made.
