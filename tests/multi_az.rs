@@ -453,3 +453,40 @@ where
     }
     false
 }
+
+#[test]
+fn a_standby_waits_for_room_in_the_machine_budget() {
+    let reader_port = free_port();
+    let pgtide = Pgtide::start_with(Options {
+        top: "[capacity]\nmax_total_acu = 1.5\n".into(),
+        cluster: format!(
+            "min_acu = 1\nmax_acu = 4\nstandbys = 1\nreader_listen = \"127.0.0.1:{reader_port}\""
+        ),
+        copies: true,
+        ..Default::default()
+    });
+    let waiting = wait_until(Duration::from_secs(30), || {
+        let zones = zones(&pgtide);
+        zones.standbys.first().is_some_and(|s| {
+            s.state == StandbyState::Stopped
+                && s.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("waiting for room in max_total_acu = 1.5"))
+        })
+    });
+    assert!(waiting, "{:#?}", zones(&pgtide));
+    let capacity = pgtide.status_typed().capacity.expect("capacity");
+    assert!(capacity.held_acu <= 1.5, "{capacity:?}");
+    // Its reader sessions go to the writer meanwhile, read-only.
+    let out = psql_as(
+        reader_port,
+        "postgres",
+        PASSWORD,
+        "postgres",
+        &[
+            "-tAc",
+            "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "f|on");
+}

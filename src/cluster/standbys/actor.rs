@@ -85,6 +85,30 @@ struct RunningStandby {
     writer_client: CachedClient,
 }
 
+/// A standby in the machine budget: it holds its ACUs beside its cluster's writer, and is
+/// never paused to make room (it has the writer's clients behind it).
+pub(crate) struct StandbyTenant {
+    pub min_acu: f64,
+}
+
+impl crate::capacity::Tenant for StandbyTenant {
+    fn standing(&self) -> Option<crate::capacity::Standing> {
+        Some(crate::capacity::Standing {
+            min_acu: self.min_acu,
+            idle_for: Duration::ZERO,
+            busy: true,
+            pausing: false,
+        })
+    }
+
+    fn reclaim(&self, _for_cluster: &str) {}
+}
+
+/// The standby's name in the machine budget.
+pub(crate) fn budget_name(cluster: &str, zone: &str) -> String {
+    format!("{cluster}@{zone}")
+}
+
 pub(crate) async fn run(input: StandbyInput, mut commands: mpsc::Receiver<StandbyCommand>) {
     let mut standby = Standby {
         input,
@@ -120,6 +144,7 @@ pub(crate) async fn run(input: StandbyInput, mut commands: mpsc::Receiver<Standb
                 None => {
                     // The cluster is gone: nothing may be left running.
                     standby.stop().await;
+                    standby.input.shared.budget.leave(&standby.budget_name());
                     return;
                 }
             },
@@ -157,6 +182,15 @@ impl Standby {
         &self.input.zone
     }
 
+    fn budget_name(&self) -> String {
+        budget_name(&self.input.shared.config.name, &self.input.zone)
+    }
+
+    /// Holds `acu` in the machine budget (0: nothing).
+    fn hold(&self, acu: f64) {
+        self.input.shared.budget.hold(&self.budget_name(), acu);
+    }
+
     fn event(&self, kind: EventKind, text: String) {
         self.input
             .shared
@@ -177,6 +211,18 @@ impl Standby {
 
     async fn start(&mut self) {
         let started = Instant::now();
+        let need = self.initial_size().acu;
+        match self.input.shared.budget.admit(&self.budget_name(), need) {
+            crate::capacity::Admission::Fits => {}
+            crate::capacity::Admission::Pause { victim } => {
+                return self.wait_for_budget(format!(
+                    "cluster \"{victim}\" is asked to pause to make room"
+                ));
+            }
+            crate::capacity::Admission::Wait(why) => {
+                return self.wait_for_budget(why.as_str().to_string())
+            }
+        }
         match self.try_start().await {
             Ok(running) => {
                 self.retry_at = None;
@@ -195,6 +241,7 @@ impl Standby {
                 );
             }
             Err(e) => {
+                self.hold(0.0);
                 let reason = format!("{e:#}");
                 self.retry_at = Some(Instant::now() + RETRY_AFTER);
                 self.set_status(|s| {
@@ -207,6 +254,17 @@ impl Standby {
                 );
             }
         }
+    }
+
+    /// No room in `max_total_acu` for the standby now: it waits (and says why), and tries
+    /// again in a moment.
+    fn wait_for_budget(&mut self, why: String) {
+        self.retry_at = Some(Instant::now() + Duration::from_secs(2));
+        let max = self.input.shared.budget.max_total_acu();
+        self.set_status(|s| {
+            s.state = StandbyState::Stopped;
+            s.reason = Some(format!("waiting for room in max_total_acu = {max}: {why}"));
+        });
     }
 
     async fn try_start(&mut self) -> anyhow::Result<RunningStandby> {
@@ -292,6 +350,7 @@ impl Standby {
             }
             self.event(EventKind::StandbyStopped, "stopped".to_string());
         }
+        self.hold(0.0);
         self.set_status(|s| {
             s.state = StandbyState::Stopped;
             s.acu = 0.0;
@@ -310,6 +369,7 @@ impl Standby {
     fn on_exit(&mut self, description: String) {
         self.out_of_rotation();
         self.running = None;
+        self.hold(0.0);
         self.set_status(|s| {
             s.state = StandbyState::Failed;
             s.acu = 0.0;
@@ -356,6 +416,7 @@ impl Standby {
         if let Some(mut running) = self.running.take() {
             running.compute.kill().await;
         }
+        self.hold(0.0);
         let _ = self.input.runtime.reclaim(&self.input.dir).await;
         let pgdata = crate::runtime::pgdata_of(&self.input.dir);
         if let Err(e) = std::fs::remove_dir_all(&pgdata) {
@@ -429,6 +490,20 @@ impl Standby {
                     .cpu_used_cores = sample.cpu_cores;
             }
         }
+        let budget = self.input.shared.budget.clone();
+        let member = budget_name(&self.input.shared.config.name, &zone);
+        let resize = resize.and_then(|(to, reason)| {
+            if to <= running.acu {
+                return Some((to, reason));
+            }
+            match budget.grow(&member, running.acu, to) {
+                crate::capacity::Growth::Full => Some((to, reason)),
+                crate::capacity::Growth::Capped { to: capped, .. } => {
+                    Some((capped, format!("{reason}; capped by the machine budget")))
+                }
+                crate::capacity::Growth::Refused { .. } => None,
+            }
+        });
         if let Some((to, reason)) = resize {
             let size = ComputeSize::of(to, &self.input.shared.capacity);
             let applied =
@@ -437,10 +512,14 @@ impl Standby {
             if let Ok(Ok(_)) = applied {
                 let from = running.acu;
                 running.acu = to;
+                budget.hold(&member, to);
                 self.event(
                     EventKind::StandbyScaled,
                     format!("scaled from {from} to {to} ACU: {reason}"),
                 );
+            } else {
+                // What the budget granted for it goes back.
+                budget.hold(&member, running.acu);
             }
         }
         let acu = self.running.as_ref().map(|r| r.acu).unwrap_or(0.0);
@@ -497,6 +576,7 @@ impl Standby {
             running.compute.kill().await;
         }
         drop(running);
+        self.hold(0.0);
         // A runtime may hand the data directory back only at the next reclaim (a container
         // whose removal was already under way): take it back now.
         self.input

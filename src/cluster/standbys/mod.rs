@@ -331,6 +331,13 @@ impl StandbySet {
             ..StandbyStatus::default()
         }));
         let (commands, receiver) = mpsc::channel(16);
+        let shared = &self.parts.shared;
+        shared.budget.join(
+            &actor::budget_name(&shared.config.name, &zone),
+            Arc::new(actor::StandbyTenant {
+                min_acu: shared.config.min_acu,
+            }),
+        );
         let input = StandbyInput {
             dir: self.parts.cluster_dir.join("standbys").join(&zone),
             zone: zone.clone(),
