@@ -205,6 +205,12 @@ impl ClusterTask {
         metrics::counter!("pgtide_cluster_pauses_total", "cluster" => self.name().to_string())
             .increment(1);
         self.shared.events.record(EventKind::Paused, reason);
+        if let Some(reply) = self.failover_reply.take() {
+            let _ = reply.send(Err(
+                "the cluster was paused during the failover (its events say how far the takeover went)"
+                    .to_string(),
+            ));
+        }
         self.publish_zones();
         self.set_state(ClusterState::Paused);
         self.record_paused_history();

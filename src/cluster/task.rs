@@ -330,6 +330,14 @@ impl ClusterTask {
         self.storage = outcome.storage;
         self.users_synced = outcome.users_synced;
         self.publish_storage_status();
+        // A standby's data directory that took the writer's place is the writer's from now on,
+        // whatever became of this start (a pause may have cancelled it after the swap).
+        let former_zone = self.standbys.writer_zone().to_string();
+        if let (Some(Ok(_)), StartPurpose::Failover { zone, .. }) =
+            (&outcome.takeover, &job.purpose)
+        {
+            self.standbys.promoted(zone);
+        }
         if let Some(reply) = reply {
             // A pause asked for while starting: whatever the job did, it stops here.
             self.shared.events.record(
@@ -356,7 +364,9 @@ impl ClusterTask {
         }
         let takeover = outcome.takeover;
         match outcome.result {
-            StartResult::Started(compute) => self.on_started(job, compute, takeover).await,
+            StartResult::Started(compute) => {
+                self.on_started(job, compute, takeover, &former_zone).await
+            }
             StartResult::Cancelled => self.paused("the start was cancelled".to_string()),
             StartResult::Failed(error) => self.on_start_failed(job, error),
         }
@@ -368,6 +378,7 @@ impl ClusterTask {
         job: StartJob,
         compute: Box<dyn Compute>,
         takeover: Option<Result<start::Takeover, String>>,
+        former_zone: &str,
     ) {
         self.data_lost = false;
         let elapsed = job.started_at.elapsed();
@@ -403,7 +414,14 @@ impl ClusterTask {
                 planned,
                 since,
                 reason,
-            } => self.on_failover_done(zone, *planned, *since, reason, job.started_at, takeover),
+            } => self.on_failover_done(
+                (former_zone, zone),
+                *planned,
+                *since,
+                reason,
+                job.started_at,
+                takeover,
+            ),
         }
         self.now_running(compute).await;
     }
@@ -412,7 +430,7 @@ impl ClusterTask {
     /// (or, when the takeover failed, the old writer runs again where it was).
     fn on_failover_done(
         &mut self,
-        zone: &str,
+        (from, zone): (&str, &str),
         planned: bool,
         since: Instant,
         reason: &str,
@@ -423,8 +441,6 @@ impl ClusterTask {
         let total = since.elapsed();
         let answer = match takeover {
             Some(Ok(done)) => {
-                let from = self.standbys.writer_zone().to_string();
-                self.standbys.promoted(zone);
                 let promoted = &done.promoted;
                 let started = start_began.elapsed().saturating_sub(done.swapped_in);
                 let text = format!(
