@@ -120,3 +120,66 @@ fn without_a_pool_every_start_is_a_miss_and_works() {
         (Some(0), Some(0))
     );
 }
+
+/// The system identifier `pg_controldata` reads from a data directory.
+fn controldata_sysid(pgdata: &std::path::Path) -> String {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path().join("bin/pg_controldata"))
+        .find(|path| path.exists())
+        .expect("pg_controldata");
+    let out = std::process::Command::new(bin)
+        .arg(pgdata)
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Database system identifier:"))
+        .expect("a system identifier")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn templates_are_copies_of_one_golden_initdb_each_with_an_identity_of_its_own() {
+    let mut pgtide = Pgtide::start_with(Options {
+        runtime: "warm_pool_size = 1".into(),
+        cluster: "min_acu = 0\nauto_pause_after = \"1h\"".into(),
+        ..Options::default()
+    });
+    wait_warm(&pgtide, "filled", |p| p["ready"] == 1);
+    let golden = controldata_sysid(&pgtide.data_dir().join("warm/golden"));
+    let first = pgtide.sql("SELECT system_identifier FROM pg_control_system()");
+    // A new cluster takes the ready template, a copy of the golden directory.
+    pgtide.stop();
+    std::fs::remove_dir_all(pgtide.pgdata().parent().unwrap()).unwrap();
+    pgtide.restart();
+    let second = pgtide.sql("SELECT system_identifier FROM pg_control_system()");
+    assert!(
+        golden != first && golden != second && first != second,
+        "golden {golden}, first {first}, second {second}"
+    );
+    assert!(
+        !pgtide
+            .log()
+            .contains("could not be copied from the golden one"),
+        "{}",
+        pgtide.log()
+    );
+    // Its WAL carries its own identifier: it writes, checkpoints and recovers from a crash.
+    pgtide.sql("CREATE TABLE kept (v int); INSERT INTO kept SELECT generate_series(1, 1000)");
+    pgtide.sql("CHECKPOINT");
+    pgtide.sql("INSERT INTO kept VALUES (0)");
+    send_signal(
+        pgtide.postmaster_pid().unwrap(),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(wait_until(Duration::from_secs(60), || pgtide
+        .events()
+        .iter()
+        .any(|(kind, _)| kind == "restarted")));
+    pgtide.wait_state("running", Duration::from_secs(60));
+    assert_eq!(pgtide.sql("SELECT count(*) FROM kept"), "1001");
+}

@@ -18,6 +18,9 @@ impl PostgresBinaries {
     pub fn initdb(&self) -> PathBuf {
         self.bin_dir.join("initdb")
     }
+    pub fn pg_controldata(&self) -> PathBuf {
+        self.bin_dir.join("pg_controldata")
+    }
 
     /// `runtime.postgres_bin_dir` if set, else `pg_config --bindir`, else the newest
     /// `/usr/lib/postgresql/*/bin` (Debian's layout).

@@ -12,6 +12,7 @@ pub mod docker;
 pub mod fake;
 pub mod host;
 pub mod process;
+pub mod template;
 pub mod warm;
 
 use std::path::PathBuf;

@@ -39,6 +39,8 @@ use crate::acu::ComputeSize;
 use crate::config::RuntimeConfig;
 
 const FAST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The `initdb` output every template is copied from, in the warm directory.
+const GOLDEN: &str = "golden";
 
 pub struct ProcessRuntime {
     host: Arc<Host>,
@@ -123,6 +125,38 @@ impl ProcessSlots {
         Cgroup::create(&format!("{}-{id}", self.cgroup_prefix))
     }
 
+    /// Makes `scratch` a copy of the golden template (made once, by `initdb`) with an identity
+    /// of its own ([`super::template`]).
+    async fn copy_golden(&self, scratch: &Path) -> anyhow::Result<()> {
+        let golden = self.warm_dir.join(GOLDEN);
+        if !golden.exists() {
+            let making = golden.with_extension("initdb");
+            let _ = std::fs::remove_dir_all(&making);
+            self.host
+                .initdb(&making, &self.warm_dir.join("initdb.log"))
+                .await?;
+            std::fs::rename(&making, &golden)?;
+        }
+        let scratch = scratch.to_path_buf();
+        let controldata = self.host.binaries.pg_controldata();
+        let owner = self.host.owner.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let _ = std::fs::remove_dir_all(&scratch);
+            super::template::copy_tree(&golden, &scratch)
+                .with_context(|| format!("copying {}", golden.display()))?;
+            owner.own_tree(&scratch)?;
+            let identity = super::template::give_identity(&scratch, &controldata)?;
+            tracing::debug!(
+                system_identifier = identity.system_identifier,
+                ms = started.elapsed().as_millis() as u64,
+                "template copied from the golden one"
+            );
+            anyhow::Ok(())
+        })
+        .await?
+    }
+
     /// A slot around a spare template, if there is one.
     fn slot_from_spare(&self) -> Option<ProcessSlot> {
         let template = self.spare_templates.lock().expect("templates lock").pop()?;
@@ -146,9 +180,16 @@ impl SlotMaker for ProcessSlots {
         let template = self.warm_dir.join(format!("template-{id}"));
         let scratch = template.with_extension("initdb");
         self.host.owner.chown(&self.warm_dir)?;
-        self.host
-            .initdb(&scratch, &self.warm_dir.join("initdb.log"))
-            .await?;
+        if let Err(e) = self.copy_golden(&scratch).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "a template could not be copied from the golden one; running initdb"
+            );
+            let _ = std::fs::remove_dir_all(&scratch);
+            self.host
+                .initdb(&scratch, &self.warm_dir.join("initdb.log"))
+                .await?;
+        }
         std::fs::rename(&scratch, &template)?;
         Ok(ProcessSlot {
             cgroup: self.slot_cgroup(id),
