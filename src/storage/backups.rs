@@ -23,35 +23,25 @@ impl CopiesView {
     /// commits go on meanwhile. Returns how many copies hold it.
     pub fn store_backup(&self, tar: &Path, start: Lsn, end: Lsn) -> Result<usize, String> {
         let sum = file_crc32(tar).map_err(|e| format!("reading {}: {e}", tar.display()))?;
-        let mut stored = 0;
-        for (dir, shared) in self.copies() {
-            if shared.lock().expect("copy lock").health != Health::Up {
-                continue;
-            }
-            let target = backup_tar(dir, start);
-            let sidecar = target.with_extension("tar.crc32");
-            let write = || -> std::io::Result<()> {
-                // The checksum, then the WAL position a restore must reach (the backup's end).
-                let tmp = sidecar.with_extension("crc32.tmp");
-                let mut file = create_private(&tmp)?;
-                file.write_all(format!("{sum:08x}\n{end}\n").as_bytes())?;
-                file.sync_all()?;
-                fs::rename(&tmp, &sidecar)?;
-                install_file(tar, &target)?;
-                sync_dir(&dir.join("base"))
-            };
-            match write() {
-                Ok(()) => stored += 1,
-                Err(e) => {
-                    // A backup that does not fit (disk full) must not take the copy's WAL down
-                    // with it: the copy stays up for commits and the backup counts one fewer.
-                    let _ = fs::remove_file(target.with_extension("tar.tmp"));
-                    let _ = fs::remove_file(sidecar.with_extension("crc32.tmp"));
-                    let _ = fs::remove_file(&sidecar);
-                    tracing::warn!(copy = %dir.display(), error = %e, "storing a base backup failed");
-                }
-            }
-        }
+        let up: Vec<&PathBuf> = self
+            .copies()
+            .iter()
+            .filter(|(_, shared)| shared.lock().expect("copy lock").health == Health::Up)
+            .map(|(dir, _)| dir)
+            .collect();
+        // One thread per copy: each waits on its own writes and fsyncs, side by side (on
+        // separate disks they would not even share a queue).
+        let stored = std::thread::scope(|scope| {
+            let writers: Vec<_> = up
+                .iter()
+                .map(|dir| scope.spawn(move || store_in(dir, tar, start, end, sum)))
+                .collect();
+            writers
+                .into_iter()
+                .map(|writer| writer.join())
+                .filter(|stored| matches!(stored, Ok(true)))
+                .count()
+        });
         Ok(stored)
     }
 
@@ -135,6 +125,35 @@ pub fn oldest_to_keep(
 }
 
 /// The CRC-32 of a whole file, read in pieces (a base backup is as large as the database).
+/// Stores one base backup into the copy at `dir`: its sidecar (checksum and end), then the
+/// tar, each synced and renamed into place. Whether it is there whole.
+fn store_in(dir: &Path, tar: &Path, start: Lsn, end: Lsn, sum: u32) -> bool {
+    let target = backup_tar(dir, start);
+    let sidecar = target.with_extension("tar.crc32");
+    let write = || -> std::io::Result<()> {
+        // The checksum, then the WAL position a restore must reach (the backup's end).
+        let tmp = sidecar.with_extension("crc32.tmp");
+        let mut file = create_private(&tmp)?;
+        file.write_all(format!("{sum:08x}\n{end}\n").as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, &sidecar)?;
+        install_file(tar, &target)?;
+        sync_dir(&dir.join("base"))
+    };
+    match write() {
+        Ok(()) => true,
+        Err(e) => {
+            // A backup that does not fit (disk full) must not take the copy's WAL down with it:
+            // the copy stays up for commits and the backup counts one fewer.
+            let _ = fs::remove_file(target.with_extension("tar.tmp"));
+            let _ = fs::remove_file(sidecar.with_extension("crc32.tmp"));
+            let _ = fs::remove_file(&sidecar);
+            tracing::warn!(copy = %dir.display(), error = %e, "storing a base backup failed");
+            false
+        }
+    }
+}
+
 pub(super) fn file_crc32(path: &Path) -> std::io::Result<u32> {
     let mut file = File::open(path)?;
     let mut hasher = crc32fast::Hasher::new();
