@@ -278,8 +278,15 @@ async fn a_killed_writer_fails_over_to_the_standby_with_nothing_lost() {
     ledger.stop_and_check(&pgtide);
     assert_eq!(pgtide.sql("SELECT pg_is_in_recovery()"), "f");
     // The copies follow the new writer: its commits are durable on the quorum.
-    let storage = pgtide.cluster("main").storage;
-    assert!(storage.degraded.is_none(), "{storage:?}");
+    assert!(
+        wait_until(Duration::from_secs(30), || pgtide
+            .cluster("main")
+            .storage
+            .degraded
+            .is_none()),
+        "{:?}",
+        pgtide.cluster("main").storage
+    );
 
     // The writer's zone is remembered across a restart of pgtide.
     let mut pgtide = pgtide;

@@ -87,8 +87,10 @@ pub struct StandbyStatus {
     pub endpoint: Option<ComputeEndpoint>,
 }
 
-/// How recently a standby must have streamed in sync to take over.
-const IN_SYNC_WITHIN: Duration = Duration::from_secs(10);
+/// How recently a standby must have streamed in sync to take over. Safe to be generous: what
+/// it lacks is laid in from the copies, and a gap they cannot fill fails the takeover, after
+/// which the writer restarts where it was.
+const IN_SYNC_WITHIN: Duration = Duration::from_secs(30);
 
 impl StandbyStatus {
     /// Whether it can take over now: running, and streaming in sync a moment ago.
