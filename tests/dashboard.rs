@@ -22,16 +22,22 @@ fn chromium() -> &'static str {
     panic!("headless Chromium is needed for this test: apt-get install chromium (scripts/test.sh does)");
 }
 
+/// Headless Chromium, bounded to 120 s.
+fn headless() -> Command {
+    let mut command = Command::new("timeout");
+    command.args([
+        "120",
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+    ]);
+    command
+}
+
 fn browser(args: &[&str], url: &str) -> String {
-    let out = Command::new("timeout")
-        .args([
-            "120",
-            chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=4000",
-        ])
+    let out = headless()
+        .arg("--virtual-time-budget=4000")
         .args(args)
         .arg(url)
         .output()
@@ -245,14 +251,7 @@ impl DevTools {
     fn open(url: &str) -> DevTools {
         let port = free_port();
         let profile = test_dir();
-        let browser = Command::new("timeout")
-            .args([
-                "120",
-                chromium(),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-            ])
+        let browser = headless()
             .arg(format!("--remote-debugging-port={port}"))
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("--window-size=1280,900")

@@ -123,12 +123,9 @@ fn without_a_pool_every_start_is_a_miss_and_works() {
 
 /// The system identifier `pg_controldata` reads from a data directory.
 fn controldata_sysid(pgdata: &std::path::Path) -> String {
-    let bin = std::fs::read_dir("/usr/lib/postgresql")
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path().join("bin/pg_controldata"))
-        .find(|path| path.exists())
-        .expect("pg_controldata");
+    let bin = pgtide::runtime::binaries::PostgresBinaries::find(None)
+        .expect("the Postgres binaries")
+        .pg_controldata();
     let out = std::process::Command::new(bin)
         .arg(pgdata)
         .env("LC_ALL", "C")

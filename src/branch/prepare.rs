@@ -42,15 +42,8 @@ pub fn lay_out(
     staging: &Path,
 ) -> Result<Prepared, BranchError> {
     let identity = source_identity(source_dirs);
-    let mut readable = read::readable(source_dirs, identity.as_ref());
-    if readable.len() < 3 {
-        return Err(BranchError::Failed(format!(
-            "only {} of {} of the source's copies are readable; a branch needs 3 (any 3 overlap \
-             every write quorum)",
-            readable.len(),
-            source_dirs.len()
-        )));
-    }
+    let mut readable = read::readable_quorum(source_dirs, identity.as_ref(), "a branch")
+        .map_err(|e| BranchError::Failed(format!("of the source's copies, {e}")))?;
     // Only what was durable when the branch was asked for.
     for copy in &mut readable {
         copy.trusted_end = copy.trusted_end.min(plan.wal_end);

@@ -217,14 +217,11 @@ impl ClusterHandle {
     /// once the new writer runs (or the takeover failed, with why).
     pub async fn failover(&self, to: Option<String>) -> Result<String, String> {
         if let ClusterState::Running(writer) = self.state() {
-            let zones = self.zones();
-            let standby = zones
-                .standbys
-                .iter()
-                .filter(|standby| to.as_ref().is_none_or(|zone| &standby.zone == zone))
-                .filter(|standby| standby.lag_bytes.is_some())
-                .min_by_key(|standby| standby.lag_bytes)
-                .and_then(|standby| standby.endpoint.clone());
+            let standbys = self.zones().standbys;
+            let standby = crate::cluster::standbys::choose(&standbys, to.as_deref())
+                .ok()
+                .and_then(|zone| standbys.into_iter().find(|s| s.zone == zone))
+                .and_then(|standby| standby.endpoint);
             if let Some(standby) = standby {
                 crate::cluster::standbys::prepare_takeover(&writer, &standby).await;
             }

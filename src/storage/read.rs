@@ -54,6 +54,28 @@ pub fn readable(dirs: &[PathBuf], set: Option<&Identity>) -> Vec<ReadCopy> {
         .collect()
 }
 
+/// Copies read at once that any write quorum of 4 out of 6 overlaps.
+pub const READ_QUORUM: usize = 3;
+
+/// [`readable`], or why there are too few to trust for `what` ("a rebuild", "a branch", …):
+/// what a write quorum acknowledged is in at least one of any [`READ_QUORUM`] copies.
+pub fn readable_quorum(
+    dirs: &[PathBuf],
+    set: Option<&Identity>,
+    what: &str,
+) -> Result<Vec<ReadCopy>, String> {
+    let readable = readable(dirs, set);
+    if readable.len() < READ_QUORUM {
+        return Err(format!(
+            "only {} of {} copies are readable; {what} needs {READ_QUORUM} (any {READ_QUORUM} \
+             overlap every write quorum)",
+            readable.len(),
+            dirs.len()
+        ));
+    }
+    Ok(readable)
+}
+
 /// The newest base backup whose checksum holds, in any copy.
 /// A backup is only taken from a copy whose WAL up to the backup's end is the set's.
 pub fn newest_backup(copies: &[ReadCopy]) -> Option<Backup> {

@@ -19,14 +19,7 @@ pub(super) fn rebuild_blocking(
     identity: Option<&Identity>,
     pgdata: &Path,
 ) -> anyhow::Result<String> {
-    let readable = read::readable(dirs, identity);
-    if readable.len() < 3 {
-        bail!(
-            "only {} of {} copies are readable; a rebuild needs 3 (any 3 overlap every write quorum)",
-            readable.len(),
-            dirs.len()
-        );
-    }
+    let readable = read::readable_quorum(dirs, identity, "a rebuild").map_err(|e| anyhow!(e))?;
     let backup = read::newest_backup(&readable)
         .ok_or_else(|| anyhow!("the copies hold no intact base backup"))?;
     let staging = pgdata.with_extension("rebuild");

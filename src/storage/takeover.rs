@@ -18,7 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 
 use super::identity::Identity;
 use super::read;
@@ -49,14 +49,7 @@ pub fn fill_standby_wal(
     pgdata: &Path,
     received: Lsn,
 ) -> anyhow::Result<Filled> {
-    let readable = read::readable(dirs, identity);
-    if readable.len() < 3 {
-        bail!(
-            "only {} of {} copies are readable; a takeover needs 3 (any 3 overlap every write quorum)",
-            readable.len(),
-            dirs.len()
-        );
-    }
+    let readable = read::readable_quorum(dirs, identity, "a takeover").map_err(|e| anyhow!(e))?;
     let timeline = identity
         .map(|identity| identity.timeline)
         .ok_or_else(|| anyhow!("the copies hold no WAL yet"))?;

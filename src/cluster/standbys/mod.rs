@@ -105,6 +105,39 @@ impl StandbyStatus {
     }
 }
 
+/// The standby a takeover would use among `standbys`: the one in zone `to`, or the one least
+/// behind of those streaming in sync; why none can, otherwise. The one rule both the takeover
+/// and `pgtide failover`'s preparation follow.
+pub(crate) fn choose(standbys: &[StandbyStatus], to: Option<&str>) -> Result<String, String> {
+    if standbys.is_empty() {
+        return Err("the cluster has no standby".to_string());
+    }
+    let candidates: Vec<&StandbyStatus> = standbys
+        .iter()
+        .filter(|standby| to.is_none_or(|zone| standby.zone == zone))
+        .collect();
+    if candidates.is_empty() {
+        let zones: Vec<&str> = standbys.iter().map(|s| s.zone.as_str()).collect();
+        return Err(format!(
+            "no standby runs in zone {}; the standbys are in {}",
+            to.unwrap_or_default(),
+            zones.join(", ")
+        ));
+    }
+    candidates
+        .iter()
+        .filter_map(|status| status.promotable().map(|lag| (lag, status)))
+        .min_by_key(|(lag, _)| *lag)
+        .map(|(_, status)| status.zone.clone())
+        .ok_or_else(|| {
+            let states: Vec<String> = candidates
+                .iter()
+                .map(|s| format!("{} is {:?}", s.zone, s.state).to_lowercase())
+                .collect();
+            format!("no standby is streaming in sync ({})", states.join(", "))
+        })
+}
+
 /// The cluster's zones in `/status`: where the writer runs and its standbys.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct ZonesStatus {
@@ -224,38 +257,12 @@ impl StandbySet {
 
     /// The standby a takeover would use: the one named, or the streaming one least behind.
     pub(super) fn promotable(&self, to: Option<&str>) -> Result<String, String> {
-        if self.standbys.is_empty() {
-            return Err("the cluster has no standby".to_string());
-        }
-        let candidates: Vec<StandbyStatus> = self
+        let statuses: Vec<StandbyStatus> = self
             .standbys
             .iter()
-            .filter(|standby| to.is_none_or(|zone| standby.zone == zone))
             .map(|standby| standby.status.lock().expect("standby status lock").clone())
             .collect();
-        if candidates.is_empty() {
-            return Err(format!(
-                "no standby runs in zone {}; the standbys are in {}",
-                to.unwrap_or_default(),
-                self.standbys
-                    .iter()
-                    .map(|s| s.zone.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        candidates
-            .iter()
-            .filter_map(|status| status.promotable().map(|lag| (lag, status)))
-            .min_by_key(|(lag, _)| *lag)
-            .map(|(_, status)| status.zone.clone())
-            .ok_or_else(|| {
-                let states: Vec<String> = candidates
-                    .iter()
-                    .map(|s| format!("{} is {:?}", s.zone, s.state).to_lowercase())
-                    .collect();
-                format!("no standby is streaming in sync ({})", states.join(", "))
-            })
+        choose(&statuses, to)
     }
 
     /// Asks the standby in `zone` to stop and take the copies' WAL, for a takeover.
