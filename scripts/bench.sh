@@ -16,7 +16,9 @@
 #                              PgBouncer, which fails it); (c) memory per idle client with 10,000
 #                              idle clients, and a pause with them all connected
 #   scripts/bench.sh storage   tpcb-like, 8 clients: pgtide with copies off (local commit), pgtide
-#                              with six copies (4-of-6 quorum) and direct Postgres
+#                              with six copies (4-of-6 quorum), direct Postgres, and direct
+#                              Postgres with one synchronous standby (pg_receivewal --synchronous):
+#                              the floor synchronous replication has on the machine
 #   scripts/bench.sh scale     a stepped pgbench load (0 → 2 → 8 → 2 → 0 clients) through pgtide:
 #                              a per-second timeline of clients, ACU, CPU used and TPS, and the
 #                              reaction from each load change to the applied ACU; then a 24-hour
@@ -158,12 +160,15 @@ EOF
 }
 
 start_direct() { # a plain Postgres on TCP (and a unix socket in $WORK/sock); sets DIRECT_PORT
+  # $1 = its folder under $WORK (default direct), further arguments = more `-c name=value`s
+  local name=${1:-direct}; shift || true
+  local settings=(); for setting in "$@"; do settings+=(-c "$setting"); done
   DIRECT_PORT=$(free_port)
-  mkdir -p "$WORK/direct" "$WORK/sock" && chown postgres: "$WORK/direct" "$WORK/sock" 2>/dev/null || true
-  as_pg "$BIN/initdb" -D "$WORK/direct/pgdata" -U postgres --auth=trust --no-locale -E UTF8 >/dev/null
-  bg_as_pg "$BIN/postgres" -D "$WORK/direct/pgdata" -c listen_addresses=127.0.0.1 -c port="$DIRECT_PORT" \
+  mkdir -p "$WORK/$name" "$WORK/sock" && chown postgres: "$WORK/$name" "$WORK/sock" 2>/dev/null || true
+  as_pg "$BIN/initdb" -D "$WORK/$name/pgdata" -U postgres --auth=trust --no-locale -E UTF8 >/dev/null
+  bg_as_pg "$BIN/postgres" -D "$WORK/$name/pgdata" -c listen_addresses=127.0.0.1 -c port="$DIRECT_PORT" \
     -c unix_socket_directories="$WORK/sock" -c max_connections=200 -c shared_buffers=128MB \
-    > "$WORK/direct.log" 2>&1 &
+    "${settings[@]}" > "$WORK/$name.log" 2>&1 &
   PIDS+=($!)
   wait_port "$DIRECT_PORT"
 }
@@ -267,10 +272,23 @@ bench_storage() {
   LOCAL_PORT=$PGTIDE_PORT
   start_pgtide copies "min_acu = 8" "write_quorum = 4"
   COPIES_PORT=$PGTIDE_PORT
-  for port in "$DIRECT_PORT" "$LOCAL_PORT" "$COPIES_PORT"; do
+  local plain_port=$DIRECT_PORT
+  # The peer a user would pick for "every commit on another copy": Postgres with one synchronous
+  # standby, Postgres's own pg_receivewal --synchronous (one copy, fsynced, on the same disk).
+  # Its ratio to plain Postgres is the floor synchronous replication has on this machine.
+  start_direct direct-sync "synchronous_standby_names=pg_receivewal" "synchronous_commit=on"
+  local sync_port=$DIRECT_PORT
+  mkdir -p "$WORK/receivewal" && chown postgres: "$WORK/receivewal" 2>/dev/null || true
+  as_pg "$BIN/pg_receivewal" -h 127.0.0.1 -p "$sync_port" -U postgres --slot=receivewal \
+    --create-slot --if-not-exists >/dev/null 2>&1
+  (bg_as_pg "$BIN/pg_receivewal" -h 127.0.0.1 -p "$sync_port" -U postgres --slot=receivewal \
+    --synchronous -D "$WORK/receivewal" > "$WORK/receivewal.log" 2>&1) &
+  PIDS+=($!)
+  for port in "$plain_port" "$sync_port" "$LOCAL_PORT" "$COPIES_PORT"; do
     pgbench -h 127.0.0.1 -p "$port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
   done
-  compare "tpcb-like" copies-off="$LOCAL_PORT" six-copies="$COPIES_PORT" direct="$DIRECT_PORT"
+  compare "tpcb-like" copies-off="$LOCAL_PORT" six-copies="$COPIES_PORT" direct="$plain_port" \
+    direct-sync-standby="$sync_port"
 }
 
 # ---------------------------------------------------------------------------------------------
