@@ -16,9 +16,10 @@
 #                              PgBouncer, which fails it); (c) memory per idle client with 10,000
 #                              idle clients, and a pause with them all connected
 #   scripts/bench.sh storage   tpcb-like, 8 clients: pgtide with copies off (local commit), pgtide
-#                              with six copies (4-of-6 quorum), direct Postgres, and direct
-#                              Postgres with one synchronous standby (pg_receivewal --synchronous):
-#                              the floor synchronous replication has on the machine
+#                              with six copies (4-of-6 quorum), with one copy (quorum 1), direct
+#                              Postgres, and direct Postgres with one synchronous standby
+#                              (pg_receivewal --synchronous): the floor synchronous replication
+#                              has on the machine
 #   scripts/bench.sh scale     a stepped pgbench load (0 → 2 → 8 → 2 → 0 clients) through pgtide:
 #                              a per-second timeline of clients, ACU, CPU used and TPS, and the
 #                              reaction from each load change to the applied ACU; then a 24-hour
@@ -35,7 +36,10 @@
 #
 #   scripts/bench.sh syscalls  per select-only transaction, for pgtide (both pool modes), PgBouncer
 #                              and the relay on one compute: CPU µs (median of interleaved rounds),
-#                              system calls and context switches (strace -c, /proc)
+#                              system calls and context switches (strace -c, /proc); then per
+#                              login (pgbench -C -S, transaction mode vs PgBouncer): the proxy's
+#                              CPU, the whole machine's, and the ceiling a proxy costing nothing
+#                              would reach (machine / (machine - proxy))
 #   scripts/bench.sh branch    pgtide branch of a pgbench -i -s SCALE database with six copies,
 #                              while pgbench (tpcb-like) runs on the source: time from the request
 #                              to the branch answering its first query (and pgtide's own split:
@@ -136,6 +140,9 @@ fi
 start_pgtide() { # $1 = name, $2 = extra cluster lines, $3 = [storage] lines, $4 = [runtime] lines; sets PGTIDE_PORT, ADMIN_PORT
   # (MAX_ACU in the environment: the cluster's max_acu, default 8)
   PGTIDE_PORT=$(free_port); ADMIN_PORT=$(free_port)
+  # (PGTIDE_PASSWORD in the environment: the user's password; none means trust)
+  local password_line=""
+  [ -n "${PGTIDE_PASSWORD:-}" ] && password_line="password = \"$PGTIDE_PASSWORD\""
   cat > "$WORK/$1.toml" <<EOF
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
@@ -152,6 +159,7 @@ $2
 [[clusters.users]]
 name = "postgres"
 superuser = true
+$password_line
 EOF
   "$PGTIDE_BIN" serve --config "$WORK/$1.toml" 2> "$WORK/$1.log" &
   PIDS+=($!)
@@ -173,11 +181,23 @@ start_direct() { # a plain Postgres on TCP (and a unix socket in $WORK/sock); se
   wait_port "$DIRECT_PORT"
 }
 
+scram_verifier() { # the SCRAM-SHA-256 verifier of password $1, as Postgres stores it
+  python3 - "$1" <<'PY'
+import base64, hashlib, hmac, os, sys
+salt, iterations = os.urandom(16), 4096
+salted = hashlib.pbkdf2_hmac("sha256", sys.argv[1].encode(), salt, iterations)
+client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+b64 = lambda b: base64.b64encode(b).decode()
+print(f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}")
+PY
+}
 start_bouncer() { # PgBouncer 1.18 in transaction mode; sets BOUNCER_PORT
   # $1 = the Postgres socket dir and $2 its port (default: the direct Postgres), $3 = the OS user
-  # it runs as (default postgres; it must be able to open that socket).
+  # it runs as (default postgres; it must be able to open that socket), $4 = its pool_mode
+  # (default transaction).
   BOUNCER_PORT=$(free_port)
-  local sock=${1:-$WORK/sock} port=${2:-$DIRECT_PORT} user=${3:-postgres}
+  local sock=${1:-$WORK/sock} port=${2:-$DIRECT_PORT} user=${3:-postgres} mode=${4:-transaction}
   local ini="$WORK/pgbouncer-$BOUNCER_PORT.ini"
   cat > "$ini" <<EOF
 [databases]
@@ -186,14 +206,16 @@ postgres = host=$sock port=$port dbname=postgres
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT
 unix_socket_dir =
-auth_type = trust
-auth_file = $WORK/userlist.txt
-pool_mode = transaction
+auth_type = ${BOUNCER_AUTH:-trust}
+auth_file = $ini.users
+pool_mode = $mode
 default_pool_size = 20
 max_client_conn = 1000
 EOF
-  echo '"postgres" ""' > "$WORK/userlist.txt"
-  chmod 644 "$ini" "$WORK/userlist.txt"
+  # The password as Postgres keeps it, a SCRAM-SHA-256 verifier (with a plain text password
+  # PgBouncer would run PBKDF2's 4096 rounds itself at every login).
+  printf '"postgres" "%s"\n' "$(scram_verifier bench)" > "$ini.users"
+  chmod 644 "$ini" "$ini.users"
   if [ "$(id -u)" = 0 ]; then
     (exec setpriv --reuid="$user" --regid="$user" --init-groups -- pgbouncer "$ini" 2> "$ini.log") &
   else
@@ -220,6 +242,8 @@ compare() {
               -T "$SECONDS_PER_ROUND" postgres 2>&1 || true)
         tps=$(printf '%s\n' "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
         failed=$(printf '%s\n' "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' | head -1)
+        # Clients that hit an error abort and pgbench prints the TPS of those left: no figure.
+        if printf '%s\n' "$out" | grep -q "Run was aborted"; then tps=0; failed=aborted; fi
         printf '%s\t%s\t%s\t%s\t%s\n' "$workload" "$round" "$name" "${tps:-0}" "${failed:-?}" >> "$results"
         log "$workload round $round $name: tps ${tps:-FAILED} failed ${failed:-?}"
       done
@@ -232,14 +256,16 @@ names = [t.split("=")[0] for t in sys.argv[2:]]
 tps, failed = collections.defaultdict(dict), collections.defaultdict(int)
 for workload, rnd, target, value, fails in rows:
     tps[(workload, target)][rnd] = float(value)
-    failed[(workload, target)] += int(fails) if fails.isdigit() else 0
+    failed[(workload, target)] += int(fails) if fails.isdigit() else 10**9
 print(f"\n{'workload':<12} {'target':<16} {'median tps':>11} {'ratio to ' + names[0]:>22} {'failed':>7}")
 for workload in dict.fromkeys(r[0] for r in rows):
     base = tps[(workload, names[0])]
     for name in names:
         values = tps[(workload, name)]
         ratios = [values[r] / base[r] for r in values if base.get(r)]
-        print(f"{workload:<12} {name:<16} {statistics.median(values.values()):>11.0f} {statistics.median(ratios):>21.2f}x {failed[(workload, name)]:>7}")
+        fails = failed[(workload, name)]
+        fails = "aborted" if fails >= 10**9 else fails
+        print(f"{workload:<12} {name:<16} {statistics.median(values.values()):>11.0f} {statistics.median(ratios) if ratios else 0:>21.2f}x {fails:>7}")
 EOF
 }
 
@@ -272,6 +298,10 @@ bench_storage() {
   LOCAL_PORT=$PGTIDE_PORT
   start_pgtide copies "min_acu = 8" "write_quorum = 4"
   COPIES_PORT=$PGTIDE_PORT
+  # One copy, quorum 1: pgtide's receiver path alone, beside pg_receivewal's (below); what six
+  # copies cost beyond it is their fsyncs, four of them per commit group on this one disk.
+  start_pgtide one-copy "min_acu = 8" $'copies = ["one-copy-data/copies/a1"]\nwrite_quorum = 1'
+  local one_copy_port=$PGTIDE_PORT
   local plain_port=$DIRECT_PORT
   # The peer a user would pick for "every commit on another copy": Postgres with one synchronous
   # standby, Postgres's own pg_receivewal --synchronous (one copy, fsynced, on the same disk).
@@ -284,11 +314,11 @@ bench_storage() {
   (bg_as_pg "$BIN/pg_receivewal" -h 127.0.0.1 -p "$sync_port" -U postgres --slot=receivewal \
     --synchronous -D "$WORK/receivewal" > "$WORK/receivewal.log" 2>&1) &
   PIDS+=($!)
-  for port in "$plain_port" "$sync_port" "$LOCAL_PORT" "$COPIES_PORT"; do
+  for port in "$plain_port" "$sync_port" "$LOCAL_PORT" "$COPIES_PORT" "$one_copy_port"; do
     pgbench -h 127.0.0.1 -p "$port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
   done
-  compare "tpcb-like" copies-off="$LOCAL_PORT" six-copies="$COPIES_PORT" direct="$plain_port" \
-    direct-sync-standby="$sync_port"
+  compare "tpcb-like" copies-off="$LOCAL_PORT" six-copies="$COPIES_PORT" one-copy="$one_copy_port" \
+    direct="$plain_port" direct-sync-standby="$sync_port"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -375,22 +405,36 @@ EOF
 bench_pool() {
   if ! command -v pgbouncer >/dev/null; then log "installing pgbouncer…"; apt_install pgbouncer; fi
   if ! python3 -c 'import asyncpg' 2>/dev/null; then python3 -m pip install --quiet asyncpg >&2; fi
-  log "starting direct Postgres, PgBouncer (transaction mode) and pgtide (session and transaction mode)"
+  log "starting direct Postgres, pgtide (session and transaction mode, and transaction mode with a password) and a PgBouncer in front of each of pgtide's computes"
   start_direct
-  start_bouncer
   start_pgtide session "min_acu = 8"
   SESSION_PORT=$PGTIDE_PORT
   start_pgtide transaction $'min_acu = 8\npool_mode = "transaction"'
   TRANSACTION_PORT=$PGTIDE_PORT; TRANSACTION_ADMIN=$ADMIN_PORT
-  for port in "$DIRECT_PORT" "$SESSION_PORT" "$TRANSACTION_PORT"; do
-    pgbench -h 127.0.0.1 -p "$port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+  PGTIDE_PASSWORD=bench start_pgtide password $'min_acu = 8\npool_mode = "transaction"'
+  PASSWORD_PORT=$PGTIDE_PORT
+  # Every PgBouncer fronts the compute of the pgtide cluster it is compared with (as root the
+  # computes run as the OS user postgres-bench, who alone may open their sockets): the gap
+  # between the two is the proxies' own.
+  local owner=postgres; [ "$(id -u)" = 0 ] && owner=postgres-bench
+  start_bouncer "$WORK/transaction-data/clusters/bench/socket" 5432 "$owner"
+  local bouncer_port=$BOUNCER_PORT
+  start_bouncer "$WORK/session-data/clusters/bench/socket" 5432 "$owner" session
+  local bouncer_session_port=$BOUNCER_PORT
+  BOUNCER_AUTH=scram-sha-256 start_bouncer "$WORK/password-data/clusters/bench/socket" 5432 "$owner"
+  local bouncer_password_port=$BOUNCER_PORT
+  for port in "$DIRECT_PORT" "$SESSION_PORT" "$TRANSACTION_PORT" "$PASSWORD_PORT"; do
+    PGPASSWORD=bench pgbench -h 127.0.0.1 -p "$port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
   done
-  log "(a) a new connection per transaction: pgbench -C -S"
-  PGBENCH_EXTRA="-C" compare "select-only" pgbouncer="$BOUNCER_PORT" pgtide-transaction="$TRANSACTION_PORT" \
+  log "(a) a new connection per transaction: pgbench -C -S, trust"
+  PGBENCH_EXTRA="-C" compare "select-only" pgbouncer="$bouncer_port" pgtide-transaction="$TRANSACTION_PORT" \
     direct="$DIRECT_PORT"
-  log "(b) protocol-level prepared statements: pgbench -M prepared -S (PgBouncer 1.18 cannot: P_0 already exists)"
-  PGBENCH_EXTRA="-M prepared" compare "select-only" pgtide-session="$SESSION_PORT" \
-    pgtide-transaction="$TRANSACTION_PORT" pgbouncer="$BOUNCER_PORT"
+  log "(a') the same with a password (SCRAM-SHA-256 on both proxies; pgbench's own PBKDF2 is in every login)"
+  PGPASSWORD=bench PGBENCH_EXTRA="-C" compare "select-only" pgbouncer-scram="$bouncer_password_port" \
+    pgtide-scram="$PASSWORD_PORT"
+  log "(b) protocol-level prepared statements: pgbench -M prepared -S (PgBouncer 1.18's transaction mode aborts: P_0 already exists)"
+  PGBENCH_EXTRA="-M prepared" compare "select-only" pgtide-transaction="$TRANSACTION_PORT" \
+    pgbouncer-session="$bouncer_session_port" pgtide-session="$SESSION_PORT" pgbouncer="$bouncer_port"
   log "(c) memory per idle client: 10,000 idle clients on the transaction-mode cluster"
   pgtide_pid=$(pgrep -f "pgtide serve --config $WORK/transaction.toml" | head -1)
   python3 - "$TRANSACTION_PORT" "$TRANSACTION_ADMIN" "$pgtide_pid" <<'EOF'
@@ -611,6 +655,33 @@ for line in open(path):
 total = sum(calls.values())
 top = ", ".join(f"{k} {v / tx:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1])[:4])
 print(f"{name:<20} {cpu:>10} {total / tx:>12.2f} {switches / tx:>16.2f}   {top}")
+EOF
+  done
+  # A new connection per transaction (pgbench -C -S), transaction mode against PgBouncer's: the
+  # proxy's CPU per login beside the whole machine's. A proxy that cost nothing would make the
+  # machine's per-login CPU smaller by the proxy's share, and no more: that bounds the ratio
+  # any proxy can reach against another on this machine (`ceiling`).
+  machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+  declare -A login_us machine_us
+  local logins=$(( ${LOGINS:-500} * 4 ))
+  for round in $(seq 1 "${CPU_ROUNDS:-5}"); do
+    for target in "pgtide-transaction=$tx_pid=$tx_port" "pgbouncer=$bouncer_pid=$BOUNCER_PORT"; do
+      IFS== read -r name pid port <<< "$target"
+      local t0 t1 m0 m1
+      t0=$(cpu_ticks "$pid"); m0=$(machine_busy)
+      pgbench -h 127.0.0.1 -p "$port" -U postgres -S -C -c 4 -j 2 -t "${LOGINS:-500}" postgres >/dev/null 2>&1
+      t1=$(cpu_ticks "$pid"); m1=$(machine_busy)
+      login_us[$name]+="$(( (t1 - t0) * 1000000 / ticks_per_s / logins )) "
+      machine_us[$name]+="$(( (m1 - m0) * 1000000 / ticks_per_s / logins )) "
+    done
+  done
+  printf '\n%-20s %14s %18s %10s\n' "pgbench -C -S via" "proxy µs/login" "machine µs/login" "ceiling"
+  for name in pgtide-transaction pgbouncer; do
+    python3 - "$name" "${login_us[$name]}" "${machine_us[$name]}" <<'EOF'
+import statistics, sys
+name, proxy, machine = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+proxy, machine = statistics.median(map(float, proxy)), statistics.median(map(float, machine))
+print(f"{name:<20} {proxy:>14.1f} {machine:>18.1f} {machine / (machine - proxy):>9.2f}x")
 EOF
   done
 }

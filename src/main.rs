@@ -15,11 +15,6 @@ use tokio::net::TcpListener;
 
 use config::{Config, RuntimeKind};
 
-// glibc malloc showed at ~5 % of the proxy's samples under a connection storm (arenas, consolidation);
-// mimalloc's per-thread free lists make the many small per-login allocations cheap.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "pgtide",
