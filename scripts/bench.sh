@@ -2,10 +2,12 @@
 # Benchmarks, side by side in one run, interleaved rounds, medians and ratios. Never run by the
 # tests: this machine is shared and noisy, so figures come from here, not from assertions.
 #
-#   scripts/bench.sh [proxy]   pgbench select-only and tpcb-like, 8 clients, against one Postgres
-#                              (pgtide's compute): straight over its unix socket, through pgtide
-#                              (session mode), PgBouncer 1.18 (transaction mode) and a bare tokio
-#                              relay (benches/relay.rs); ratios are to the compute itself
+#   scripts/bench.sh [proxy]   pgbench select-only and tpcb-like, 8 clients, against pgtide's
+#                              compute: straight over its unix socket, through pgtide in session
+#                              mode, PgBouncer 1.18 in session mode and a bare tokio relay
+#                              (benches/relay.rs) on it; and through pgtide in transaction mode
+#                              and PgBouncer in transaction mode on a second, alike cluster's
+#                              compute; ratios are to the compute itself
 #   scripts/bench.sh resume    20 pause → connect → first row cycles against a paused cluster, for
 #                              four targets side by side (interleaved): the process runtime cold
 #                              (warm_pool_size = 0) and with its pool (1), the docker runtime cold
@@ -272,22 +274,35 @@ EOF
 # ---------------------------------------------------------------------------------------------
 bench_proxy() {
   if ! command -v pgbouncer >/dev/null; then log "installing pgbouncer…"; apt_install pgbouncer; fi
-  # The whole machine (8 ACU = 2 cores): this measures the proxy, not the scaler.
+  # The whole machine (8 ACU = 2 cores): this measures the proxy, not the scaler. Two clusters,
+  # one per pool mode, each compared with the peer of the same mode.
   start_pgtide pgtide "min_acu = 8"
-  # Every proxy fronts the same Postgres, pgtide's own compute, over its private socket (as root,
-  # the compute runs as the OS user postgres-<cluster>, who alone may open it): the gap between
-  # "compute" and each proxy is that proxy's own cost, with no difference between instances.
-  local sock="$WORK/pgtide-data/clusters/bench/socket" owner=postgres
+  local session_port=$PGTIDE_PORT
+  start_pgtide pooled $'min_acu = 8\npool_mode = "transaction"'
+  local transaction_port=$PGTIDE_PORT
+  # Every proxy fronts pgtide's own compute over its private socket (as root, the compute runs
+  # as the OS user postgres-<cluster>, who alone may open it): the gap between "compute" and
+  # each proxy is that proxy's own cost, with no difference between instances. Session mode's
+  # peers front the session cluster's compute, transaction mode's the other's (their computes
+  # are alike: ratios are to the first).
+  local sock="$WORK/pgtide-data/clusters/bench/socket" pooled_sock="$WORK/pooled-data/clusters/bench/socket"
+  local owner=postgres
   [ "$(id -u)" = 0 ] && owner=postgres-bench
-  log "starting PgBouncer and the bare relay in front of pgtide's compute ($sock)"
-  start_bouncer "$sock" 5432 "$owner"
+  log "starting PgBouncer (session and transaction mode) and the bare relay in front of pgtide's computes"
+  start_bouncer "$sock" 5432 "$owner" session
+  local bouncer_session_port=$BOUNCER_PORT
+  start_bouncer "$pooled_sock" 5432 "$owner" transaction
+  local bouncer_transaction_port=$BOUNCER_PORT
   RELAY_PORT=$(free_port)
   "$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "$sock/.s.PGSQL.5432" 2>/dev/null &
   PIDS+=($!)
   wait_port "$RELAY_PORT"
-  pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
-  compare "select-only tpcb-like" compute="$sock:5432" pgtide="$PGTIDE_PORT" \
-    pgbouncer="$BOUNCER_PORT" relay="$RELAY_PORT"
+  for port in "$session_port" "$transaction_port"; do
+    pgbench -h 127.0.0.1 -p "$port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+  done
+  compare "select-only tpcb-like" compute="$sock:5432" pgtide-session="$session_port" \
+    pgbouncer-session="$bouncer_session_port" relay="$RELAY_PORT" \
+    pgtide-transaction="$transaction_port" pgbouncer-transaction="$bouncer_transaction_port"
 }
 
 # ---------------------------------------------------------------------------------------------
