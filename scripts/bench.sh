@@ -60,7 +60,7 @@
 #
 # Knobs: ROUNDS (default 5), SECONDS_PER_ROUND (default 6), CLIENTS (default 8), SCALE (10),
 # TENANTS (500), TENANTS_COPIES (0), TENANTS_BUDGET (1000), FAILOVERS (10), FAILOVER_TPS_SECONDS (20).
-# BRANCH_SCALES ("70 350"), BRANCH_PLAIN (1), BRANCH_LOAD_SECONDS (600: the most pgbench runs on the
+# BRANCH_SCALES ("70 350"), BRANCH_PLAIN (1), BRANCH_COW (1), BRANCH_LOAD_SECONDS (600: the most pgbench runs on the
 # source around a branch; it is stopped 2 s after the branch answers), PGTIDE_BIN (a built pgtide).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -294,7 +294,9 @@ bench_storage() {
 bench_branch() {
   local scales=${BRANCH_SCALES:-"70 350"} xfs_reason=""
   log "file systems: /work $(stat -f -c %T /work), /tmp $(stat -f -c %T /tmp), $WORK $(stat -f -c %T "$WORK")"
-  if [ "$(id -u)" != 0 ]; then
+  if [ "${BRANCH_COW:-1}" = 0 ]; then
+    xfs_reason="BRANCH_COW=0"
+  elif [ "$(id -u)" != 0 ]; then
     xfs_reason="not root: cannot mount a loop device"
   elif ! command -v mkfs.xfs >/dev/null; then
     log "installing xfsprogs…"; apt_install xfsprogs >/dev/null 2>&1 || true
@@ -302,8 +304,9 @@ bench_branch() {
   fi
   for scale in $scales; do
     # pgbench: about 16 MiB per scale unit. Six copies hold up to two backups and the WAL of
-    # the load each; the source, the branch, its copies' first backup and the image: ~28x.
-    local need_mib=$((scale * 16 * 28)) free_mib
+    # the load each; the source, the branch, its copies' first backup and the image: ~28x,
+    # and 6 GiB for what does not grow with the scale (WAL segments, the warm pool).
+    local need_mib=$((scale * 16 * 28 + 6144)) free_mib
     free_mib=$(df -m --output=avail "$WORK" | tail -1 | tr -d ' ')
     if [ "$need_mib" -gt "$free_mib" ]; then
       echo "scale $scale: skipped: it needs about $need_mib MiB of disk (six copies of the WAL and base backups), $free_mib MiB are free"
@@ -402,6 +405,16 @@ sys.exit(0 if any(lsn(t) >= load for t in taken) else 1)' "$load_lsn"; do sleep 
   branch_stop
   branch_config "$data" 1024
   branch_serve
+  # Where the copies clone files, the newest backup is kept unpacked in the background: wait
+  # for it (a user's steady state), at most 10 minutes.
+  local newest
+  newest=$(ls "$data"/copies/*/bench/base/ | sed -n 's/\.tar$//p' | sort | tail -1)
+  if [ "$(stat -f -c %T "$data")" = xfs ]; then
+    for _ in $(seq 1 600); do
+      ls -d "$data"/copies/*/bench/base/"$newest".image >/dev/null 2>&1 && break
+      sleep 1
+    done
+  fi
   log "[$fs] the source's TPS before: tpcb-like, $CLIENTS clients, ${SECONDS_PER_ROUND}s"
   before=$(pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -c "$CLIENTS" -j 2 -T "$SECONDS_PER_ROUND" postgres 2>&1 |
     sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
@@ -421,6 +434,8 @@ sys.exit(0 if any(lsn(t) >= load for t in taken) else 1)' "$load_lsn"; do sleep 
   t1=$(date +%s.%N)
   sleep 2
   kill -INT "$bench_pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$bench_pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$bench_pid" 2>/dev/null || true
   wait "$bench_pid" 2>/dev/null || true
   rows=$(psql -X -tA -c 'SELECT count(*) FROM pgbench_accounts' "$branch_conn" 2>&1 || true)
   python3 - "$WORK/during.txt" "$t0" "$t1" "${before:-0}" "$answer" "$scale" "$rows" "$fs" <<'EOF'

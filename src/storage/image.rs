@@ -61,6 +61,20 @@ pub fn keep_image_in_background(dir: PathBuf, start: Lsn) {
     }
 }
 
+/// At a cluster's start: the image of the newest backup of the first copy that holds one, if it
+/// is missing (a pgtide stopped while making it), made as after a backup.
+pub fn keep_newest_image_in_background(dirs: &[PathBuf]) {
+    let newest = dirs.iter().find_map(|dir| {
+        let start = super::backups::backup_starts(dir).into_iter().max()?;
+        Some((dir.clone(), start))
+    });
+    if let Some((dir, start)) = newest {
+        if !image_dir(&dir, start).is_dir() {
+            keep_image_in_background(dir, start);
+        }
+    }
+}
+
 /// Unpacks the backup `tar` (stored at `start` in the copy at `dir`) as that copy's image, if
 /// the copy's file system clones files and the backup is still the copy's newest, and removes
 /// the copy's older images. Background work: call it on a background thread
@@ -69,12 +83,21 @@ pub fn keep_image(dir: &Path, tar: &Path, start: Lsn) -> io::Result<bool> {
     let _one_at_a_time = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     let newest = super::backups::backup_starts(dir).into_iter().max();
     let base = dir.join("base");
-    if newest != Some(start) || !tar.is_file() || !super::reflink::supported(&base) {
+    let image = image_dir(dir, start);
+    if newest != Some(start)
+        || image.is_dir()
+        || !tar.is_file()
+        || !super::reflink::supported(&base)
+    {
         return Ok(false);
     }
-    let image = image_dir(dir, start);
+    // Images half made by a pgtide that stopped meanwhile (none is being made: the lock).
+    for entry in fs::read_dir(&base)?.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".image.tmp") {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
     let tmp = image.with_extension("image.tmp");
-    let _ = fs::remove_dir_all(&tmp);
     fs::create_dir(&tmp)?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700))?;
     unpack_tar(tar, &tmp, true)?;
@@ -206,6 +229,8 @@ mod tests {
             assert!(find_image(std::slice::from_ref(&copy), old).is_none());
             return;
         }
+        // Made once: asked again, nothing is redone.
+        assert!(!keep_image(&copy, &backup_tar(&copy, old), old).unwrap());
         a_backup_tar(&backup_tar(&copy, new));
         // Not the copy's newest backup any more: no image of it.
         assert!(!keep_image(&copy, &backup_tar(&copy, old), old).unwrap());
