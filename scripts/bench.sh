@@ -379,7 +379,7 @@ branch_stop() {
 }
 
 branch_run() { # $1 = scale, $2 = what the file system is, $3 = pgtide's data dir
-  local scale=$1 fs=$2 data=$3 load_lsn before bench_pid t0 t1 answer rows
+  local scale=$1 fs=$2 data=$3 load_lsn bench_pid t0 t1 answer rows
   PGTIDE_PORT=$(free_port); ADMIN_PORT=$(free_port); TENANTS_PORT=$(free_port)
   export PGPASSWORD=bench
   local source_conn="host=127.0.0.1 port=$PGTIDE_PORT user=postgres dbname=postgres sslmode=disable"
@@ -415,15 +415,14 @@ sys.exit(0 if any(lsn(t) >= load for t in taken) else 1)' "$load_lsn"; do sleep 
       sleep 1
     done
   fi
-  log "[$fs] the source's TPS before: tpcb-like, $CLIENTS clients, ${SECONDS_PER_ROUND}s"
-  before=$(pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -c "$CLIENTS" -j 2 -T "$SECONDS_PER_ROUND" postgres 2>&1 |
-    sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
-  log "[$fs] branching while pgbench runs on the source"
+  # One pgbench run throughout: its samples of the SECONDS_PER_ROUND seconds before the request
+  # (after as many seconds of warm-up) are "before", those until the branch answers "during".
+  log "[$fs] pgbench on the source (tpcb-like, $CLIENTS clients): ${SECONDS_PER_ROUND}s of warm-up, ${SECONDS_PER_ROUND}s before the branch, then branching"
   pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -c "$CLIENTS" -j 2 -T "${BRANCH_LOAD_SECONDS:-600}" -P 1 \
     --progress-timestamp postgres > "$WORK/during.txt" 2>&1 &
   bench_pid=$!
   PIDS+=("$bench_pid")
-  sleep 3
+  sleep $((SECONDS_PER_ROUND * 2))
   t0=$(date +%s.%N)
   answer=$(curl -s -X POST -H 'content-type: application/json' -d '{"name": "copy"}' \
     "127.0.0.1:$ADMIN_PORT/clusters/bench/branch")
@@ -438,14 +437,16 @@ sys.exit(0 if any(lsn(t) >= load for t in taken) else 1)' "$load_lsn"; do sleep 
   kill -9 "$bench_pid" 2>/dev/null || true
   wait "$bench_pid" 2>/dev/null || true
   rows=$(psql -X -tA -c 'SELECT count(*) FROM pgbench_accounts' "$branch_conn" 2>&1 || true)
-  python3 - "$WORK/during.txt" "$t0" "$t1" "${before:-0}" "$answer" "$scale" "$rows" "$fs" <<'EOF'
+  python3 - "$WORK/during.txt" "$t0" "$t1" "$SECONDS_PER_ROUND" "$answer" "$scale" "$rows" "$fs" <<'EOF'
 import json, re, sys
-path, t0, t1, before, answer, scale, rows, fs = sys.argv[1:9]
-t0, t1, before = float(t0), float(t1), float(before)
+path, t0, t1, window, answer, scale, rows, fs = sys.argv[1:9]
+t0, t1, window = float(t0), float(t1), float(window)
 text = open(path).read()
 samples = [(float(m.group(1)), float(m.group(2)), int(m.group(3) or 0)) for m in
            re.finditer(r"^progress: ([0-9.]+) s, ([0-9.]+) tps.*?(?:(\d+) failed)?$", text, re.M)]
 during = [tps for at, tps, _ in samples if t0 < at <= t1 + 1]
+ahead = [tps for at, tps, _ in samples if t0 - window < at <= t0]
+before = sum(ahead) / len(ahead) if ahead else 0.0
 failed = sum(f for _, _, f in samples)
 try:
     made = json.loads(answer)
@@ -457,7 +458,7 @@ how = "by cloning" if made.get("copy_on_write") else "from the tar"
 print(f"\nscale {scale} [{fs}]: branch answering its first query after {t1 - t0:.2f} s "
       f"(pgtide: laid out {made['lay_out_ms']} ms {how}, replayed {made['replay_ms']} ms, "
       f"started with its first base backup {made['start_ms']} ms); {rows} accounts in the branch")
-print(f"source tps before {before:.0f}, during the branch {mean:.0f} "
+print(f"source tps before {before:.0f} ({len(ahead)} one-second samples), during the branch {mean:.0f} "
       f"({mean / before if before else 0:.2f}x, {len(during)} one-second samples); "
       f"failed transactions {failed}")
 EOF
