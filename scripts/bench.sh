@@ -42,12 +42,18 @@
 #                              login (pgbench -C -S, transaction mode vs PgBouncer): the proxy's
 #                              CPU, the whole machine's, and the ceiling a proxy costing nothing
 #                              would reach (machine / (machine - proxy))
-#   scripts/bench.sh branch    pgtide branch of a pgbench -i -s SCALE database with six copies,
-#                              while pgbench (tpcb-like) runs on the source: time from the request
-#                              to the branch answering its first query (and pgtide's own split:
-#                              lay out, replay, start), the source's TPS before and during the
-#                              branch, failed transactions; and the file systems' types (stat -f).
-#                              PGTIDE_BIN=target/debug/pgtide skips the release build
+#   scripts/bench.sh branch    pgtide branch of a pgbench -i -s N database with six copies, for
+#                              N in BRANCH_SCALES (default "70 350": ~1 and ~5 GB; a scale the
+#                              disk cannot hold is skipped, saying why), with a base backup taken
+#                              after the load, while pgbench (tpcb-like) runs on the source: time
+#                              from the request to the branch answering its first query (and
+#                              pgtide's own split: lay out, replay, start), the source's TPS
+#                              before and during the branch, failed transactions. Once with the
+#                              data on $WORK's file system (BRANCH_PLAIN=0 skips it), once on an
+#                              XFS file system with reflink on a loop device made, mounted and
+#                              removed here (copy-on-write; root and mkfs.xfs needed, skipped
+#                              saying why otherwise). PGTIDE_BIN=target/debug/pgtide skips the
+#                              release build
 #   scripts/bench.sh failover  Multi-AZ (standbys = 1, six copies, 1–4 ACU) under pgbench tpcb-like
 #                              (-c 4, scale SCALE, restarted in 5 s chunks) and a commit client
 #                              (one INSERT per ~10 ms, autocommit, over the wire protocol):
@@ -62,7 +68,8 @@
 #
 # Knobs: ROUNDS (default 5), SECONDS_PER_ROUND (default 6), CLIENTS (default 8), SCALE (10),
 # TENANTS (500), TENANTS_COPIES (0), TENANTS_BUDGET (1000), FAILOVERS (10), FAILOVER_TPS_SECONDS (20).
-# BRANCH_LOAD_SECONDS (60: pgbench on the source around a branch), PGTIDE_BIN (a built pgtide).
+# BRANCH_SCALES ("70 350"), BRANCH_PLAIN (1), BRANCH_COW (1), BRANCH_LOAD_SECONDS (600: the most pgbench runs on the
+# source around a branch; it is stopped 2 s after the branch answers), PGTIDE_BIN (a built pgtide).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -95,6 +102,7 @@ BIN=$(dirname "$(ls /usr/lib/postgresql/*/bin/postgres | sort -V | tail -1)")
 WORK=$(mktemp -d /tmp/pgtide-bench-XXXXXX)
 chmod 755 "$WORK"
 PIDS=()
+MOUNTS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
   for _ in $(seq 1 100); do
@@ -114,6 +122,10 @@ cleanup() {
         docker rm -f "$id" >/dev/null 2>&1 || true
     done
   fi
+  # File systems a benchmark mounted under $WORK (the branch's XFS loop device).
+  for mnt in "${MOUNTS[@]}"; do
+    [ -n "$mnt" ] && { umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true; }
+  done
   rm -rf "$WORK"
   if pgrep -f "$WORK" >/dev/null; then log "warning: processes of $WORK are still running"; fi
 }
@@ -337,13 +349,60 @@ bench_storage() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# The branch benchmark: per scale, one run with pgtide's data on /work's own file system and one
+# on an XFS file system with reflink (a loop device made and removed here) where the machine
+# allows it. Each run: load, a base backup after the load (as a user would have after loading:
+# the branch then replays bounded WAL), the source's TPS before, then pgbench on the source
+# while it is branched, until the branch answers its first query.
 bench_branch() {
-  local tenants_port load_seconds=${BRANCH_LOAD_SECONDS:-60}
+  local scales=${BRANCH_SCALES:-"70 350"} xfs_reason=""
   log "file systems: /work $(stat -f -c %T /work), /tmp $(stat -f -c %T /tmp), $WORK $(stat -f -c %T "$WORK")"
-  PGTIDE_PORT=$(free_port); ADMIN_PORT=$(free_port); tenants_port=$(free_port)
+  if [ "${BRANCH_COW:-1}" = 0 ]; then
+    xfs_reason="BRANCH_COW=0"
+  elif [ "$(id -u)" != 0 ]; then
+    xfs_reason="not root: cannot mount a loop device"
+  elif ! command -v mkfs.xfs >/dev/null; then
+    log "installing xfsprogs…"; apt_install xfsprogs >/dev/null 2>&1 || true
+    command -v mkfs.xfs >/dev/null || xfs_reason="mkfs.xfs is not available"
+  fi
+  for scale in $scales; do
+    # pgbench: about 16 MiB per scale unit. Six copies hold up to two backups and the WAL of
+    # the load each; the source, the branch, its copies' first backup and the image: ~28x,
+    # and 6 GiB for what does not grow with the scale (WAL segments, the warm pool).
+    local need_mib=$((scale * 16 * 28 + 6144)) free_mib
+    free_mib=$(df -m --output=avail "$WORK" | tail -1 | tr -d ' ')
+    if [ "$need_mib" -gt "$free_mib" ]; then
+      echo "scale $scale: skipped: it needs about $need_mib MiB of disk (six copies of the WAL and base backups), $free_mib MiB are free"
+      continue
+    fi
+    if [ "${BRANCH_PLAIN:-1}" = 1 ]; then
+      mkdir -p "$WORK/plain-$scale"
+      branch_run "$scale" "$(stat -f -c %T "$WORK"), no copy-on-write" "$WORK/plain-$scale"
+      rm -rf "$WORK/plain-$scale"
+    fi
+    if [ -n "$xfs_reason" ]; then
+      echo "scale $scale with copy-on-write: skipped: $xfs_reason"
+      continue
+    fi
+    local img="$WORK/xfs-$scale.img" mnt="$WORK/xfs-$scale"
+    mkdir -p "$mnt"
+    truncate -s "${need_mib}M" "$img"
+    if mkfs.xfs -q -m reflink=1 "$img" && mount -o loop "$img" "$mnt"; then
+      MOUNTS+=("$mnt")
+      chmod 755 "$mnt"
+      branch_run "$scale" "XFS reflink on a loop device, copy-on-write" "$mnt"
+      umount "$mnt" && MOUNTS=("${MOUNTS[@]/$mnt/}")
+    else
+      echo "scale $scale with copy-on-write: skipped: mkfs.xfs or mount -o loop failed"
+    fi
+    rm -f "$img"
+  done
+}
+
+branch_config() { # $1 = data dir, $2 = base_backup_after_mib; writes $WORK/branch.toml
   cat > "$WORK/branch.toml" <<EOF
 [tenants]
-listen = "127.0.0.1:$tenants_port"
+listen = "127.0.0.1:$TENANTS_PORT"
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 [capacity]
@@ -351,10 +410,11 @@ listen = "127.0.0.1:$ADMIN_PORT"
 # whose default (the machine's 8 ACU) a source at its max would fill.
 max_total_acu = 16
 [runtime]
-data_dir = "branch-data"
+data_dir = "$1"
 warm_pool_size = 1
 [storage]
 write_quorum = 4
+base_backup_after_mib = $2
 [[clusters]]
 name = "bench"
 listen = "127.0.0.1:$PGTIDE_PORT"
@@ -365,25 +425,67 @@ name = "postgres"
 password = "bench"
 superuser = true
 EOF
-  "$PGTIDE_BIN" serve --config "$WORK/branch.toml" 2> "$WORK/branch.log" &
-  PIDS+=($!)
+}
+
+branch_serve() { # starts pgtide on $WORK/branch.toml and waits for the source to run; sets SERVE_PID
+  "$PGTIDE_BIN" serve --config "$WORK/branch.toml" 2>> "$WORK/branch.log" &
+  SERVE_PID=$!
+  PIDS+=("$SERVE_PID")
   wait_port "$PGTIDE_PORT"
+  psql -X -tA -c 'SELECT 1' "host=127.0.0.1 port=$PGTIDE_PORT user=postgres dbname=postgres sslmode=disable" >/dev/null
   until curl -sf "127.0.0.1:$ADMIN_PORT/status" | grep -q '"state":"running"'; do sleep 0.1; done
+}
+
+branch_stop() {
+  kill -INT "$SERVE_PID" 2>/dev/null || true
+  wait "$SERVE_PID" 2>/dev/null || true
+}
+
+branch_run() { # $1 = scale, $2 = what the file system is, $3 = pgtide's data dir
+  local scale=$1 fs=$2 data=$3 load_lsn bench_pid t0 t1 answer rows
+  PGTIDE_PORT=$(free_port); ADMIN_PORT=$(free_port); TENANTS_PORT=$(free_port)
   export PGPASSWORD=bench
-  local branch_conn="host=127.0.0.1 port=$tenants_port user=postgres dbname=postgres options=endpoint=copy sslmode=disable"
-  log "pgbench -i -s $SCALE on the source (six copies)"
-  pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
-  log "the source's TPS before: tpcb-like, $CLIENTS clients, ${SECONDS_PER_ROUND}s"
-  local before
-  before=$(pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -c "$CLIENTS" -j 2 -T "$SECONDS_PER_ROUND" postgres 2>&1 |
-    sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
-  log "branching while pgbench runs on the source (${load_seconds}s)"
-  pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -c "$CLIENTS" -j 2 -T "$load_seconds" -P 1 \
+  local source_conn="host=127.0.0.1 port=$PGTIDE_PORT user=postgres dbname=postgres sslmode=disable"
+  local branch_conn="host=127.0.0.1 port=$TENANTS_PORT user=postgres dbname=postgres options=endpoint=copy sslmode=disable"
+  log "[$fs] pgbench -i -s $scale on the source (six copies)"
+  branch_config "$data" 1024
+  branch_serve
+  pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -i -q -s "$scale" postgres >/dev/null 2>&1
+  load_lsn=$(psql -X -tA -c 'SELECT pg_current_wal_lsn()' "$source_conn")
+  # A base backup after the load: one run of pgtide whose copies want a backup after any WAL.
+  log "[$fs] a base backup after the load (at $load_lsn or later)"
+  branch_stop
+  branch_config "$data" 1
+  branch_serve
+  until curl -sf "127.0.0.1:$ADMIN_PORT/status" | python3 -c '
+import json, sys
+lsn = lambda t: (int(t.split("/")[0], 16) << 32) + int(t.split("/")[1], 16)
+load = lsn(sys.argv[1])
+c = json.load(sys.stdin)["clusters"][0]
+taken = [e["message"].split(" at ")[1].split()[0] for e in c.get("events", [])
+         if e["message"].startswith("base backup taken at")]
+sys.exit(0 if any(lsn(t) >= load for t in taken) else 1)' "$load_lsn"; do sleep 1; done
+  branch_stop
+  branch_config "$data" 1024
+  branch_serve
+  # Where the copies clone files, the newest backup is kept unpacked in the background: wait
+  # for it (a user's steady state), at most 10 minutes.
+  local newest
+  newest=$(ls "$data"/copies/*/bench/base/ | sed -n 's/\.tar$//p' | sort | tail -1)
+  if [ "$(stat -f -c %T "$data")" = xfs ]; then
+    for _ in $(seq 1 600); do
+      ls -d "$data"/copies/*/bench/base/"$newest".image >/dev/null 2>&1 && break
+      sleep 1
+    done
+  fi
+  # One pgbench run throughout: its samples of the SECONDS_PER_ROUND seconds before the request
+  # (after as many seconds of warm-up) are "before", those until the branch answers "during".
+  log "[$fs] pgbench on the source (tpcb-like, $CLIENTS clients): ${SECONDS_PER_ROUND}s of warm-up, ${SECONDS_PER_ROUND}s before the branch, then branching"
+  pgbench -h 127.0.0.1 -p "$PGTIDE_PORT" -U postgres -c "$CLIENTS" -j 2 -T "${BRANCH_LOAD_SECONDS:-600}" -P 1 \
     --progress-timestamp postgres > "$WORK/during.txt" 2>&1 &
-  local bench_pid=$!
-  PIDS+=($bench_pid)
-  sleep 3
-  local t0 t1 answer rows
+  bench_pid=$!
+  PIDS+=("$bench_pid")
+  sleep $((SECONDS_PER_ROUND * 2))
   t0=$(date +%s.%N)
   answer=$(curl -s -X POST -H 'content-type: application/json' -d '{"name": "copy"}' \
     "127.0.0.1:$ADMIN_PORT/clusters/bench/branch")
@@ -392,29 +494,38 @@ EOF
     sleep 0.05
   done
   t1=$(date +%s.%N)
+  sleep 2
+  kill -INT "$bench_pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$bench_pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$bench_pid" 2>/dev/null || true
+  wait "$bench_pid" 2>/dev/null || true
   rows=$(psql -X -tA -c 'SELECT count(*) FROM pgbench_accounts' "$branch_conn" 2>&1 || true)
-  wait "$bench_pid" || true
-  python3 - "$WORK/during.txt" "$t0" "$t1" "${before:-0}" "$answer" "$SCALE" "$rows" <<'EOF'
+  python3 - "$WORK/during.txt" "$t0" "$t1" "$SECONDS_PER_ROUND" "$answer" "$scale" "$rows" "$fs" <<'EOF'
 import json, re, sys
-path, t0, t1, before, answer, scale, rows = sys.argv[1:8]
-t0, t1, before = float(t0), float(t1), float(before)
+path, t0, t1, window, answer, scale, rows, fs = sys.argv[1:9]
+t0, t1, window = float(t0), float(t1), float(window)
 text = open(path).read()
-during = [float(m.group(2)) for m in re.finditer(r"progress: ([0-9.]+) s, ([0-9.]+) tps", text)
-          if t0 <= float(m.group(1)) <= t1 + 1]
-failed = re.search(r"number of failed transactions: (\d+)", text)
-total = re.search(r"^tps = ([0-9.]+)", text, re.M)
+samples = [(float(m.group(1)), float(m.group(2)), int(m.group(3) or 0)) for m in
+           re.finditer(r"^progress: ([0-9.]+) s, ([0-9.]+) tps.*?(?:(\d+) failed)?$", text, re.M)]
+during = [tps for at, tps, _ in samples if t0 < at <= t1 + 1]
+ahead = [tps for at, tps, _ in samples if t0 - window < at <= t0]
+before = sum(ahead) / len(ahead) if ahead else 0.0
+failed = sum(f for _, _, f in samples)
 try:
     made = json.loads(answer)
 except ValueError:
-    print("the branch failed:", answer.strip()); sys.exit(1)
+    print(f"scale {scale} [{fs}]: the branch failed:", answer.strip())
+    sys.exit(0)
 mean = sum(during) / len(during) if during else 0.0
-print(f"\nscale {scale}: branch answering its first query after {t1 - t0:.2f} s "
-      f"(pgtide: laid out {made['lay_out_ms']} ms, replayed {made['replay_ms']} ms, "
+how = "by cloning" if made.get("copy_on_write") else "from the tar"
+print(f"\nscale {scale} [{fs}]: branch answering its first query after {t1 - t0:.2f} s "
+      f"(pgtide: laid out {made['lay_out_ms']} ms {how}, replayed {made['replay_ms']} ms, "
       f"started with its first base backup {made['start_ms']} ms); {rows} accounts in the branch")
-print(f"source tps before {before:.0f}, during the branch {mean:.0f} "
-      f"({mean / before if before else 0:.2f}x, {len(during)} one-second samples), "
-      f"whole run {total.group(1) if total else '?'}; failed transactions {failed.group(1) if failed else '?'}")
+print(f"source tps before {before:.0f} ({len(ahead)} one-second samples), during the branch {mean:.0f} "
+      f"({mean / before if before else 0:.2f}x, {len(during)} one-second samples); "
+      f"failed transactions {failed}")
 EOF
+  branch_stop
 }
 
 bench_pool() {

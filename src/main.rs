@@ -737,13 +737,18 @@ mod admin_client {
             post_json(config, &format!("/clusters/{source}/branch"), request, 201)?;
         println!(
             "cluster \"{}\" branched from \"{}\" at {} (base backup {}, promoted at {}): \
-             laid out in {} ms, replayed in {} ms, started in {} ms",
+             laid out in {} ms{}, replayed in {} ms, started in {} ms",
             branched.name,
             branched.source,
             branched.target,
             branched.base_backup,
             branched.promoted_at,
             branched.lay_out_ms,
+            if branched.copy_on_write {
+                " (cloned, copy-on-write)"
+            } else {
+                ""
+            },
             branched.replay_ms,
             branched.start_ms
         );

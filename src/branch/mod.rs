@@ -65,6 +65,10 @@ pub struct Branched {
     pub base_backup: String,
     /// Where the branch's own history begins (its WAL position when it promoted).
     pub promoted_at: String,
+    /// Whether its data files were cloned (copy-on-write) from the backup's image rather than
+    /// unpacked from the backup's tar.
+    #[serde(default)]
+    pub copy_on_write: bool,
     /// Where clients connect (the shared endpoint), if pgtide has one.
     pub listen: Option<String>,
     /// Laying out the data directory from the copies, replaying it, and starting the branch
@@ -181,7 +185,7 @@ pub async fn branch(
     // same name finds data there and is refused.
     prepare_cluster_dir(&cluster_dir, &name)?;
     let made = make_data_directory(tenants, &source_copies, &plan, &cluster_dir, &name).await;
-    let (lay_out_ms, replay_ms, promoted_at) = match made {
+    let made = match made {
         Ok(made) => made,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&cluster_dir);
@@ -199,7 +203,7 @@ pub async fn branch(
             return Err(e.into());
         }
     };
-    tracing::info!(cluster = %name, %source, base_backup = %plan.backup.start, %promoted_at, "branch created");
+    tracing::info!(cluster = %name, %source, base_backup = %plan.backup.start, promoted_at = %made.promoted_at, "branch created");
     Ok(Branched {
         name,
         source: source.to_string(),
@@ -209,23 +213,23 @@ pub async fn branch(
             Target::Time(time) => format!("time {}", target::format_time(time)),
         },
         base_backup: plan.backup.start.to_string(),
-        promoted_at,
+        promoted_at: made.promoted_at,
+        copy_on_write: made.copy_on_write,
         listen: created.listen,
-        lay_out_ms,
-        replay_ms,
+        lay_out_ms: made.lay_out_ms,
+        replay_ms: made.replay_ms,
         start_ms: created.started_ms,
     })
 }
 
-/// Steps 3 and 4: lay out, replay, and rename into `pgdata`. Returns the milliseconds of each
-/// and the promotion's WAL position.
+/// Steps 3 and 4: lay out, replay, and rename into `pgdata`.
 async fn make_data_directory(
     tenants: &Tenants,
     source_copies: &[PathBuf],
     plan: &window::Plan,
     cluster_dir: &std::path::Path,
     name: &str,
-) -> Result<(u64, u64, String), BranchError> {
+) -> Result<Made, BranchError> {
     let started = Instant::now();
     let staging = cluster_dir.join("pgdata.branch");
     let host = crate::runtime::host::Host::new(tenants.runtime_config())
@@ -236,12 +240,14 @@ async fn make_data_directory(
         .map_err(|e| BranchError::Failed(format!("{e:#}")))?;
     let laid_out = {
         let (dirs, plan, staging) = (source_copies.to_vec(), *plan, staging.clone());
-        tokio::task::spawn_blocking(move || prepare::lay_out(&dirs, &plan, &staging))
-            .await
-            .map_err(|e| BranchError::Failed(format!("laying out the branch: {e}")))??
+        crate::runtime::background::run("laying out the branch", move || {
+            prepare::lay_out(&dirs, &plan, &staging)
+        })
+        .await
+        .map_err(BranchError::Failed)??
     };
     let lay_out_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(cluster = %name, timeline = laid_out.timeline, copies = laid_out.copies, ms = lay_out_ms, "branch laid out from the copies");
+    tracing::info!(cluster = %name, timeline = laid_out.timeline, copies = laid_out.copies, copy_on_write = laid_out.copy_on_write, ms = lay_out_ms, "branch laid out from the copies");
     let replaying = Instant::now();
     let replayed = recover::replay(&host, &owner, cluster_dir, &staging, plan.recovery).await?;
     if replayed.target_beyond_wal {
@@ -251,7 +257,20 @@ async fn make_data_directory(
     let pgdata = crate::runtime::pgdata_of(cluster_dir);
     std::fs::rename(&staging, &pgdata)
         .map_err(|e| BranchError::Failed(format!("renaming into {}: {e}", pgdata.display())))?;
-    Ok((lay_out_ms, replay_ms, replayed.promoted_at))
+    Ok(Made {
+        lay_out_ms,
+        replay_ms,
+        promoted_at: replayed.promoted_at,
+        copy_on_write: laid_out.copy_on_write,
+    })
+}
+
+/// What [`make_data_directory`] did.
+struct Made {
+    lay_out_ms: u64,
+    replay_ms: u64,
+    promoted_at: String,
+    copy_on_write: bool,
 }
 
 /// The branch's folder, reachable by its Postgres (0711) and its data pgtide's.

@@ -3,7 +3,10 @@
 //! source's durable position placed in its `pg_wal`, each range from a copy whose checksum
 //! holds — the rebuild's own readers ([`crate::storage::read`]), with a read quorum of 3. The
 //! WAL stops at the durable position: nothing a client was not told is committed goes into a
-//! branch. Blocking work (a database-sized tar), run on a blocking thread.
+//! branch. Where the copies keep the backup unpacked and the file system clones files, the
+//! data files are cloned (copy-on-write, [`image`]) instead of unpacked. Blocking work (a
+//! database-sized tar), run on a thread at background priority
+//! ([`crate::runtime::background`]): the source keeps serving on the same cores and disk.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,9 +14,9 @@ use std::path::{Path, PathBuf};
 use super::window::Plan;
 use super::BranchError;
 use crate::storage::identity::Identity;
-use crate::storage::read;
 use crate::storage::receiver::segment_start;
 use crate::storage::wal::SEGMENT_SIZE;
+use crate::storage::{image, read, reflink};
 
 /// Room left free beyond what a branch writes, so that it does not fill the disk to the brim.
 const FREE_SPACE_MARGIN: u64 = 64 * 1024 * 1024;
@@ -25,6 +28,9 @@ pub struct Prepared {
     pub timeline: u32,
     /// Copies read.
     pub copies: usize,
+    /// Whether the data files were cloned from the backup's image (copy-on-write) rather than
+    /// unpacked from its tar.
+    pub copy_on_write: bool,
 }
 
 /// The identity of the source's copies: the one of the newest generation among them.
@@ -54,20 +60,37 @@ pub fn lay_out(
             plan.backup.start
         ))
     })?;
-    let tar_bytes = std::fs::metadata(&backup.tar).map(|m| m.len()).unwrap_or(0);
+    // The backup's image, kept unpacked where the copies' file system clones files: cloned,
+    // its blocks are shared, so only the WAL is written anew.
+    let copy_dirs: Vec<PathBuf> = readable.iter().map(|copy| copy.dir.clone()).collect();
+    let image = image::find_image(&copy_dirs, backup.start)
+        .filter(|_| reflink::supported(staging.parent().unwrap_or(Path::new("."))));
+    let tar_bytes = match image {
+        Some(_) => 0,
+        None => std::fs::metadata(&backup.tar).map(|m| m.len()).unwrap_or(0),
+    };
     let wal_bytes =
         (plan.wal_end.0.saturating_sub(backup.start.0) / SEGMENT_SIZE + 1) * SEGMENT_SIZE;
     let parent = staging.parent().unwrap_or(Path::new("."));
     check_free_space(parent, tar_bytes + wal_bytes + FREE_SPACE_MARGIN)?;
 
     let _ = std::fs::remove_dir_all(staging);
-    std::fs::create_dir_all(staging).map_err(|e| failed("creating", staging, e))?;
-    let file = std::fs::File::open(&backup.tar).map_err(|e| failed("opening", &backup.tar, e))?;
-    let mut archive = tar::Archive::new(file);
-    archive.set_preserve_permissions(true);
-    archive
-        .unpack(staging)
-        .map_err(|e| failed("extracting", &backup.tar, e))?;
+    let copy_on_write = match &image {
+        Some(image) => {
+            let done =
+                reflink::clone_tree(image, staging).map_err(|e| failed("cloning", image, e))?;
+            tracing::info!(image = %image.display(), cloned = done.cloned, copied = done.copied, "branch cloned from the backup's image");
+            done.copied == 0
+        }
+        None => {
+            std::fs::create_dir_all(staging).map_err(|e| failed("creating", staging, e))?;
+            // Paced (written back as it goes, at the thread's background priority): a
+            // database-sized write must not stall the source's commits.
+            image::unpack_tar(&backup.tar, staging, false)
+                .map_err(|e| failed("extracting", &backup.tar, e))?;
+            false
+        }
+    };
     let label = std::fs::read_to_string(staging.join("backup_label"))
         .map_err(|e| failed("reading the backup_label of", &backup.tar, e))?;
     let timeline = read::start_timeline(&label);
@@ -89,6 +112,7 @@ pub fn lay_out(
     Ok(Prepared {
         timeline,
         copies: readable.len(),
+        copy_on_write,
     })
 }
 

@@ -126,9 +126,6 @@ pub fn replay_settings(socket_dir: &str, recovery: Recovery) -> Vec<(&'static st
     settings
 }
 
-/// The replay's niceness: the source's compute and clients come first.
-const REPLAY_NICENESS: i32 = 10;
-
 /// One run of Postgres on `pgdata`: until it promotes (then stopped cleanly) or exits.
 async fn run_once(
     host: &Host,
@@ -151,13 +148,15 @@ async fn run_once(
         .stderr(log)
         // A backstop: every path below stops it, and the branch runs in a task of its own.
         .kill_on_drop(true);
-    // SAFETY: prctl and setpriority only, both async-signal-safe. The death signal is set after
-    // the uid switch, which would otherwise clear it: a pgtide that dies takes the replay with
-    // it. The replay is background work beside a source that keeps serving clients on the same
-    // cores, so it runs at a lower CPU priority (nice 10; its child processes inherit it).
+    // SAFETY: prctl, sched_setscheduler and ioprio_set only, all async-signal-safe. The death
+    // signal is set after the uid switch, which would otherwise clear it: a pgtide that dies
+    // takes the replay with it. The replay is background work beside a source that keeps
+    // serving clients on the same cores and disk, so it runs at background priority
+    // (SCHED_IDLE and the idle I/O class, inherited by its child processes; a nice value would
+    // weigh it only against pgtide's own threads, not the source's compute cgroup).
     unsafe {
         command.pre_exec(|| {
-            nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, REPLAY_NICENESS);
+            let _ = crate::runtime::background::lower_this_thread();
             nix::sys::prctl::set_pdeathsig(Signal::SIGINT).map_err(std::io::Error::from)
         });
     }

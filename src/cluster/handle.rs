@@ -147,7 +147,16 @@ impl ClusterHandle {
 
     /// Waits until the compute runs (resuming it if paused) and returns how to reach it.
     pub async fn attach(&self, requested_by: &str) -> Result<ComputeEndpoint, AttachError> {
-        let timeout = self.shared.config.resume_timeout;
+        self.attach_within(requested_by, self.shared.config.resume_timeout)
+            .await
+    }
+
+    /// [`Self::attach`], waiting at most `timeout` instead of the cluster's `resume_timeout`.
+    pub async fn attach_within(
+        &self,
+        requested_by: &str,
+        timeout: Duration,
+    ) -> Result<ComputeEndpoint, AttachError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut state = self.state.clone();
         let mut waited_for_resume = false;
@@ -248,6 +257,15 @@ impl ClusterHandle {
     /// Asks for a resume and waits until the compute runs.
     pub async fn resume(&self, requested_by: &str) -> Result<(), AttachError> {
         self.attach(requested_by).await.map(|_| ())
+    }
+
+    /// [`Self::resume`], waiting at most `timeout`.
+    pub async fn resume_within(
+        &self,
+        requested_by: &str,
+        timeout: Duration,
+    ) -> Result<(), AttachError> {
+        self.attach_within(requested_by, timeout).await.map(|_| ())
     }
 
     /// Stops the compute cleanly and ends the cluster's task.

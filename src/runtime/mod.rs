@@ -5,6 +5,7 @@
 //! own through a watch channel (so the cluster task can `select!` on it while it also serves
 //! commands). The `process` runtime runs the machine's own Postgres binaries.
 
+pub mod background;
 pub mod binaries;
 pub mod cgroup;
 pub mod docker;

@@ -77,6 +77,7 @@ impl CopiesView {
                 let tar = backup_tar(dir, start);
                 let _ = fs::remove_file(&tar);
                 let _ = fs::remove_file(tar.with_extension("tar.crc32"));
+                let _ = fs::remove_dir_all(super::image::image_dir(dir, start));
             }
             for entry in fs::read_dir(dir.join("wal"))
                 .into_iter()

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 
 use super::copies::CopiesView;
+use super::image;
 use super::wal::Lsn;
 use crate::runtime::ComputeEndpoint;
 
@@ -33,12 +34,12 @@ pub(super) async fn base_backup(
     endpoint: ComputeEndpoint,
     retention: Option<Duration>,
 ) -> anyhow::Result<Lsn> {
-    let scratch = dirs
+    let scratch_copy = dirs
         .iter()
         .find(|d| d.is_dir())
         .ok_or_else(|| anyhow!("no copy is usable for a base backup"))?
-        .join("base")
-        .join("in-progress.tmp");
+        .clone();
+    let scratch = scratch_copy.join("base").join("in-progress.tmp");
     let _ = std::fs::remove_dir_all(&scratch);
     let output = tokio::process::Command::new(&pg_basebackup)
         .arg("-h")
@@ -105,5 +106,6 @@ pub(super) async fn base_backup(
     })
     .await??;
     tracing::info!(%start, copies = stored, "base backup stored");
+    image::keep_image_in_background(scratch_copy, start);
     Ok(start)
 }

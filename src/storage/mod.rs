@@ -77,6 +77,7 @@ pub mod backups;
 mod basebackup;
 pub mod copies;
 pub mod identity;
+pub mod image;
 pub mod notices;
 pub mod overlap;
 mod private;
@@ -84,6 +85,7 @@ pub mod quorum;
 pub mod read;
 mod rebuild;
 pub mod receiver;
+pub mod reflink;
 pub mod repair;
 pub mod segment;
 pub mod takeover;
@@ -180,6 +182,10 @@ impl ClusterStorage {
         let view = set.view();
         // A listing, not a checksum of database-sized files: a rebuild verifies what it uses.
         let last_backup_start = backups::newest_backup_start(&dirs, quorum);
+        if last_backup_start.is_some() {
+            // The image a branch clones from, if a stop interrupted its making.
+            image::keep_newest_image_in_background(&dirs);
+        }
         let storage = ClusterStorage {
             copies: Arc::new(tokio::sync::Mutex::new(set)),
             view,

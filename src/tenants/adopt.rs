@@ -14,6 +14,9 @@ use super::registry::{Registered, Source};
 use super::{name, TenantError, Tenants};
 use crate::cluster::Initially;
 
+/// How long the first start of an adopted data directory (a branch) may take.
+const ADOPTED_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 impl Tenants {
     /// Whether `name` may be taken by a new cluster now: a DNS label, not served, not in the
     /// catalog, no data left under it.
@@ -70,7 +73,13 @@ impl Tenants {
             .map_err(|e| TenantError::Storage(format!("saving the catalog: {e}")))?;
         let handle = self.spawner.spawn(config, Initially::Paused);
         self.registry.insert(handle.clone(), Source::Created);
-        if let Err(e) = handle.resume("pgtide branch").await {
+        // Not the cluster's resume_timeout (30 s by default): this first start takes the
+        // branch's first base backup into its six copies, as long as writing the database six
+        // times takes; a branch dropped for being big would be lost work.
+        if let Err(e) = handle
+            .resume_within("pgtide branch", ADOPTED_START_TIMEOUT)
+            .await
+        {
             tracing::error!(cluster = %name, error = %e, "the branch did not start; dropping it");
             let _ = self.drop_locked(&mut catalog, &name, false).await;
             return Err(TenantError::Unavailable(e.to_string()));

@@ -60,6 +60,9 @@ pub struct Options {
     pub copies: bool,
     /// Lines added to the `[storage]` table.
     pub storage: String,
+    /// Where the data (clusters and copies) lives instead of the test's own directory: `data`
+    /// is then a symbolic link to it (a test on a file system of its own).
+    pub data_on: Option<PathBuf>,
 }
 
 impl Pgtide {
@@ -120,6 +123,9 @@ superuser = true
         };
         let config_path = dir.path().join("pgtide.toml");
         std::fs::write(&config_path, config).unwrap();
+        if let Some(target) = &options.data_on {
+            std::os::unix::fs::symlink(target, dir.path().join("data")).unwrap();
+        }
         let mut pgtide = Pgtide {
             child: None,
             token: None,
