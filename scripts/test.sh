@@ -9,6 +9,9 @@ if ! command -v openssl >/dev/null; then apt_install openssl; fi
 # The dashboard is tested in a real headless browser, and its pseudo-terminal view with script(1).
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then apt_install chromium; fi
 if ! command -v script >/dev/null; then apt_install bsdutils; fi
+# Branches clone files where the file system can (tests/branch_cow.rs makes an XFS file system
+# with reflink on a loop device, as root).
+if [ "$(id -u)" = 0 ] && ! command -v mkfs.xfs >/dev/null; then apt_install xfsprogs; fi
 # Both pool modes are tested with real drivers (tests/drivers.rs, tests/transaction.rs):
 # Python's psycopg 3, asyncpg and pg8000 from PyPI…
 if ! python3 -c 'import psycopg, psycopg_pool, asyncpg, pg8000' 2>/dev/null; then
