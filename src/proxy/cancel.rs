@@ -6,7 +6,7 @@
 //! Unknown pairs are dropped silently, as Postgres does.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rand::Rng;
@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, Clone)]
 struct CancelTarget {
-    socket_path: PathBuf,
+    socket_path: Arc<Path>,
     pid: i32,
     secret: i32,
 }
@@ -38,7 +38,7 @@ pub struct PooledCancelKey {
 }
 
 impl PooledCancelKey {
-    pub fn set_target(&self, target: Option<(PathBuf, i32, i32)>) {
+    pub fn set_target(&self, target: Option<(Arc<Path>, i32, i32)>) {
         *self.target.lock().expect("cancel lock") =
             target.map(|(socket_path, pid, secret)| CancelTarget {
                 socket_path,
@@ -91,7 +91,7 @@ impl CancelRegistry {
             }
         };
         let target = CancelTarget {
-            socket_path,
+            socket_path: socket_path.into(),
             pid,
             secret,
         };

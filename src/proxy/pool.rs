@@ -34,6 +34,8 @@ pub struct ServerConn {
     pub pid: i32,
     pub secret: i32,
     pub endpoint: ComputeEndpoint,
+    /// The endpoint's socket, made once: a client's cancel target is set to it at every lease.
+    pub socket_path: std::sync::Arc<std::path::Path>,
     /// ParameterStatus messages from its startup, for clients that join.
     pub parameter_status: bytes::BytesMut,
     /// Its prepared statements and session settings.
@@ -241,7 +243,8 @@ impl Pool {
     }
 
     async fn connect(&self, endpoint: &ComputeEndpoint) -> Result<ServerConn, AcquireError> {
-        let mut stream = ComputeSocket::connect(endpoint.socket_path())
+        let socket_path: std::sync::Arc<std::path::Path> = endpoint.socket_path().into();
+        let mut stream = ComputeSocket::connect(&*socket_path)
             .await
             .map_err(|e| AcquireError::Failed(format!("could not reach the compute: {e}")))?;
         let params = [
@@ -265,6 +268,7 @@ impl Pool {
             pid,
             secret,
             endpoint: endpoint.clone(),
+            socket_path,
             parameter_status: messages,
             state: ConnState::default(),
         })

@@ -35,7 +35,7 @@ use super::auth::flush;
 use super::cancel::PooledCancelKey;
 use super::compute::simple_query;
 use super::errors::Fatal;
-use super::exchange::{ClientState, Exchange, Outbox, Settings, Step};
+use super::exchange::{ClientState, Exchange, IdleAnswer, Outbox, Settings, Step};
 use super::handshake::Startup;
 use super::pool::{AcquireError, Pool, ServerConn};
 use super::{sql, ClientStream, ProxyShared};
@@ -120,6 +120,7 @@ pub async fn serve(
         to_client: Outbox::default(),
         held: None,
         waiting: None,
+        waiting_judged: None,
         client_done: false,
         client_broken: false,
         unsynced_hold: None,
@@ -266,6 +267,8 @@ struct Relay<'a> {
     held: Option<Held<'a>>,
     /// A client message waiting for a connection, or for the held one to owe nothing.
     waiting: Option<Message>,
+    /// The verdict on `waiting` when it is a simple query judged while no connection was held.
+    waiting_judged: Option<bool>,
     /// The client sent Terminate or closed its side: nothing more is read from it.
     client_done: bool,
     /// Writing to the client failed: nothing more is written to it.
@@ -286,11 +289,8 @@ impl<'a> Relay<'a> {
                 Event::Finished => return Ok(()),
                 Event::NeedConnection => {
                     let conn = acquire(self.cluster, self.pool, self.who).await?;
-                    self.cancel.set_target(Some((
-                        conn.endpoint.socket_path(),
-                        conn.pid,
-                        conn.secret,
-                    )));
+                    self.cancel
+                        .set_target(Some((conn.socket_path.clone(), conn.pid, conn.secret)));
                     let mut held = Held {
                         conn,
                         exchange: Exchange::default(),
@@ -453,11 +453,11 @@ impl<'a> Relay<'a> {
             if self.to_client.len() >= OUTBOX_HIGH && !self.client_broken {
                 return Ok(None);
             }
-            let message = match self.waiting.take() {
-                Some(message) => message,
+            let (message, judged) = match self.waiting.take() {
+                Some(message) => (message, self.waiting_judged.take()),
                 None if self.client_done => return Ok(None),
                 None => match wire::next_message(&mut self.client_in, MAX_CLIENT_MESSAGE)? {
-                    Some(message) => message,
+                    Some(message) => (message, None),
                     None => return Ok(None),
                 },
             };
@@ -466,17 +466,26 @@ impl<'a> Relay<'a> {
                     self.client_done = true;
                     return Ok(None);
                 }
-                if let Some(answer) = self.state.answer_without_server(&message) {
-                    self.to_client.push(answer);
-                    *progress = true;
-                    continue;
-                }
+                let judged = match self.state.answer_without_server(&message) {
+                    IdleAnswer::Answered(answer) => {
+                        self.to_client.push(answer);
+                        *progress = true;
+                        continue;
+                    }
+                    IdleAnswer::Passes { settings } => Some(settings),
+                    IdleAnswer::NotJudged => None,
+                };
                 self.waiting = Some(message);
+                self.waiting_judged = judged;
                 return Ok(Some(Event::NeedConnection));
             };
             if held.to_server.len() >= OUTBOX_HIGH {
                 self.waiting = Some(message);
+                self.waiting_judged = judged;
                 return Ok(None);
+            }
+            if let Some(settings) = judged {
+                held.exchange.judged(settings);
             }
             let step = held.exchange.client_message(
                 &mut self.state,

@@ -58,16 +58,28 @@ pub struct ConnState {
     pub(super) unnamed: Option<Bytes>,
 }
 
+/// What [`ClientState::answer_without_server`] made of a message.
+#[derive(Debug)]
+pub enum IdleAnswer {
+    /// Answered here: the bytes for the client.
+    Answered(Bytes),
+    /// A simple query for the compute, judged already: hand the verdict to the exchange
+    /// ([`super::Exchange::judged`]) with the query, so that it is not judged twice.
+    Passes { settings: bool },
+    /// Not a simple query: the exchange judges it.
+    NotJudged,
+}
+
 impl ClientState {
     /// Answers a message that needs no compute connection when none is held (the client is
     /// idle): a refused query, DEALLOCATE, DISCARD ALL.
-    pub fn answer_without_server(&mut self, message: &Message) -> Option<Bytes> {
+    pub fn answer_without_server(&mut self, message: &Message) -> IdleAnswer {
         if message.kind != b'Q' {
-            return None;
+            return IdleAnswer::NotJudged;
         }
         let mut out = BytesMut::new();
         match sql::classify(&query_text(message.body()), true) {
-            Verdict::Pass { .. } => return None,
+            Verdict::Pass { settings } => return IdleAnswer::Passes { settings },
             Verdict::Refuse(refusal) => {
                 wire::error_response(&mut out, b'E', "ERROR", "0A000", &refusal);
                 wire::ready_for_query(&mut out, b'I');
@@ -75,7 +87,7 @@ impl ClientState {
             Verdict::Deallocate(name) => self.deallocate(name, b'I', &mut out),
             Verdict::DiscardAll => self.discard_all(b'I', &mut out),
         }
-        Some(out.freeze())
+        IdleAnswer::Answered(out.freeze())
     }
 
     pub(super) fn deallocate(&mut self, name: Option<String>, status: u8, out: &mut BytesMut) {

@@ -41,7 +41,7 @@ mod outbox;
 mod prepared;
 mod settings;
 
-pub use client::{ClientState, ConnState, Statement};
+pub use client::{ClientState, ConnState, IdleAnswer, Statement};
 pub use outbox::Outbox;
 use prepared::put_close;
 pub use prepared::MAX_PREPARED_PER_CONNECTION;
@@ -175,6 +175,9 @@ pub struct Exchange {
     partial: Option<(bool, usize)>,
     /// Where rewritten client messages are written (split off, so that its space is reused).
     scratch: BytesMut,
+    /// The verdict on the next client message, a simple query the relay judged while it waited
+    /// for this connection ([`Exchange::judged`]); good for that one message only.
+    judged: Option<bool>,
 }
 
 impl Default for Exchange {
@@ -191,6 +194,7 @@ impl Default for Exchange {
             role_changed: false,
             partial: None,
             scratch: BytesMut::new(),
+            judged: None,
         }
     }
 }
@@ -250,6 +254,12 @@ impl Exchange {
         self.status
     }
 
+    /// The next client message is a simple query already judged to pass (and whether it may
+    /// touch settings): [`Exchange::client_message`] takes it without judging it again.
+    pub fn judged(&mut self, settings: bool) {
+        self.judged = Some(settings);
+    }
+
     /// Handles one complete client message: forwards it (rewritten where statement names must
     /// become pool-wide), answers it, or says it must wait.
     pub fn client_message(
@@ -262,6 +272,7 @@ impl Exchange {
         counters: &LoadCounters,
     ) -> Step {
         let kind = message.kind;
+        let judged = self.judged.take();
         if kind == b'X' {
             return Step::Terminate;
         }
@@ -279,7 +290,10 @@ impl Exchange {
                 // A simple query drops the unnamed statement, the client's and the connection's.
                 client.unnamed = None;
                 conn.unnamed = None;
-                let verdict = sql::classify(&query_text(body), true);
+                let verdict = match judged {
+                    Some(settings) => Verdict::Pass { settings },
+                    None => sql::classify(&query_text(body), true),
+                };
                 match verdict {
                     Verdict::Pass { settings } => {
                         // A simple query ends an unsynced extended exchange's transaction.
