@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -24,30 +24,6 @@ fn start() -> (Pgtide, u16) {
         ..Default::default()
     });
     (pgtide, port)
-}
-
-/// `psql -tA -c sql` on a created cluster through the shared endpoint.
-fn branch_sql(port: u16, cluster: &str, sql: &str) -> String {
-    let out = psql_on(port, cluster, sql);
-    assert!(
-        out.status.success(),
-        "psql on {cluster}: {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn psql_on(port: u16, cluster: &str, sql: &str) -> Output {
-    Command::new("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-w", "-tA", "-c", sql])
-        .arg(format!(
-            "host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable \
-             options='endpoint={cluster}' connect_timeout=60"
-        ))
-        .env("PGPASSWORD", PASSWORD)
-        .stdin(Stdio::null())
-        .output()
-        .expect("psql runs")
 }
 
 /// A call of the admin API: status and body.

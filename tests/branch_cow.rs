@@ -146,24 +146,7 @@ fn a_branch_on_a_reflink_file_system_is_cloned_from_the_backup_image() {
         pgtide.log()
     );
     assert!(text.contains("(cloned, copy-on-write)"), "{text}");
-    let sql = |cluster: &str, sql: &str| {
-        let out = Command::new("psql")
-            .args(["-X", "-v", "ON_ERROR_STOP=1", "-w", "-tA", "-c", sql])
-            .arg(format!(
-                "host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable \
-                 options='endpoint={cluster}' connect_timeout=60"
-            ))
-            .env("PGPASSWORD", PASSWORD)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let sql = |cluster: &str, sql: &str| branch_sql(port, cluster, sql);
     assert_eq!(sql("cow", "SELECT count(*) FROM t"), "1000");
     sql("cow", "UPDATE t SET phase = 'branch'");
     sql("cow", "CHECKPOINT");

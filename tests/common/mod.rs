@@ -730,3 +730,27 @@ pub fn tls_options(dir: &std::path::Path) -> Options {
         ..Default::default()
     }
 }
+
+/// `psql -tA -c sql` on a created cluster through the shared endpoint.
+pub fn branch_sql(port: u16, cluster: &str, sql: &str) -> String {
+    let out = psql_on(port, cluster, sql);
+    assert!(
+        out.status.success(),
+        "psql on {cluster}: {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn psql_on(port: u16, cluster: &str, sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-w", "-tA", "-c", sql])
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable \
+             options='endpoint={cluster}' connect_timeout=60"
+        ))
+        .env("PGPASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .expect("psql runs")
+}
