@@ -35,20 +35,8 @@ impl ReflinkMount {
         std::fs::File::create(&image)
             .and_then(|f| f.set_len(2 << 30))
             .map_err(|e| e.to_string())?;
-        run("mkfs.xfs", &["-q", "-m", "reflink=1"], &image)?;
-        let mounted = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&image)
-            .arg(&mount)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("mount: {e}"))?;
-        if !mounted.status.success() {
-            return Err(format!(
-                "mount -o loop failed: {}",
-                String::from_utf8_lossy(&mounted.stderr).trim()
-            ));
-        }
+        run("mkfs.xfs", &["-q", "-m", "reflink=1"], &[&image])?;
+        run("mount", &["-o", "loop"], &[&image, &mount])?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&mount, std::fs::Permissions::from_mode(0o755)).unwrap();
         Ok(ReflinkMount { dir })
@@ -72,10 +60,10 @@ impl Drop for ReflinkMount {
     }
 }
 
-fn run(program: &str, args: &[&str], path: &Path) -> Result<(), String> {
+fn run(program: &str, args: &[&str], paths: &[&Path]) -> Result<(), String> {
     let out = Command::new(program)
         .args(args)
-        .arg(path)
+        .args(paths)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("{program} is not available: {e}"))?;

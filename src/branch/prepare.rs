@@ -62,16 +62,15 @@ pub fn lay_out(
     })?;
     // The backup's image, kept unpacked where the copies' file system clones files: cloned,
     // its blocks are shared, so only the WAL is written anew.
+    let parent = staging.parent().unwrap_or(Path::new("."));
     let copy_dirs: Vec<PathBuf> = readable.iter().map(|copy| copy.dir.clone()).collect();
-    let image = image::find_image(&copy_dirs, backup.start)
-        .filter(|_| reflink::supported(staging.parent().unwrap_or(Path::new("."))));
+    let image = image::find_image(&copy_dirs, backup.start).filter(|_| reflink::supported(parent));
     let tar_bytes = match image {
         Some(_) => 0,
         None => std::fs::metadata(&backup.tar).map(|m| m.len()).unwrap_or(0),
     };
     let wal_bytes =
         (plan.wal_end.0.saturating_sub(backup.start.0) / SEGMENT_SIZE + 1) * SEGMENT_SIZE;
-    let parent = staging.parent().unwrap_or(Path::new("."));
     check_free_space(parent, tar_bytes + wal_bytes + FREE_SPACE_MARGIN)?;
 
     let _ = std::fs::remove_dir_all(staging);

@@ -42,6 +42,10 @@ static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// creation) and a periodic one are done once they are in the copies; a branch that comes
 /// before the image is whole unpacks the tar instead.
 pub fn keep_image_in_background(dir: PathBuf, start: Lsn) {
+    // Most file systems do not clone: no thread then (many clusters start at once).
+    if !super::reflink::supported(&dir.join("base")) {
+        return;
+    }
     let spawned = std::thread::Builder::new()
         .name("bg-image".into())
         .spawn(move || {

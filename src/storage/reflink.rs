@@ -96,8 +96,25 @@ fn clone_dir(from: &Path, to: &Path, done: &mut Cloned) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether files in `dir` can be cloned: tried once on a scratch file there.
+/// Whether files in `dir` can be cloned: tried once per file system (by device), on a scratch
+/// file in the first directory asked about. Asked at every cluster's start, after every base
+/// backup and by every branch: the answer does not change while the file system is mounted.
 pub fn supported(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    static KNOWN: std::sync::Mutex<Vec<(u64, bool)>> = std::sync::Mutex::new(Vec::new());
+    let Ok(device) = fs::metadata(dir).map(|m| m.dev()) else {
+        return false;
+    };
+    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, answer)) = known.iter().find(|(d, _)| *d == device) {
+        return answer;
+    }
+    let answer = probe(dir);
+    known.push((device, answer));
+    answer
+}
+
+fn probe(dir: &Path) -> bool {
     let probe = dir.join(format!(".reflink-probe-{}", std::process::id()));
     let clone = probe.with_extension("clone");
     let cloned = fs::write(&probe, b"probe")
